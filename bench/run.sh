@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Proxy-overhead benchmark: wrk against a native upstream directly, through nginx, through
+# skyfri (`http` template), and a skyfri `python3` function. Prints a markdown table and the
+# DESIGN budget check (skyfri throughput >= nginx, skyfri added p50 <= 50 µs), and writes it to
+# bench/out/latest.md. Everything listens on 127.0.0.1 only and every run is bounded in time.
+#
+# Knobs (env): BENCH_SECONDS (10) per target, BENCH_WARMUP (2) seconds of warm-up per target,
+# BENCH_THREADS (1) and BENCH_CONNECTIONS (16) for wrk, BENCH_STRICT=1 to exit 1 when the budget
+# is missed, BENCH_READY_TIMEOUT (180) seconds to wait for skyfri to deploy the stack,
+# BENCH_SKYFRI_BIN + BENCH_UPSTREAM_BIN to use prebuilt binaries instead of building.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+THREADS="${BENCH_THREADS:-1}"
+CONNS="${BENCH_CONNECTIONS:-16}"
+STRICT="${BENCH_STRICT:-0}"
+READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
+for v in "$SECONDS_PER_RUN" "$WARMUP" "$THREADS" "$CONNS" "$READY_TIMEOUT"; do
+  [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
+done
+[ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
+
+# ---------------------------------------------------------------- prerequisites
+if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap, ... for skyfri
+bash bench/setup.sh                                          # nginx, wrk, curl
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+command -v wrk >/dev/null && [ -x "$NGINX" ] || { echo "bench: wrk or nginx missing" >&2; exit 1; }
+
+if [ -n "${BENCH_SKYFRI_BIN:-}" ] && [ -n "${BENCH_UPSTREAM_BIN:-}" ]; then
+  # Prebuilt binaries (e.g. to compare two builds): no cargo build.
+  SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"
+  UPSTREAM_BIN="$(realpath "$BENCH_UPSTREAM_BIN")"
+else
+  echo "bench: building release skyfri and the bench_upstream example"
+  cargo build --release -p skyfri --bin skyfri --example bench_upstream
+  TARGET_DIR="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
+  SKYFRI="$TARGET_DIR/release/skyfri"
+  UPSTREAM_BIN="$TARGET_DIR/release/examples/bench_upstream"
+fi
+[ -x "$SKYFRI" ] && [ -x "$UPSTREAM_BIN" ] || { echo "bench: built binaries not found under $TARGET_DIR" >&2; exit 1; }
+
+# ---------------------------------------------------------------- processes and cleanup
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/skyfri-bench.XXXXXX")"
+chmod 755 "$WORK"   # nginx workers may run as another user; they only need to traverse it
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Give skyfri time to stop its function processes, then make sure everything is gone.
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL SECONDS: until URL answers 200 (with keep-alive off, one request per try).
+wait_http() {
+  local url="$1" deadline=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)" = 200 ]; then return 0; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# (a) the upstream, directly
+UP_PORT="$(free_port)"
+PORT="$UP_PORT" "$UPSTREAM_BIN" >"$WORK/upstream.log" 2>&1 &
+PIDS+=($!)
+
+# (b) nginx -> upstream, keep-alive both sides
+NGX_PORT="$(free_port)"
+mkdir -p "$WORK/nginx/tmp"
+chmod -R 755 "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  upstream bench_upstream {
+    server 127.0.0.1:$UP_PORT;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+
+# (c) skyfri with an `http` function (the same upstream binary) and a `python3` function
+SKY_PORT="$(free_port)"
+mkdir -p "$WORK/stack/upstream" "$WORK/stack/hello" "$WORK/skyfri-data"
+echo "The http template runs fprocess (bench_upstream, absolute path) with PORT set." >"$WORK/stack/upstream/README"
+cat >"$WORK/stack/hello/handler.py" <<'EOF'
+def handle(req):
+    return "ok"
+EOF
+cat >"$WORK/stack/stack.yml" <<EOF
+version: 1.0
+provider:
+  name: openfaas
+  gateway: http://127.0.0.1:$SKY_PORT
+functions:
+  upstream:
+    lang: http
+    handler: ./upstream
+    image: skyfri-bench/upstream:latest
+    fprocess: $UPSTREAM_BIN
+  hello:
+    lang: python3
+    handler: ./hello
+    image: skyfri-bench/hello:latest
+EOF
+SKYFRI_ADMIN_PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')" \
+SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
+  "$SKYFRI" up --listen "127.0.0.1:$SKY_PORT" --data-dir "$WORK/skyfri-data" -f "$WORK/stack/stack.yml" \
+  >"$WORK/skyfri.log" 2>&1 &
+PIDS+=($!)
+SKY_PID=$!
+
+wait_http "http://127.0.0.1:$UP_PORT/" 30 || { echo "bench: upstream did not start" >&2; cat "$WORK/upstream.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$NGX_PORT/" 30 || { echo "bench: nginx did not start" >&2; cat "$WORK/nginx/error.log" "$WORK/nginx/stdout.log" >&2 || true; exit 1; }
+
+SKY_OK=1
+deadline=$((SECONDS + READY_TIMEOUT))
+until grep -qx ready "$WORK/skyfri.log" 2>/dev/null; do
+  if ! kill -0 "$SKY_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then SKY_OK=0; break; fi
+  sleep 0.2
+done
+SKY_UP_OK=0 SKY_PY_OK=0
+if [ "$SKY_OK" = 1 ]; then
+  wait_http "http://127.0.0.1:$SKY_PORT/function/upstream" 60 && SKY_UP_OK=1
+  wait_http "http://127.0.0.1:$SKY_PORT/function/hello" 60 && SKY_PY_OK=1
+fi
+if [ "$SKY_OK" = 0 ] || [ "$SKY_UP_OK" = 0 ] || [ "$SKY_PY_OK" = 0 ]; then
+  echo "bench: skyfri not (fully) serving: ready=$SKY_OK upstream=$SKY_UP_OK hello=$SKY_PY_OK; its log:" >&2
+  tail -n 40 "$WORK/skyfri.log" >&2 || true
+fi
+
+# ---------------------------------------------------------------- load
+# to_us VALUE: wrk latency ("95.00us", "2.65ms", "1.02s") -> microseconds.
+to_us() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1000000;
+    else if (u == "m") f = 60000000; else { print "nan"; exit }
+    printf "%.0f", n * f }'
+}
+
+declare -A RPS P50 P99 ERRS
+run_wrk() {   # run_wrk KEY URL
+  local key="$1" url="$2" out="$WORK/wrk-$1.txt"
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
+  fi
+  echo "bench: $key: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency $url"
+  if ! timeout $((SECONDS_PER_RUN + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$url" >"$out" 2>&1; then
+    echo "bench: wrk failed for $key" >&2; cat "$out" >&2 || true
+    RPS[$key]=""; return
+  fi
+  RPS[$key]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
+  P50[$key]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
+  P99[$key]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
+  # Non-2xx/3xx answers, socket errors and timeouts all count as errors.
+  ERRS[$key]="$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
+    /Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) e += $i}
+    END {print e + 0}' "$out")"
+}
+
+run_wrk direct       "http://127.0.0.1:$UP_PORT/"
+run_wrk nginx        "http://127.0.0.1:$NGX_PORT/"
+[ "$SKY_UP_OK" = 1 ] && run_wrk skyfri_http  "http://127.0.0.1:$SKY_PORT/function/upstream"
+[ "$SKY_PY_OK" = 1 ] && run_wrk skyfri_py    "http://127.0.0.1:$SKY_PORT/function/hello"
+
+# ---------------------------------------------------------------- report
+row() {   # row KEY LABEL
+  local k="$1"
+  if [ -n "${RPS[$k]:-}" ]; then
+    printf '| %s | %s | %s | %s | %s |\n' "$2" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${ERRS[$k]}"
+  else
+    printf '| %s | n/a | n/a | n/a | n/a |\n' "$2"
+  fi
+}
+VERDICT=0
+report() {
+  echo "## skyfri proxy benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
+  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "Load: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency (after ${WARMUP}s warm-up), all on 127.0.0.1; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes 2, upstream keepalive 64."
+  echo
+  echo "| target | req/s | p50 (µs) | p99 (µs) | errors |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  row direct      "upstream (direct)"
+  row nginx       "nginx -> upstream"
+  row skyfri_http "skyfri -> upstream (/function/upstream, http)"
+  row skyfri_py   "skyfri -> python3 (/function/hello)"
+  echo
+  if [ -n "${RPS[skyfri_http]:-}" ] && [ -n "${RPS[nginx]:-}" ] && [ -n "${RPS[direct]:-}" ]; then
+    ratio="$(awk -v a="${RPS[skyfri_http]}" -v b="${RPS[nginx]}" 'BEGIN {printf "%.2f", a / b}')"
+    added="$(awk -v a="${P50[skyfri_http]}" -v b="${P50[direct]}" 'BEGIN {printf "%d", a - b}')"
+    nginx_added="$(awk -v a="${P50[nginx]}" -v b="${P50[direct]}" 'BEGIN {printf "%d", a - b}')"
+    tp_ok="$(awk -v r="$ratio" 'BEGIN {print (r >= 1.0) ? "PASS" : "FAIL"}')"
+    lat_ok="$([ "$added" -le 50 ] && echo PASS || echo FAIL)"
+    err_ok="$([ "${ERRS[skyfri_http]}" = 0 ] && echo PASS || echo FAIL)"
+    echo "- skyfri/nginx throughput: **${ratio}x** (budget >= 1.00x): **$tp_ok**"
+    echo "- skyfri added p50 over direct: **${added} µs** (budget <= 50 µs; nginx adds ${nginx_added} µs): **$lat_ok**"
+    echo "- skyfri errors under load: ${ERRS[skyfri_http]}: **$err_ok**"
+    [ "$tp_ok" = PASS ] && [ "$lat_ok" = PASS ] && [ "$err_ok" = PASS ] || VERDICT=1
+  else
+    echo "- budget not checked: skyfri -> upstream did not run (see the skyfri log above)"
+    VERDICT=1
+  fi
+}
+report >"$WORK/report.md"   # not in a pipeline: VERDICT must survive
+echo
+cat "$WORK/report.md"
+mkdir -p bench/out
+cp "$WORK/report.md" bench/out/latest.md
+echo
+echo "bench: wrote bench/out/latest.md"
+if [ "$STRICT" = 1 ] && [ "$VERDICT" != 0 ]; then exit 1; fi
+if [ "$SKY_UP_OK" = 0 ] || [ "$SKY_PY_OK" = 0 ]; then exit 1; fi
+exit 0

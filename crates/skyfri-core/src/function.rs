@@ -1,0 +1,174 @@
+//! The function specification: what a user declares, independent of where it came from
+//! (stack.yml, a Knative Service, or the OpenFaaS REST API).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The only namespace for now, as OpenFaaS names it.
+pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
+
+/// Default exec timeout when a function sets none.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// A template a function is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Template {
+    Python3,
+    Python3Http,
+    Node,
+    Exec,
+    Http,
+}
+
+impl Template {
+    /// Maps an OpenFaaS `lang` value to a template.
+    pub fn from_lang(lang: &str) -> Option<Template> {
+        Some(match lang {
+            "python3" | "python" | "python3-flask" => Template::Python3,
+            "python3-http" | "python3-http-debian" => Template::Python3Http,
+            "node" | "node18" | "node20" | "node22" | "node-http" => Template::Node,
+            "exec" | "dockerfile" => Template::Exec,
+            "http" => Template::Http,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Python3 => "python3",
+            Template::Python3Http => "python3-http",
+            Template::Node => "node",
+            Template::Exec => "exec",
+            Template::Http => "http",
+        }
+    }
+
+    pub const ALL: [Template; 5] = [
+        Template::Python3,
+        Template::Python3Http,
+        Template::Node,
+        Template::Exec,
+        Template::Http,
+    ];
+}
+
+/// Memory and CPU quantities, normalised.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Bytes.
+    pub memory: Option<u64>,
+    /// Millicores.
+    pub cpu_millis: Option<u64>,
+}
+
+/// Everything skyfri needs to run one function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub namespace: String,
+    /// Artefact name (the `image` of stack.yml or Knative).
+    pub image: String,
+    /// The command run by `exec` and `http` templates (`fprocess`), if set.
+    pub env_process: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub constraints: Vec<String>,
+    pub limits: Resources,
+    pub requests: Resources,
+    pub read_only_root_filesystem: bool,
+    /// Exec timeout in seconds.
+    pub timeout_secs: u64,
+    /// Maximum in-flight requests per replica, 0 = unlimited.
+    pub concurrency: u32,
+}
+
+impl FunctionSpec {
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            image: image.into(),
+            env_process: None,
+            env_vars: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            secrets: Vec::new(),
+            constraints: Vec::new(),
+            limits: Resources::default(),
+            requests: Resources::default(),
+            read_only_root_filesystem: false,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            concurrency: 0,
+        }
+    }
+
+    /// `com.openfaas.scale.min`, default 1 until autoscaling lands.
+    pub fn min_replicas(&self) -> u32 {
+        self.labels
+            .get("com.openfaas.scale.min")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// The health path from `com.openfaas.health.http.path`, if any.
+    pub fn health_path(&self) -> Option<&str> {
+        self.annotations
+            .get("com.openfaas.health.http.path")
+            .map(String::as_str)
+    }
+}
+
+/// A function as the platform knows it: its spec plus the artefact it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub spec: FunctionSpec,
+    /// Content hash of the artefact (`sha256:...`).
+    pub artefact: String,
+    pub template: Template,
+    /// Desired replica count.
+    pub replicas: u32,
+}
+
+/// Validates a DNS-1123 label (what Kubernetes and OpenFaaS accept as a function name).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!(
+            "name {name:?} must be 1 to 63 characters long (a DNS-1123 label)"
+        ));
+    }
+    if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "name {name:?} is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "vipps-processor", "f1", "a-b-c"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn langs() {
+        assert_eq!(Template::from_lang("node18"), Some(Template::Node));
+        assert_eq!(Template::from_lang("python3"), Some(Template::Python3));
+        assert_eq!(Template::from_lang("cobol"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! skyfri-core: domain types and the parsers of what users bring (stack.yml, Knative
+//! Service manifests). No I/O: callers read files and pass their text in.
+
+pub mod function;
+pub mod manifest;
+pub mod openfaas;
+pub mod quantity;
+
+pub use function::{validate_name, Deployment, FunctionSpec, Resources, Template};

@@ -1,0 +1,63 @@
+//! `/system/artefacts`: receives a handler folder (as a tar archive) and builds it into an
+//! immutable, content-addressed artefact registered under an image name.
+
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use skyfri_core::Template;
+use skyfri_store::Image;
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct BuildQuery {
+    image: String,
+    template: String,
+}
+
+pub async fn build(
+    State(state): State<AppState>,
+    Query(q): Query<BuildQuery>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, GatewayError> {
+    let template = Template::from_lang(&q.template).ok_or_else(|| {
+        GatewayError::bad_request(format!(
+            "template: {:?} is not a known template ({})",
+            q.template,
+            Template::ALL.map(Template::name).join(", ")
+        ))
+    })?;
+    if q.image.trim().is_empty() || q.image.len() > 512 {
+        return Err(GatewayError::bad_request(
+            "image: must be 1 to 512 characters",
+        ));
+    }
+    let artefacts = state.artefacts.clone();
+    let tmp_root = state.tmp_dir.clone();
+    let artefact = tokio::task::spawn_blocking(move || -> Result<String, GatewayError> {
+        std::fs::create_dir_all(&tmp_root).map_err(GatewayError::internal)?;
+        let dir = tempfile::tempdir_in(&tmp_root).map_err(GatewayError::internal)?;
+        // `unpack` refuses entries that would land outside `dir` (absolute or `..` paths).
+        tar::Archive::new(&body[..])
+            .unpack(dir.path())
+            .map_err(|e| GatewayError::bad_request(format!("invalid handler archive: {e}")))?;
+        artefacts
+            .build(template, dir.path())
+            .map_err(|e| GatewayError::bad_request(format!("build failed: {e}")))
+    })
+    .await
+    .map_err(GatewayError::internal)??;
+    state.store.put_image(&Image {
+        name: q.image.clone(),
+        artefact: artefact.clone(),
+        template,
+    })?;
+    tracing::info!(image = %q.image, %artefact, "built");
+    Ok(Json(serde_json::json!({
+        "image": q.image,
+        "artefact": artefact,
+        "template": template.name(),
+    })))
+}

@@ -1,0 +1,190 @@
+//! `/system/functions`, `/system/function/{name}`, `/system/scale-function/{name}`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use skyfri_core::openfaas::{FunctionDeployment, FunctionStatus};
+use skyfri_core::{validate_name, Deployment};
+use skyfri_store::StoredFunction;
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+
+fn status_of(state: &AppState, stored: &StoredFunction) -> FunctionStatus {
+    let spec = &stored.deployment.spec;
+    let d = FunctionDeployment::from(spec);
+    let live = state.provider.status(&spec.name);
+    let invocations = state
+        .live(&spec.name)
+        .map(|l| l.invocations.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(0);
+    FunctionStatus {
+        name: d.service,
+        image: d.image,
+        namespace: spec.namespace.clone(),
+        env_process: d.env_process,
+        env_vars: d.env_vars,
+        constraints: d.constraints,
+        secrets: d.secrets,
+        labels: d.labels,
+        annotations: d.annotations,
+        limits: d.limits,
+        requests: d.requests,
+        read_only_root_filesystem: d.read_only_root_filesystem,
+        invocation_count: invocations as f64,
+        replicas: u64::from(stored.deployment.replicas),
+        available_replicas: live.map(|s| u64::from(s.available)).unwrap_or(0),
+        created_at: Some(stored.created_at.to_rfc3339()),
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, GatewayError> {
+    let all = state.store.list_functions()?;
+    Ok(Json(
+        all.iter().map(|f| status_of(&state, f)).collect::<Vec<_>>(),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, GatewayError> {
+    let stored = state
+        .store
+        .get_function(&name)?
+        .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))?;
+    Ok(Json(status_of(&state, &stored)))
+}
+
+fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, GatewayError> {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid FunctionDeployment JSON: {e}")))
+}
+
+/// Resolves the image, starts the replicas, and only then records the function: a deploy
+/// that fails leaves the previous state untouched.
+pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment, GatewayError> {
+    let spec = d.into_spec().map_err(GatewayError::bad_request)?;
+    let image = state.store.get_image(&spec.image)?.ok_or_else(|| {
+        GatewayError::bad_request(format!(
+            "image {:?} is not built on this skyfri: run `skyfri build -f stack.yml` (or `skyfri deploy -f stack.yml`) for the function that names it",
+            spec.image
+        ))
+    })?;
+    let replicas = match state.store.get_function(&spec.name)? {
+        // An update keeps a scale set by /system/scale-function unless the minimum says more.
+        Some(old) => old.deployment.replicas.max(spec.min_replicas()),
+        None => spec.min_replicas(),
+    };
+    let deployment = Deployment {
+        spec,
+        artefact: image.artefact,
+        template: image.template,
+        replicas,
+    };
+    state
+        .provider
+        .deploy(&deployment)
+        .await
+        .map_err(|e| GatewayError::bad_request(format!("deploy failed: {e}")))?;
+    state.store.put_function(&deployment)?;
+    state.set_live(deployment.clone());
+    tracing::info!(function = %deployment.spec.name, artefact = %deployment.artefact, "deployed");
+    Ok(deployment)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, GatewayError> {
+    apply(&state, parse_deployment(&body)?).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, GatewayError> {
+    let d = parse_deployment(&body)?;
+    if state.store.get_function(&d.service)?.is_none() {
+        return Err(GatewayError::not_found(format!(
+            "function {:?} not found",
+            d.service
+        )));
+    }
+    apply(&state, d).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteRequest {
+    function_name: String,
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, GatewayError> {
+    let req: DeleteRequest = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::bad_request(format!("expected {{\"functionName\": \"...\"}}: {e}"))
+    })?;
+    let name = req.function_name;
+    if !state.store.remove_function(&name)? {
+        return Err(GatewayError::not_found(format!(
+            "function {name:?} not found"
+        )));
+    }
+    state.remove_live(&name);
+    state
+        .provider
+        .remove(&name)
+        .await
+        .map_err(GatewayError::internal)?;
+    tracing::info!(function = %name, "removed");
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleRequest {
+    replicas: u32,
+}
+
+/// Most replicas one function may have on this node.
+const MAX_REPLICAS: u32 = 100;
+
+pub async fn scale(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, GatewayError> {
+    validate_name(&name).map_err(GatewayError::bad_request)?;
+    let req: ScaleRequest = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::bad_request(format!(
+            "expected {{\"serviceName\": \"...\", \"replicas\": N}}: {e}"
+        ))
+    })?;
+    if req.replicas > MAX_REPLICAS {
+        return Err(GatewayError::bad_request(format!(
+            "replicas: {} is more than the maximum of {MAX_REPLICAS}",
+            req.replicas
+        )));
+    }
+    let mut stored = state
+        .store
+        .get_function(&name)?
+        .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))?
+        .deployment;
+    state
+        .provider
+        .scale(&name, req.replicas)
+        .await
+        .map_err(GatewayError::internal)?;
+    stored.replicas = req.replicas;
+    state.store.put_function(&stored)?;
+    state.set_live(stored);
+    Ok(StatusCode::ACCEPTED)
+}

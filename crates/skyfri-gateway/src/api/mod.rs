@@ -1,0 +1,6 @@
+//! The OpenFaaS-compatible admin API under `/system`.
+
+pub mod artefacts;
+pub mod functions;
+pub mod logs;
+pub mod system;

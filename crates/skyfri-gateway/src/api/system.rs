@@ -1,0 +1,45 @@
+//! `/system/info`, `/system/namespaces`, `/healthz`, `/metrics`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+
+use crate::state::AppState;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn info() -> impl IntoResponse {
+    let version = serde_json::json!({
+        "release": VERSION,
+        "sha": option_env!("SKYFRI_GIT_SHA").unwrap_or("unknown"),
+        "commit_message": "",
+    });
+    Json(serde_json::json!({
+        "provider": {
+            "provider": "skyfri",
+            "orchestration": "local",
+            "version": version,
+        },
+        "version": version,
+        "arch": std::env::consts::ARCH,
+    }))
+}
+
+pub async fn namespaces() -> impl IntoResponse {
+    Json([skyfri_core::function::DEFAULT_NAMESPACE])
+}
+
+pub async fn healthz() -> &'static str {
+    "OK"
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,75 @@
+//! Errors the gateway answers with: each knows whether the caller (4xx), the function
+//! (502/504) or the platform (503/500) is at fault, and renders as JSON.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The caller sent something wrong.
+    #[error("{message}")]
+    Caller { status: StatusCode, message: String },
+    /// The function failed: crashed, closed the connection, or timed out.
+    #[error("{message}")]
+    Function { status: StatusCode, message: String },
+    /// skyfri itself could not serve the request.
+    #[error("{message}")]
+    Platform { status: StatusCode, message: String },
+}
+
+impl GatewayError {
+    pub fn bad_request(message: impl Into<String>) -> GatewayError {
+        GatewayError::Caller {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> GatewayError {
+        GatewayError::Caller {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> GatewayError {
+        GatewayError::Platform {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Caller { status, .. }
+            | GatewayError::Function { status, .. }
+            | GatewayError::Platform { status, .. } => *status,
+        }
+    }
+
+    fn source_name(&self) -> &'static str {
+        match self {
+            GatewayError::Caller { .. } => "caller",
+            GatewayError::Function { .. } => "function",
+            GatewayError::Platform { .. } => "platform",
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.to_string(),
+            "source": self.source_name(),
+            "status": self.status().as_u16(),
+        });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<skyfri_store::StoreError> for GatewayError {
+    fn from(e: skyfri_store::StoreError) -> GatewayError {
+        GatewayError::internal(e)
+    }
+}

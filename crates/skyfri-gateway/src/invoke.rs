@@ -1,0 +1,223 @@
+//! The invoke path: `/function/NAME[/path]` for any method, proxied to a ready replica with
+//! method, path suffix, query, headers and body intact; the response streams back.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use skyfri_runtime::Endpoint;
+
+use crate::error::GatewayError;
+use crate::state::{AppState, Live};
+use crate::upstream;
+
+/// How long a call waits for a replica that is (re)starting before the caller gets a 503.
+const REPLICA_WAIT: Duration = Duration::from_secs(10);
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !HOP_BY_HOP.contains(&k.as_str()) && k != "host" {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Splits `/function/NAME/rest` into the name and the path suffix (at least "/").
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/function/")?;
+    match rest.find('/') {
+        Some(i) => Some((&rest[..i], &rest[i..])),
+        None => Some((rest, "/")),
+    }
+}
+
+pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
+    let start = Instant::now();
+    let Some((name, _)) = split_path(req.uri().path()) else {
+        return GatewayError::not_found("no such route").into_response();
+    };
+    // `name.namespace` is OpenFaaS's way to address a namespace; there is one.
+    let name = name
+        .strip_suffix(&format!(".{}", skyfri_core::function::DEFAULT_NAMESPACE))
+        .unwrap_or(name)
+        .to_string();
+    let Some(live) = state.live(&name) else {
+        return GatewayError::not_found(format!(
+            "function {name:?} is not deployed (see `skyfri ls`)"
+        ))
+        .into_response();
+    };
+    let call_id = req
+        .headers()
+        .get("x-call-id")
+        .cloned()
+        .unwrap_or_else(|| header_value(&uuid::Uuid::new_v4().to_string()));
+    let start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+
+    let result = forward(&state, &live, req, &call_id, start_ns).await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let code = response.status().as_u16();
+    live.invocations.fetch_add(1, Ordering::Relaxed);
+    state.metrics.observe_call(&name, code, elapsed);
+    let h = response.headers_mut();
+    h.insert(HeaderName::from_static("x-call-id"), call_id);
+    h.insert(
+        HeaderName::from_static("x-start-time"),
+        header_value(&start_ns.to_string()),
+    );
+    h.insert(
+        HeaderName::from_static("x-duration-seconds"),
+        header_value(&format!("{elapsed:.6}")),
+    );
+    tracing::debug!(function = %name, status = code, seconds = elapsed, "invoke");
+    response
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn pick_endpoint(state: &AppState, live: &Live) -> Result<Endpoint, GatewayError> {
+    let name = &live.deployment.spec.name;
+    let deadline = Instant::now() + REPLICA_WAIT;
+    loop {
+        let endpoints = state.provider.endpoints(name);
+        if !endpoints.is_empty() {
+            let i = live.next_index(endpoints.len());
+            return Ok(endpoints[i].clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(GatewayError::Platform {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "function {name:?} has no ready replica after {}s (see `skyfri logs {name}`)",
+                    REPLICA_WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    live: &Live,
+    req: Request,
+    call_id: &HeaderValue,
+    start_ns: u128,
+) -> Result<Response, GatewayError> {
+    let spec = &live.deployment.spec;
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, state.max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::Caller {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "request body is larger than the limit of {} bytes",
+                        state.max_body
+                    ),
+                }
+            } else {
+                GatewayError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let endpoint = pick_endpoint(state, live).await?;
+    let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{suffix}?{q}"),
+        None => suffix.to_string(),
+    };
+    let uri = format!(
+        "http://{}{}",
+        upstream::authority(&endpoint),
+        path_and_query
+    );
+    let mut upstream_req = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(Full::<Bytes>::new(body))
+        .map_err(|e| GatewayError::bad_request(format!("invalid request: {e}")))?;
+    let headers = upstream_req.headers_mut();
+    copy_headers(&parts.headers, headers);
+    headers.insert(HeaderName::from_static("x-call-id"), call_id.clone());
+    headers.insert(
+        HeaderName::from_static("x-start-time"),
+        header_value(&start_ns.to_string()),
+    );
+    if let Some(host) = parts.headers.get("host") {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+
+    let timeout = Duration::from_secs(spec.timeout_secs);
+    let answer = tokio::time::timeout(timeout, state.client.request(upstream_req)).await;
+    let upstream_res = match answer {
+        Err(_) => {
+            return Err(GatewayError::Function {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: format!(
+                    "function {:?} did not answer within its exec timeout of {}s (exec_timeout / timeoutSeconds)",
+                    spec.name, spec.timeout_secs
+                ),
+            })
+        }
+        Ok(Err(e)) => {
+            state.provider.report_failure(&spec.name, &endpoint);
+            return Err(GatewayError::Function {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!(
+                    "function {:?} failed during the call (the replica crashed or closed the connection: {e}); it is being restarted, see `skyfri logs {}`",
+                    spec.name, spec.name
+                ),
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (parts, body) = upstream_res.into_parts();
+    let mut response = Response::builder()
+        .status(parts.status)
+        .body(Body::new(body))
+        .map_err(GatewayError::internal)?;
+    copy_headers(&parts.headers, response.headers_mut());
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("/function/echo"), Some(("echo", "/")));
+        assert_eq!(split_path("/function/echo/"), Some(("echo", "/")));
+        assert_eq!(split_path("/function/echo/a/b"), Some(("echo", "/a/b")));
+        assert_eq!(split_path("/other"), None);
+    }
+}

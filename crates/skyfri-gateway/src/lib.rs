@@ -1,0 +1,82 @@
+//! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
+//! (basic auth), the invoke proxy under `/function`, health and Prometheus metrics.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod invoke;
+pub mod metrics;
+pub mod state;
+pub mod upstream;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use error::GatewayError;
+pub use state::{AppState, GatewayConfig};
+
+/// Upload limit for artefact archives.
+const MAX_ARTEFACT_BYTES: usize = 256 << 20;
+
+pub fn router(state: AppState) -> Router {
+    let system = Router::new()
+        .route(
+            "/system/functions",
+            get(api::functions::list)
+                .post(api::functions::create)
+                .put(api::functions::update)
+                .delete(api::functions::delete),
+        )
+        .route("/system/function/{name}", get(api::functions::get))
+        .route("/system/scale-function/{name}", post(api::functions::scale))
+        .route("/system/info", get(api::system::info))
+        .route("/system/namespaces", get(api::system::namespaces))
+        .route("/system/logs", get(api::logs::logs))
+        .route(
+            "/system/artefacts",
+            post(api::artefacts::build).layer(DefaultBodyLimit::max(MAX_ARTEFACT_BYTES)),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .merge(system)
+        .route("/healthz", get(api::system::healthz))
+        .route("/metrics", get(api::system::metrics))
+        .route("/function/{name}", any(invoke::invoke))
+        .route("/function/{name}/", any(invoke::invoke))
+        .route("/function/{name}/{*rest}", any(invoke::invoke))
+        .with_state(state)
+}
+
+/// Brings back every stored function (after a restart). Failures are logged per function
+/// and do not stop the others.
+pub async fn restore(state: &AppState) -> Result<usize, GatewayError> {
+    let stored = state.store.list_functions()?;
+    let mut started = 0;
+    for f in stored {
+        let name = f.deployment.spec.name.clone();
+        state.set_live(f.deployment.clone());
+        match state.provider.deploy(&f.deployment).await {
+            Ok(()) => started += 1,
+            Err(e) => tracing::error!(function = %name, error = %e, "could not restore function"),
+        }
+    }
+    Ok(started)
+}
+
+/// Serves on a bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,256 @@
+//! The content-addressed artefact store: a function's handler folder plus its template's shim,
+//! copied once into `root/<sha256>/` and never modified afterwards, so every replica of a
+//! given artefact runs exactly the same files.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use skyfri_core::Template;
+
+use crate::provider::RuntimeError;
+use crate::templates;
+
+const PREFIX: &str = "sha256:";
+/// Where the user's files go inside an artefact.
+pub const FUNCTION_DIR: &str = "function";
+
+/// Builds and finds artefacts under one root directory.
+#[derive(Debug, Clone)]
+pub struct ArtefactStore {
+    root: PathBuf,
+}
+
+/// A regular file of the handler folder, as hashed and copied.
+struct SourceFile {
+    relative: String,
+    absolute: PathBuf,
+    executable: bool,
+}
+
+impl ArtefactStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: PathBuf) -> Result<ArtefactStore, RuntimeError> {
+        fs::create_dir_all(&root)
+            .map_err(|e| RuntimeError::io(format!("creating {}", root.display()), e))?;
+        Ok(ArtefactStore { root })
+    }
+
+    /// Copies the handler folder into an immutable content-addressed dir
+    /// `root/<hex>/function/` and writes the template's embedded shim files into `root/<hex>/`
+    /// (the hash covers the template name and every file's relative path, mode and contents).
+    /// Idempotent. Returns `"sha256:<hex>"`.
+    pub fn build(&self, template: Template, handler_dir: &Path) -> Result<String, RuntimeError> {
+        let files = list_files(handler_dir)?;
+        let hex = digest(template, &files)?;
+        let id = format!("{PREFIX}{hex}");
+        let target = self.root.join(&hex);
+        if target.is_dir() {
+            return Ok(id);
+        }
+
+        // Assemble in a private staging dir and rename it into place, so a crash or a
+        // concurrent build never leaves a half-written artefact under its final name.
+        let staging = self
+            .root
+            .join(format!(".staging-{hex}-{}", rand::random::<u32>()));
+        let result = assemble(template, &files, &staging)
+            .and_then(|()| install_dependencies(template, &staging));
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&staging, &target) {
+            let _ = fs::remove_dir_all(&staging);
+            // Someone else built the same artefact meanwhile: theirs is identical.
+            if !target.is_dir() {
+                return Err(RuntimeError::io(
+                    format!("moving artefact into {}", target.display()),
+                    e,
+                ));
+            }
+        }
+        Ok(id)
+    }
+
+    /// The directory of a built artefact; `None` if the id is malformed or unknown.
+    pub fn path(&self, artefact: &str) -> Option<PathBuf> {
+        let hex = artefact.strip_prefix(PREFIX)?;
+        // Only a 64-digit lower-case hex name can be ours, which also rules out `..` and `/`.
+        let valid = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return None;
+        }
+        let dir = self.root.join(hex);
+        dir.is_dir().then_some(dir)
+    }
+}
+
+/// Regular files under `dir`, sorted by relative path so the hash does not depend on the
+/// order the file system lists them in.
+fn list_files(dir: &Path) -> Result<Vec<SourceFile>, RuntimeError> {
+    if !dir.is_dir() {
+        return Err(RuntimeError::Invalid(format!(
+            "handler folder {} does not exist",
+            dir.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        // VCS metadata is not part of a function and would make the hash change on every commit.
+        .filter_entry(|e| e.file_name() != ".git");
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            RuntimeError::io(
+                format!("reading {}", dir.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let relative = entry
+            .path()
+            .strip_prefix(dir)
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let relative = relative
+            .to_str()
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!("file name {} is not UTF-8", relative.display()))
+            })?
+            .to_string();
+        let meta = entry.metadata().map_err(|e| {
+            RuntimeError::io(relative.clone(), std::io::Error::other(e.to_string()))
+        })?;
+        files.push(SourceFile {
+            relative,
+            absolute: entry.path().to_path_buf(),
+            executable: meta.permissions().mode() & 0o111 != 0,
+        });
+    }
+    files.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(files)
+}
+
+/// The artefact hash. Every field is length-prefixed so no two different inputs concatenate
+/// to the same byte stream.
+fn digest(template: Template, files: &[SourceFile]) -> Result<String, RuntimeError> {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    field(&mut h, b"skyfri-artefact-v1");
+    field(&mut h, template.name().as_bytes());
+    // The shim is part of what runs, so a changed shim must give a new artefact.
+    for (name, contents) in templates::shim_files(template) {
+        field(&mut h, name.as_bytes());
+        field(&mut h, contents.as_bytes());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    for f in files {
+        field(&mut h, f.relative.as_bytes());
+        field(&mut h, if f.executable { b"x" } else { b"-" });
+        let mut file = fs::File::open(&f.absolute)
+            .map_err(|e| RuntimeError::io(format!("reading {}", f.absolute.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| RuntimeError::io(format!("reading {}", f.absolute.display()), e))?
+            .len();
+        h.update(len.to_le_bytes());
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| RuntimeError::io(format!("reading {}", f.absolute.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>())
+}
+
+/// Writes the function files and the shim into `staging`.
+fn assemble(template: Template, files: &[SourceFile], staging: &Path) -> Result<(), RuntimeError> {
+    let function_dir = staging.join(FUNCTION_DIR);
+    fs::create_dir_all(&function_dir)
+        .map_err(|e| RuntimeError::io(format!("creating {}", function_dir.display()), e))?;
+    for f in files {
+        let dest = function_dir.join(&f.relative);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| RuntimeError::io(format!("creating {}", parent.display()), e))?;
+        }
+        fs::copy(&f.absolute, &dest)
+            .map_err(|e| RuntimeError::io(format!("copying {}", f.absolute.display()), e))?;
+        // Read-only, because artefacts are shared by every replica and must stay identical
+        // to what was hashed; keep the executable bit that exec/http commands rely on.
+        let mode = if f.executable { 0o555 } else { 0o444 };
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+            .map_err(|e| RuntimeError::io(format!("chmod {}", dest.display()), e))?;
+    }
+    for (name, contents) in templates::shim_files(template) {
+        let dest = staging.join(name);
+        fs::write(&dest, contents)
+            .map_err(|e| RuntimeError::io(format!("writing {}", dest.display()), e))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o444))
+            .map_err(|e| RuntimeError::io(format!("chmod {}", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Dependency installation goes here: `pip install --target` for `requirements.txt`,
+/// `npm ci` for `package.json`, run inside `staging` before it is renamed into place (so
+/// installed dependencies become part of the immutable artefact). Not implemented yet: the
+/// handler folder is used as is.
+fn install_dependencies(_template: Template, _staging: &Path) -> Result<(), RuntimeError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_is_idempotent_and_content_addressed() -> Result<(), Box<dyn std::error::Error>> {
+        let store_dir = tempfile::tempdir()?;
+        let src = tempfile::tempdir()?;
+        fs::write(
+            src.path().join("handler.py"),
+            "def handle(req):\n    return req\n",
+        )?;
+        let store = ArtefactStore::open(store_dir.path().join("a"))?;
+        let a = store.build(Template::Python3, src.path())?;
+        let b = store.build(Template::Python3, src.path())?;
+        assert_eq!(a, b);
+        assert!(a.starts_with("sha256:"));
+        let dir = store.path(&a).ok_or("artefact missing")?;
+        assert!(dir.join("function/handler.py").is_file());
+        assert!(dir.join(templates::PYTHON_SHIM).is_file());
+
+        let other = store.build(Template::Python3Http, src.path())?;
+        assert_ne!(a, other, "template is part of the hash");
+        fs::write(
+            src.path().join("handler.py"),
+            "def handle(req):\n    return 1\n",
+        )?;
+        assert_ne!(a, store.build(Template::Python3, src.path())?);
+
+        assert!(store.path("sha256:../../etc").is_none());
+        assert!(store.path(&a.replace("sha256:", "md5:")).is_none());
+        assert!(store.path(&format!("sha256:{}", "0".repeat(64))).is_none());
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! How each template is started: the program, its arguments, environment and readiness probe.
+
+use std::path::{Path, PathBuf};
+
+use skyfri_core::{Deployment, Template};
+
+use crate::artefact::FUNCTION_DIR;
+use crate::provider::RuntimeError;
+use crate::templates;
+
+/// Interpreters, resolved to absolute paths once: replicas get a minimal PATH, and version
+/// manager shims (pyenv, nvm) re-resolve per call, which is slow and depends on the caller's
+/// environment.
+#[derive(Debug, Clone)]
+pub struct Interpreters {
+    pub python: Option<PathBuf>,
+    pub node: Option<PathBuf>,
+}
+
+impl Interpreters {
+    pub fn resolve() -> Interpreters {
+        Interpreters {
+            python: find("python3", &["/usr/bin/python3", "/usr/local/bin/python3"]),
+            node: find("node", &[]),
+        }
+    }
+}
+
+fn find(program: &str, preferred: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = preferred.iter().map(Path::new).find(|p| is_executable(p)) {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.components().any(|c| c.as_os_str() == "shims"))
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// How to tell that a replica is ready.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// `GET /_/health` must answer 200 (the shims answer it themselves).
+    Shim,
+    /// The user's own server: with a configured health path, a GET of it must answer any
+    /// HTTP status; without one, accepting TCP is enough.
+    Http { health_path: Option<String> },
+}
+
+/// Everything needed to start replicas of one deployment.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub function: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Environment shared by all replicas; per-replica variables are added at spawn.
+    pub env: Vec<(String, String)>,
+    pub probe: Probe,
+    /// Listens on TCP `PORT` (the http template) rather than on the unix socket `SKYFRI_SOCKET`.
+    pub tcp: bool,
+}
+
+pub fn plan(
+    d: &Deployment,
+    artefact_dir: &Path,
+    interpreters: &Interpreters,
+) -> Result<Launch, RuntimeError> {
+    let fprocess = d.spec.env_process.clone().filter(|p| !p.trim().is_empty());
+    let python = || {
+        interpreters
+            .python
+            .clone()
+            .ok_or(RuntimeError::MissingInterpreter("python3"))
+    };
+    let (program, args, probe, tcp) = match d.template {
+        Template::Python3 | Template::Python3Http | Template::Exec => {
+            if d.template == Template::Exec && fprocess.is_none() {
+                return Err(RuntimeError::Invalid(
+                    "the exec template needs fprocess (env_process)".into(),
+                ));
+            }
+            let shim = artefact_dir.join(templates::PYTHON_SHIM);
+            let mode = templates::python_mode(d.template).unwrap_or("python3");
+            (
+                python()?,
+                vec![shim.to_string_lossy().into_owned(), mode.to_string()],
+                Probe::Shim,
+                false,
+            )
+        }
+        Template::Node => {
+            let node = interpreters
+                .node
+                .clone()
+                .ok_or(RuntimeError::MissingInterpreter("node"))?;
+            let shim = artefact_dir.join(templates::NODE_SHIM);
+            (
+                node,
+                vec![shim.to_string_lossy().into_owned()],
+                Probe::Shim,
+                false,
+            )
+        }
+        Template::Http => {
+            let Some(command) = fprocess.clone() else {
+                return Err(RuntimeError::Invalid(
+                    "the http template needs fprocess (env_process): the command that starts the server".into(),
+                ));
+            };
+            (
+                PathBuf::from("/bin/sh"),
+                vec!["-c".to_string(), command],
+                Probe::Http {
+                    health_path: d.spec.health_path().map(str::to_string),
+                },
+                true,
+            )
+        }
+    };
+
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+    ];
+    if let Some(fprocess) = fprocess {
+        env.push(("fprocess".to_string(), fprocess));
+    }
+    // The user's variables come last so they may override the defaults above (PATH, say);
+    // the protocol variables set per replica at spawn override them in turn.
+    env.extend(d.spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    Ok(Launch {
+        function: d.spec.name.clone(),
+        program,
+        args,
+        cwd: artefact_dir.join(FUNCTION_DIR),
+        env,
+        probe,
+        tcp,
+    })
+}

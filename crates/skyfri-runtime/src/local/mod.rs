@@ -1,0 +1,315 @@
+//! The local provider: runs each replica as a supervised process on this host and reaches it
+//! over a unix socket (shim templates) or a loopback TCP port (the http template).
+
+mod launch;
+mod logs;
+mod probe;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use skyfri_core::Deployment;
+use tokio::sync::broadcast;
+
+use crate::artefact::ArtefactStore;
+use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+use launch::{Interpreters, Launch};
+use logs::LogStore;
+use supervisor::Replica;
+
+/// How long a deploy waits for its first replica to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long replaced replicas keep running after the swap, so requests already sent to them
+/// can finish.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs functions as local processes.
+pub struct LocalProvider {
+    artefacts: ArtefactStore,
+    run_dir: PathBuf,
+    logs: LogStore,
+    interpreters: Interpreters,
+    functions: RwLock<HashMap<String, Function>>,
+    /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
+    retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
+    /// One lock per function so deploy/scale/remove of a function never interleave, while
+    /// a slow deploy of one function does not hold up the others.
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct Function {
+    launch: Arc<Launch>,
+    desired: u32,
+    replicas: Vec<Arc<Replica>>,
+}
+
+impl LocalProvider {
+    pub fn new(
+        artefacts: ArtefactStore,
+        run_dir: PathBuf,
+        log_dir: PathBuf,
+    ) -> Result<Arc<LocalProvider>, RuntimeError> {
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", run_dir.display()), e))?;
+        let interpreters = Interpreters::resolve();
+        tracing::debug!(?interpreters, "resolved interpreters");
+        Ok(Arc::new(LocalProvider {
+            artefacts,
+            run_dir,
+            logs: LogStore::open(log_dir)?,
+            interpreters,
+            functions: RwLock::new(HashMap::new()),
+            retiring: Arc::new(Mutex::new(Vec::new())),
+            op_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.op_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(name.to_string()).or_default())
+    }
+
+    fn start_replicas(
+        &self,
+        launch: &Arc<Launch>,
+        count: u32,
+    ) -> Result<Vec<Arc<Replica>>, RuntimeError> {
+        let sink = self
+            .logs
+            .sink(&launch.function)
+            .ok_or_else(|| RuntimeError::Invalid(format!("bad name {}", launch.function)))?;
+        let mut replicas = Vec::new();
+        for _ in 0..count {
+            match Replica::start(Arc::clone(launch), Arc::clone(&sink), &self.run_dir) {
+                Ok(r) => replicas.push(r),
+                Err(e) => {
+                    tokio::spawn(stop_all(replicas));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(replicas)
+    }
+
+    /// Stops replicas after the drain period, in the background.
+    fn retire(&self, replicas: Vec<Arc<Replica>>) {
+        if replicas.is_empty() {
+            return;
+        }
+        self.retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(replicas.iter().cloned());
+        let retiring = Arc::clone(&self.retiring);
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN).await;
+            stop_all(replicas.clone()).await;
+            retiring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|r| !replicas.iter().any(|old| Arc::ptr_eq(r, old)));
+        });
+    }
+}
+
+/// Waits until one of `replicas` is ready; if none becomes ready in time or all of them
+/// exited before becoming ready, says why.
+async fn wait_ready(replicas: &[Arc<Replica>]) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if replicas.iter().any(|r| r.is_ready()) {
+            return Ok(());
+        }
+        // A process that exits before it is ready will most likely do it again: fail now
+        // with its output rather than after the full timeout.
+        if replicas.iter().all(|r| r.state().exits > 0) {
+            return Err("the process exited before it was ready".into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready after {} s", START_TIMEOUT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stop_all(replicas: Vec<Arc<Replica>>) {
+    let mut set = tokio::task::JoinSet::new();
+    for r in replicas {
+        set.spawn(async move { r.stop().await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[async_trait::async_trait]
+impl Provider for LocalProvider {
+    async fn deploy(&self, d: &Deployment) -> Result<(), RuntimeError> {
+        let name = d.spec.name.as_str();
+        skyfri_core::validate_name(name).map_err(RuntimeError::Invalid)?;
+        let dir = self
+            .artefacts
+            .path(&d.artefact)
+            .ok_or_else(|| RuntimeError::UnknownArtefact(d.artefact.clone()))?;
+        let launch = Arc::new(launch::plan(d, &dir, &self.interpreters)?);
+        let lock = self.op_lock(name);
+        let _guard = lock.lock().await;
+
+        let new = self.start_replicas(&launch, d.replicas)?;
+        if !new.is_empty() {
+            if let Err(reason) = wait_ready(&new).await {
+                let output = new
+                    .iter()
+                    .map(|r| r.last_output())
+                    .find(|o| !o.is_empty())
+                    .unwrap_or_default();
+                stop_all(new).await;
+                return Err(RuntimeError::StartFailed {
+                    name: name.to_string(),
+                    reason,
+                    output,
+                });
+            }
+        }
+        let old = {
+            let mut functions = self
+                .functions
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            functions.insert(
+                name.to_string(),
+                Function {
+                    launch,
+                    desired: d.replicas,
+                    replicas: new,
+                },
+            )
+        };
+        if let Some(old) = old {
+            self.retire(old.replicas);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let lock = self.op_lock(name);
+        let _guard = lock.lock().await;
+        let removed = self
+            .functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        stop_all(removed.replicas).await;
+        Ok(())
+    }
+
+    async fn scale(&self, name: &str, replicas: u32) -> Result<(), RuntimeError> {
+        let lock = self.op_lock(name);
+        let _guard = lock.lock().await;
+        let (launch, current) = {
+            let functions = self
+                .functions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let f = functions
+                .get(name)
+                .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+            (Arc::clone(&f.launch), f.replicas.len())
+        };
+        let wanted = replicas as usize;
+        let added = if wanted > current {
+            self.start_replicas(&launch, replicas - current as u32)?
+        } else {
+            Vec::new()
+        };
+        let removed = {
+            let mut functions = self
+                .functions
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(f) = functions.get_mut(name) else {
+                return Err(RuntimeError::NotFound(name.to_string()));
+            };
+            f.desired = replicas;
+            f.replicas.extend(added);
+            if f.replicas.len() > wanted {
+                // Drop replicas that are not ready first: they serve nobody.
+                f.replicas.sort_by_key(|r| !r.is_ready());
+                f.replicas.split_off(wanted)
+            } else {
+                Vec::new()
+            }
+        };
+        stop_all(removed).await;
+        Ok(())
+    }
+
+    fn endpoints(&self, name: &str) -> Vec<Endpoint> {
+        let functions = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        functions
+            .get(name)
+            .map(|f| {
+                f.replicas
+                    .iter()
+                    .filter(|r| r.is_ready())
+                    .map(|r| r.endpoint.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn status(&self, name: &str) -> Option<ReplicaStatus> {
+        let functions = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        functions.get(name).map(|f| ReplicaStatus {
+            desired: f.desired,
+            available: f.replicas.iter().filter(|r| r.is_ready()).count() as u32,
+        })
+    }
+
+    fn report_failure(&self, name: &str, endpoint: &Endpoint) {
+        let functions = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = functions
+            .get(name)
+            .and_then(|f| f.replicas.iter().find(|r| &r.endpoint == endpoint))
+        {
+            r.recheck();
+        }
+    }
+
+    fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {
+        self.logs.read(name, since, tail)
+    }
+
+    fn follow_logs(&self, name: &str) -> broadcast::Receiver<LogLine> {
+        self.logs.subscribe(name)
+    }
+
+    async fn shutdown(&self) {
+        let mut all: Vec<Arc<Replica>> = {
+            let mut functions = self
+                .functions
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            functions.drain().flat_map(|(_, f)| f.replicas).collect()
+        };
+        all.extend(
+            self.retiring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..),
+        );
+        stop_all(all).await;
+    }
+}

@@ -1,0 +1,374 @@
+//! One replica: its process (in its own process group), its output, its readiness, and
+//! restarts with exponential backoff when it exits.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::launch::Launch;
+use super::logs::LogSink;
+use super::probe;
+use crate::provider::{Endpoint, LogLine, RuntimeError};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A replica that ran this long is considered healthy again: its next crash restarts fast.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for a replica to become ready.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Time a replica gets to exit after SIGTERM before its group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Output lines kept in memory for start-failure messages.
+const TAIL_LINES: usize = 30;
+/// Unix socket paths are limited to 108 bytes including the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What the supervisor publishes about a replica.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct State {
+    pub ready: bool,
+    /// How many times the process exited (or failed to spawn).
+    pub exits: u32,
+    /// The supervisor is done: process gone, nothing will be restarted.
+    pub stopped: bool,
+}
+
+pub struct Replica {
+    function: String,
+    /// `<function>-<random>`: the replica's HOSTNAME and its `instance` in logs.
+    pub instance: String,
+    pub endpoint: Endpoint,
+    ready: AtomicBool,
+    /// Process group id of the running process, 0 when none.
+    pgid: AtomicI32,
+    state: watch::Sender<State>,
+    stop: watch::Sender<bool>,
+    recheck: Notify,
+    tail: Mutex<VecDeque<String>>,
+    home: PathBuf,
+}
+
+impl Replica {
+    /// Starts a replica of `launch` and its supervisor task.
+    pub fn start(
+        launch: Arc<Launch>,
+        logs: Arc<LogSink>,
+        run_dir: &Path,
+    ) -> Result<Arc<Replica>, RuntimeError> {
+        let instance = format!("{}-{:08x}", launch.function, rand::random::<u32>());
+        let endpoint = if launch.tcp {
+            Endpoint::Tcp(free_port()?)
+        } else {
+            let path = run_dir.join(format!("{instance}.sock"));
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(RuntimeError::Invalid(format!(
+                    "socket path {} is too long for a unix socket: use a shorter run directory",
+                    path.display()
+                )));
+            }
+            Endpoint::Unix(path)
+        };
+        let home = run_dir.join(format!("{instance}.home"));
+        std::fs::create_dir_all(&home)
+            .map_err(|e| RuntimeError::io(format!("creating {}", home.display()), e))?;
+        let replica = Arc::new(Replica {
+            function: launch.function.clone(),
+            instance,
+            endpoint,
+            ready: AtomicBool::new(false),
+            pgid: AtomicI32::new(0),
+            state: watch::channel(State::default()).0,
+            stop: watch::channel(false).0,
+            recheck: Notify::new(),
+            tail: Mutex::new(VecDeque::new()),
+            home,
+        });
+        tokio::spawn(Arc::clone(&replica).supervise(launch, logs));
+        Ok(replica)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// The last lines the replica printed, for error messages.
+    pub fn last_output(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Something failed talking to the replica: stop routing to it and probe it again. If
+    /// its process died, the supervisor notices the exit and restarts it anyway.
+    pub fn recheck(&self) {
+        if self.is_alive() {
+            self.set_ready(false);
+            self.recheck.notify_one();
+        } else {
+            self.set_ready(false);
+        }
+    }
+
+    /// Stops the replica (SIGTERM, then SIGKILL of its process group) and waits until the
+    /// supervisor is done.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let mut rx = self.state.subscribe();
+        // The supervisor owns the sender too, so this cannot fail while it runs.
+        let _ = rx.wait_for(|s| s.stopped).await;
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        self.state.send_modify(|s| s.ready = ready);
+    }
+
+    fn is_alive(&self) -> bool {
+        let pgid = self.pgid.load(Ordering::Acquire);
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        pgid > 0 && unsafe { libc::kill(pgid, 0) } == 0 && !is_zombie(pgid)
+    }
+
+    async fn supervise(self: Arc<Self>, launch: Arc<Launch>, logs: Arc<LogSink>) {
+        let mut stop = self.stop.subscribe();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            match self.spawn(&launch, &logs) {
+                Ok((mut child, readers)) => {
+                    let outcome = self.run(&mut child, &launch, &mut stop).await;
+                    self.set_ready(false);
+                    let pgid = self.pgid.swap(0, Ordering::AcqRel);
+                    match outcome {
+                        None => {
+                            terminate(&mut child, pgid).await;
+                            drain(readers).await;
+                            break;
+                        }
+                        Some(status) => {
+                            // Leftover children (an exec fprocess, a server's workers) would
+                            // keep the socket or port busy: take the whole group down.
+                            kill_group(pgid, libc::SIGKILL);
+                            drain(readers).await;
+                            self.record(
+                                &logs,
+                                format!(
+                                    "skyfri: process exited ({status}), restarting in {} ms",
+                                    backoff.as_millis()
+                                ),
+                            );
+                        }
+                    }
+                }
+                Err(e) => self.record(
+                    &logs,
+                    format!("skyfri: cannot start {}: {e}", launch.program.display()),
+                ),
+            }
+            self.state.send_modify(|s| s.exits += 1);
+            if started.elapsed() >= STABLE_AFTER {
+                backoff = MIN_BACKOFF;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped(&mut stop) => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if let Endpoint::Unix(path) = &self.endpoint {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+        self.state.send_modify(|s| {
+            s.ready = false;
+            s.stopped = true;
+        });
+    }
+
+    /// Runs until the process exits (`Some(status)`) or a stop is requested (`None`),
+    /// probing readiness whenever the replica is not known to be ready.
+    async fn run(
+        &self,
+        child: &mut Child,
+        launch: &Launch,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<ExitStatus> {
+        loop {
+            let probing = !self.is_ready();
+            tokio::select! {
+                status = child.wait() => {
+                    return match status {
+                        Ok(status) => Some(status),
+                        // Cannot happen for a child we own; treat it as an exit so we restart.
+                        Err(_) => Some(ExitStatus::default()),
+                    };
+                }
+                _ = stopped(stop) => return None,
+                _ = tokio::time::sleep(PROBE_INTERVAL), if probing => {
+                    if probe::is_ready(&self.endpoint, &launch.probe).await {
+                        self.set_ready(true);
+                    }
+                }
+                _ = self.recheck.notified(), if !probing => {}
+            }
+        }
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        launch: &Launch,
+        logs: &Arc<LogSink>,
+    ) -> std::io::Result<(Child, [JoinHandle<()>; 2])> {
+        if let Endpoint::Unix(path) = &self.endpoint {
+            // A stale socket from the previous run would make the new bind fail.
+            let _ = std::fs::remove_file(path);
+        }
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .current_dir(&launch.cwd)
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("TMPDIR", &self.home)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .env("HOSTNAME", &self.instance)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own group, so stopping it also stops whatever it started.
+            .process_group(0);
+        match &self.endpoint {
+            Endpoint::Unix(path) => cmd.env("SKYFRI_SOCKET", path),
+            Endpoint::Tcp(addr) => cmd.env("PORT", addr.port().to_string()),
+        };
+        let mut child = cmd.spawn()?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        self.pgid.store(pid, Ordering::Release);
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        Ok((child, [self.reader(logs, out), self.reader(logs, err)]))
+    }
+
+    /// Copies one output stream into the log, line by line.
+    fn reader<R: AsyncRead + Unpin + Send + 'static>(
+        self: &Arc<Self>,
+        logs: &Arc<LogSink>,
+        stream: Option<R>,
+    ) -> JoinHandle<()> {
+        let replica = Arc::clone(self);
+        let logs = Arc::clone(logs);
+        tokio::spawn(async move {
+            let Some(stream) = stream else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&buf);
+                        replica.record(&logs, text.trim_end_matches(['\n', '\r']).to_string());
+                    }
+                }
+            }
+        })
+    }
+
+    fn record(&self, logs: &LogSink, text: String) {
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text.clone());
+        }
+        logs.write(LogLine {
+            name: self.function.clone(),
+            instance: self.instance.clone(),
+            timestamp: Utc::now(),
+            text,
+        });
+    }
+}
+
+/// Waits briefly for the output readers, so the last lines a dying process wrote (a
+/// traceback) are in the log and the tail before anyone looks; a grandchild still holding
+/// the pipes open must not block us, hence the timeout.
+async fn drain(readers: [JoinHandle<()>; 2]) {
+    for mut reader in readers {
+        if tokio::time::timeout(Duration::from_millis(500), &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL if it has not exited after a grace period.
+async fn terminate(child: &mut Child, pgid: i32) {
+    kill_group(pgid, libc::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        kill_group(pgid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Whatever else is left in the group goes too.
+    kill_group(pgid, libc::SIGKILL);
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    if pgid > 0 {
+        // SAFETY: plain kill(2) on a process group we created; failure (ESRCH) is harmless.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// `kill(pid, 0)` succeeds on a zombie that tokio has not reaped yet: look at its state.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses and may contain spaces.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<std::net::SocketAddr, RuntimeError> {
+    // Bind port 0 and release it: the replica binds it again right after. Racy in theory,
+    // good enough for a single host.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| RuntimeError::io("finding a free port", e))?;
+    listener
+        .local_addr()
+        .map_err(|e| RuntimeError::io("finding a free port", e))
+}
+
+/// Resolves once a stop was requested. Returns nothing, because the `Ref` that
+/// `wait_for` returns is not `Send` and must not live in the supervisor's future.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

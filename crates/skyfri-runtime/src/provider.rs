@@ -1,0 +1,91 @@
+//! The provider abstraction: what the gateway needs from whatever runs function replicas.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use skyfri_core::Deployment;
+
+/// Everything that can go wrong while building or running functions.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown artefact {0}")]
+    UnknownArtefact(String),
+    #[error("function {0} not found")]
+    NotFound(String),
+    #[error("invalid deployment: {0}")]
+    Invalid(String),
+    #[error("interpreter {0} not found (looked for it in /usr/bin and on PATH)")]
+    MissingInterpreter(&'static str),
+    #[error("function {name} failed to start: {reason}\n{output}")]
+    StartFailed {
+        name: String,
+        reason: String,
+        /// The last lines the replica printed, usually the interesting part (a traceback).
+        output: String,
+    },
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what we were doing, since bare `io::Error`s name no file.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> RuntimeError {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Where a ready replica answers HTTP/1.1.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// Replica counts of one function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub desired: u32,
+    pub available: u32,
+}
+
+/// One line a replica wrote to stdout or stderr.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub name: String,
+    pub instance: String,
+    pub timestamp: DateTime<Utc>,
+    pub text: String,
+}
+
+/// Runs function replicas and tells the gateway where to reach them.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Creates or replaces the function's replicas (d.replicas of them, from d.artefact). On
+    /// update, new replicas start and old ones are stopped once new ones are ready. Returns once
+    /// at least one replica is ready, or an error if the replica fails to start within ~10 s
+    /// (with the last lines of its output in the message), e.g. handler import error.
+    async fn deploy(&self, d: &Deployment) -> Result<(), RuntimeError>;
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+    async fn scale(&self, name: &str, replicas: u32) -> Result<(), RuntimeError>;
+    /// Ready replicas, cheap (called on every request).
+    fn endpoints(&self, name: &str) -> Vec<Endpoint>;
+    fn status(&self, name: &str) -> Option<ReplicaStatus>;
+    /// The gateway saw a connection failure to this endpoint mid-call: check the replica; if
+    /// its process died, it is restarted.
+    fn report_failure(&self, name: &str, endpoint: &Endpoint);
+    /// Persisted logs (survive replica restarts and skyfri restarts): since filter, last
+    /// `tail` lines.
+    fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine>;
+    fn follow_logs(&self, name: &str) -> tokio::sync::broadcast::Receiver<LogLine>;
+    /// Stops every replica (kill process groups) and waits for them.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,272 @@
+"""skyfri's Python shim: serves one function over HTTP/1.1 on the unix socket named by
+SKYFRI_SOCKET. One file for three calling conventions (argv[1]):
+
+  python3       OpenFaaS classic: handler.handle(body_str)
+  python3-http  OpenFaaS python3-http: handler.handle(event, context) -> {statusCode, body, headers}
+  exec          the classic watchdog: runs $fprocess per request, body on stdin
+
+The HTTP code is hand-written on the raw socket because http.server costs several times more
+per request; the gateway always sends Content-Length and keeps connections alive.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from urllib.parse import parse_qsl, unquote
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else "python3"
+MAX_LINE = 65536
+HEALTH_PATH = "/_/health"
+
+
+def canonical(name):
+    # Go's canonical header form, which the OpenFaaS templates and watchdog expose.
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+class Headers(dict):
+    """Case-insensitive header dict (keys stored in canonical form), like flask's."""
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, canonical(key))
+
+    def __contains__(self, key):
+        return dict.__contains__(self, canonical(key))
+
+    def get(self, key, default=None):
+        return dict.get(self, canonical(key), default)
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+
+
+class Event:
+    """The python3-http template's event."""
+
+    def __init__(self, req):
+        self.body = req.body
+        self.headers = req.headers
+        self.method = req.method
+        query = {}
+        for k, v in parse_qsl(req.query, keep_blank_values=True):
+            query.setdefault(k, v)
+        self.query = query
+        self.path = req.path
+
+
+class Context:
+    def __init__(self):
+        self.hostname = os.getenv("HOSTNAME", "localhost")
+
+
+class BadRequest(Exception):
+    pass
+
+
+def read_chunked(rfile):
+    # The gateway never sends chunked bodies, but other clients (curl in tests) might.
+    body = bytearray()
+    while True:
+        size = int(rfile.readline(MAX_LINE).split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(body)
+        body += rfile.read(size)
+        rfile.readline(MAX_LINE)
+
+
+def read_request(rfile):
+    line = rfile.readline(MAX_LINE)
+    while line in (b"\r\n", b"\n"):
+        line = rfile.readline(MAX_LINE)
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3:
+        raise BadRequest("malformed request line")
+    req = Request()
+    req.method, target, version = parts
+    path, _, req.query = target.partition("?")
+    req.path = unquote(path) or "/"
+    req.keep_alive = version == "HTTP/1.1"
+    headers = Headers()
+    length = 0
+    chunked = False
+    while True:
+        line = rfile.readline(MAX_LINE)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep:
+            raise BadRequest("malformed header")
+        name = canonical(name.strip())
+        value = value.strip()
+        if name == "Content-Length":
+            length = int(value)
+        elif name == "Transfer-Encoding" and "chunked" in value.lower():
+            chunked = True
+        elif name == "Connection":
+            v = value.lower()
+            req.keep_alive = v != "close" if version == "HTTP/1.1" else v == "keep-alive"
+        if name in headers:
+            headers[name] = headers[name] + ", " + value
+        else:
+            headers[name] = value
+    req.headers = headers
+    req.body = read_chunked(rfile) if chunked else (rfile.read(length) if length else b"")
+    return req
+
+
+def encode_response(status, headers, body, keep_alive):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    out = ["HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for k, v in headers.items():
+        if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+            out.append("%s: %s\r\n" % (k, v))
+    out.append("Content-Length: %d\r\n" % len(body))
+    out.append("Connection: %s\r\n\r\n" % ("keep-alive" if keep_alive else "close"))
+    return "".join(out).encode("latin-1") + body
+
+
+def body_of(value):
+    """Turns a handler's return value into (body bytes, default content type)."""
+    if value is None:
+        return b"", None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), "application/octet-stream"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value).encode("utf-8"), "application/json"
+    return str(value).encode("utf-8"), "text/plain; charset=utf-8"
+
+
+def has_header(headers, name):
+    name = name.lower()
+    return any(k.lower() == name for k in headers)
+
+
+def call_python3(req):
+    result = HANDLE(req.body.decode("utf-8", "replace"))
+    body, ctype = body_of(result)
+    headers = {}
+    configured = os.getenv("content_type")
+    if configured or ctype:
+        headers["Content-Type"] = configured or ctype
+    return 200, headers, body
+
+
+def call_python3_http(req):
+    res = HANDLE(Event(req), Context())
+    if not isinstance(res, dict):
+        body, ctype = body_of(res)
+        return 200, ({"Content-Type": ctype} if ctype else {}), body
+    status = int(res.get("statusCode", 200))
+    headers = dict(res.get("headers") or {})
+    body, ctype = body_of(res.get("body"))
+    if ctype and not has_header(headers, "Content-Type"):
+        headers["Content-Type"] = ctype
+    return status, headers, body
+
+
+def call_exec(req):
+    env = dict(os.environ)
+    env["Http_Method"] = req.method
+    env["Http_Path"] = req.path
+    env["Http_Query"] = req.query
+    env["Http_ContentLength"] = str(len(req.body))
+    for k, v in req.headers.items():
+        env["Http_" + k.replace("-", "_")] = v
+    proc = subprocess.run(
+        ["/bin/sh", "-c", FPROCESS], input=req.body, capture_output=True, env=env
+    )
+    if proc.stderr:
+        # The classic watchdog logs what the process wrote to stderr; so do we.
+        sys.stderr.write(proc.stderr.decode("utf-8", "replace"))
+        sys.stderr.flush()
+    headers = {}
+    ctype = os.getenv("content_type") or req.headers.get("Content-Type")
+    if ctype:
+        headers["Content-Type"] = ctype
+    if proc.returncode != 0:
+        msg = proc.stderr or ("exit status %d" % proc.returncode).encode()
+        return 500, {"Content-Type": "text/plain; charset=utf-8"}, msg
+    return 200, headers, proc.stdout
+
+
+def serve(conn):
+    rfile = conn.makefile("rb", buffering=65536)
+    try:
+        while True:
+            try:
+                req = read_request(rfile)
+            except (BadRequest, ValueError) as e:
+                conn.sendall(encode_response(400, {}, str(e), False))
+                return
+            if req is None:
+                return
+            if req.path == HEALTH_PATH:
+                status, headers, body = 200, {}, b"OK"
+            else:
+                try:
+                    status, headers, body = CALL(req)
+                except Exception as e:  # the handler's bug, reported to the caller and the log
+                    traceback.print_exc()
+                    sys.stderr.flush()
+                    status, headers, body = 500, {"Content-Type": "text/plain; charset=utf-8"}, str(e)
+            conn.sendall(encode_response(status, headers, body, req.keep_alive))
+            if not req.keep_alive:
+                return
+    except (ConnectionError, BrokenPipeError):
+        pass
+    finally:
+        try:
+            rfile.close()
+            conn.close()
+        except OSError:
+            pass
+
+
+def load_handler():
+    # Import once at start, so an import error surfaces at deploy time, not per request.
+    sys.path.insert(0, os.getcwd())
+    import handler
+
+    return handler.handle
+
+
+def main():
+    global HANDLE, CALL, FPROCESS
+    if MODE == "exec":
+        FPROCESS = os.getenv("fprocess")
+        if not FPROCESS:
+            sys.exit("skyfri: the exec template needs fprocess (env_process) to be set")
+        CALL = call_exec
+    else:
+        HANDLE = load_handler()
+        CALL = call_python3_http if MODE == "python3-http" else call_python3
+    path = os.environ["SKYFRI_SOCKET"]
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1024)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+//! skyfri-store: the embedded durable store (SQLite in WAL mode). Owns what must survive a
+//! restart: deployed functions and the image names that point at built artefacts.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use skyfri_core::{Deployment, Template};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: corrupt record for {name}: {source}")]
+    Corrupt {
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("store: lock poisoned")]
+    Poisoned,
+}
+
+/// A deployed function as stored.
+#[derive(Debug, Clone)]
+pub struct StoredFunction {
+    pub deployment: Deployment,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An image name registered by a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    pub artefact: String,
+    pub template: Template,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT PRIMARY KEY,
+    artefact TEXT NOT NULL,
+    template TEXT NOT NULL
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&conn)
+    }
+
+    /// Inserts or replaces a function; keeps its original creation time.
+    pub fn put_function(&self, d: &Deployment) -> Result<(), StoreError> {
+        let json = serde_json::to_string(d).map_err(|source| StoreError::Corrupt {
+            name: d.spec.name.clone(),
+            source,
+        })?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO functions (name, deployment, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET deployment = excluded.deployment",
+                params![d.spec.name, json, Utc::now().to_rfc3339()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn get_function(&self, name: &str) -> Result<Option<StoredFunction>, StoreError> {
+        let row = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, deployment, created_at FROM functions WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })?;
+        row.map(decode).transpose()
+    }
+
+    pub fn list_functions(&self) -> Result<Vec<StoredFunction>, StoreError> {
+        let rows: Vec<(String, String, String)> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, deployment, created_at FROM functions ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    /// Removes a function; false if there was none.
+    pub fn remove_function(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute("DELETE FROM functions WHERE name = ?1", [name])? > 0))
+    }
+
+    pub fn put_image(&self, image: &Image) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO images (name, artefact, template) VALUES (?1, ?2, ?3)",
+                params![image.name, image.artefact, image.template.name()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn get_image(&self, name: &str) -> Result<Option<Image>, StoreError> {
+        let row: Option<(String, String, String)> = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, artefact, template FROM images WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })?;
+        Ok(row.and_then(|(name, artefact, template)| {
+            Template::ALL
+                .into_iter()
+                .find(|t| t.name() == template)
+                .map(|template| Image {
+                    name,
+                    artefact,
+                    template,
+                })
+        }))
+    }
+}
+
+fn decode((name, json, created): (String, String, String)) -> Result<StoredFunction, StoreError> {
+    let deployment =
+        serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { name, source })?;
+    let created_at = DateTime::parse_from_rfc3339(&created)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    Ok(StoredFunction {
+        deployment,
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skyfri_core::FunctionSpec;
+
+    #[test]
+    fn functions_and_images_survive_reopen() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let path = dir.path().join("skyfri.db");
+        let d = Deployment {
+            spec: FunctionSpec::new("echo", "echo:latest"),
+            artefact: "sha256:00".into(),
+            template: Template::Python3,
+            replicas: 1,
+        };
+        {
+            let s = Store::open(&path)?;
+            s.put_function(&d)?;
+            s.put_image(&Image {
+                name: "echo:latest".into(),
+                artefact: "sha256:00".into(),
+                template: Template::Node,
+            })?;
+        }
+        let s = Store::open(&path)?;
+        let fns = s.list_functions()?;
+        assert_eq!(fns.len(), 1);
+        assert_eq!(fns[0].deployment, d);
+        assert_eq!(
+            s.get_image("echo:latest")?.map(|i| i.template),
+            Some(Template::Node)
+        );
+        assert!(s.remove_function("echo")?);
+        assert!(!s.remove_function("echo")?);
+        assert!(s.get_function("echo")?.is_none());
+        Ok(())
+    }
+}

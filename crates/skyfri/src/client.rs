@@ -1,0 +1,139 @@
+//! The HTTP client the CLI commands use to talk to a skyfri (or OpenFaaS) gateway.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
+
+/// Where the gateway is and how to authenticate, shared by every client command.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GatewayArgs {
+    /// Gateway URL (else SKYFRI_URL, OPENFAAS_URL, the stack's provider.gateway, or http://127.0.0.1:8080).
+    #[arg(long, short = 'g', global = true)]
+    pub gateway: Option<String>,
+}
+
+impl GatewayArgs {
+    /// Resolves the gateway URL; `stack_gateway` is the `provider.gateway` of a stack file.
+    pub fn url(&self, stack_gateway: Option<&str>) -> String {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        self.gateway
+            .clone()
+            .or_else(|| env("SKYFRI_URL"))
+            .or_else(|| env("OPENFAAS_URL"))
+            .or_else(|| stack_gateway.map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_GATEWAY.to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn connect(&self, stack_gateway: Option<&str>) -> Result<Gateway> {
+        let url = self.url(stack_gateway);
+        let password = std::env::var("SKYFRI_PASSWORD")
+            .ok()
+            .or_else(|| crate::credentials::load(&url));
+        Ok(Gateway::new(url, password))
+    }
+}
+
+pub struct Gateway {
+    pub url: String,
+    password: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Gateway {
+    pub fn new(url: String, password: Option<String>) -> Gateway {
+        Gateway {
+            url,
+            password,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{}", self.url, path));
+        if let Some(p) = &self.password {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{p}"));
+            req = req.header("authorization", format!("Basic {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(body))
+            .with_context(|| format!("invalid request {method} {path}"))?;
+        self.client.request(req).await.with_context(|| {
+            format!(
+                "cannot reach the gateway at {} (is `skyfri up` running? set --gateway or SKYFRI_URL)",
+                self.url
+            )
+        })
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
+        let json = [("content-type".to_string(), "application/json".to_string())];
+        let res = self.send(method, path, &json, body).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Like `call`, but an answer outside 2xx is an error carrying the gateway's message.
+    pub async fn expect_ok(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes> {
+        let (status, body) = self.call(method.clone(), path, body).await?;
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "{method} {path}: the gateway at {} wants the admin password: set SKYFRI_PASSWORD or run `skyfri login`",
+                self.url
+            );
+        }
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {}", error_text(&body));
+        }
+        Ok(body)
+    }
+}
+
+/// The `error` field of a JSON error answer, else the body as text.
+pub fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
+}
+
+/// The default data dir: `/var/lib/skyfri` as root, else the XDG data dir.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/lib/skyfri")
+    } else {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from(".local/share"))
+            .join("skyfri")
+    }
+}

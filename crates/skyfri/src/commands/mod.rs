@@ -1,0 +1,57 @@
+//! One module per CLI command, each a clap struct with `run(self)`.
+
+mod build;
+pub mod deploy;
+mod describe;
+mod invoke;
+mod login;
+mod logs;
+mod ls;
+mod rm;
+mod scale;
+mod up;
+mod version;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run the platform: gateway, store and local runtime.
+    Up(up::Up),
+    /// Build and deploy the functions of a stack.yml or Knative Service.
+    Deploy(deploy::Deploy),
+    /// Build the functions of a stack.yml into artefacts on the gateway.
+    Build(build::Build),
+    /// List deployed functions.
+    Ls(ls::Ls),
+    /// Show one function.
+    Describe(describe::Describe),
+    /// Call a function (body from stdin).
+    Invoke(invoke::Invoke),
+    /// Remove a function.
+    Rm(rm::Rm),
+    /// Show a function's logs.
+    Logs(logs::Logs),
+    /// Set a function's replica count.
+    Scale(scale::Scale),
+    /// Save the admin password for a gateway.
+    Login(login::Login),
+    /// Print the client's and the gateway's versions.
+    Version(version::Version),
+}
+
+impl Command {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Up(c) => c.run().await,
+            Command::Deploy(c) => c.run().await,
+            Command::Build(c) => c.run().await,
+            Command::Ls(c) => c.run().await,
+            Command::Describe(c) => c.run().await,
+            Command::Invoke(c) => c.run().await,
+            Command::Rm(c) => c.run().await,
+            Command::Logs(c) => c.run().await,
+            Command::Scale(c) => c.run().await,
+            Command::Login(c) => c.run().await,
+            Command::Version(c) => c.run().await,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `skyfri up`: run the platform (gateway, store, local runtime) until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rand::distr::{Alphanumeric, SampleString};
+use skyfri_gateway::{AppState, GatewayConfig};
+use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
+use skyfri_store::Store;
+
+use crate::client::Gateway;
+use crate::stackfile::StackFile;
+
+#[derive(clap::Args)]
+pub struct Up {
+    /// Address the gateway listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where state lives (default /var/lib/skyfri as root, else the XDG data dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Deploy this stack.yml or Knative Service once the gateway is ready.
+    #[arg(short = 'f', long = "yaml")]
+    file: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 50 << 20)]
+    max_body: usize,
+}
+
+/// The admin password: from SKYFRI_ADMIN_PASSWORD at first start, else generated; kept in
+/// `<data-dir>/admin-password` (0600). Returns it and whether it is new.
+fn admin_password(data_dir: &Path) -> Result<(String, bool)> {
+    let path = data_dir.join("admin-password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        return Ok((p.trim().to_string(), false));
+    }
+    let password = std::env::var("SKYFRI_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 24));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{password}")?;
+    Ok((password, true))
+}
+
+fn make_dir(p: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("cannot create {}", p.display()))
+}
+
+impl Up {
+    pub async fn run(self) -> Result<()> {
+        init_tracing();
+        // Check the stack file before anything is bound or started.
+        let stack = self
+            .file
+            .as_deref()
+            .map(|f| StackFile::load(f, None))
+            .transpose()?;
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(crate::client::default_data_dir);
+        make_dir(&data_dir)?;
+        let (password, new_password) = admin_password(&data_dir)?;
+        let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
+        let artefact_dir = data_dir.join("artefacts");
+        let provider = LocalProvider::new(
+            ArtefactStore::open(artefact_dir.clone())?,
+            data_dir.join("run"),
+            data_dir.join("logs"),
+        )?;
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AppState::new(
+            GatewayConfig {
+                admin_password: password.clone(),
+                max_body: self.max_body,
+                tmp_dir: data_dir.join("tmp"),
+            },
+            store,
+            provider.clone(),
+            Arc::new(ArtefactStore::open(artefact_dir)?),
+        );
+        let url = format!("http://{addr}");
+        println!("skyfri gateway listening on {url}");
+        println!("data dir: {}", data_dir.display());
+        if new_password {
+            println!(
+                "admin user: admin, password: {password} (kept in {})",
+                data_dir.join("admin-password").display()
+            );
+        }
+        let server = tokio::spawn(skyfri_gateway::serve(
+            listener,
+            state.clone(),
+            shutdown_signal(),
+        ));
+        let restored = skyfri_gateway::restore(&state).await?;
+        if restored > 0 {
+            println!("restored {restored} function(s)");
+        }
+        if let Some(stack) = stack {
+            let gw = Gateway::new(url.clone(), Some(password));
+            if let Err(e) = crate::commands::deploy::deploy_all(&gw, &stack).await {
+                eprintln!("error: {e:#}");
+            }
+        }
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        let served = server.await;
+        provider.shutdown().await;
+        served?.context("gateway failed")?;
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKYFRI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

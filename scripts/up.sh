@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the platform with the example function (embedded defaults), in the foreground.
+# Extra arguments go to `skyfri up` (e.g. --listen 0.0.0.0:8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --locked -p skyfri
+exec target/release/skyfri up -f examples/hello/stack.yml "$@"
