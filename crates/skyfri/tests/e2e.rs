@@ -198,7 +198,7 @@ fn bad_files_fail_before_anything_is_deployed() {
             out.stderr
         );
     }
-    for (file, needle) in [("unknown-key.yml", ":8"), ("bad-memory.yml", ":11")] {
+    for (file, needle) in [("unknown-key.yml", ":10:5"), ("bad-memory.yml", ":11:7")] {
         let out = p.cli_in(&bad, &["deploy", "-f", file], "");
         assert!(
             out.stderr.contains(needle),
