@@ -153,7 +153,12 @@ fn function(
         ));
     }
 
-    let mut spec = FunctionSpec::new(name, f.image.unwrap_or_default());
+    // Without `image`, the built artefact is registered under the function's own name.
+    let image = f
+        .image
+        .filter(|i| !i.trim().is_empty())
+        .unwrap_or_else(|| format!("{name}:latest"));
+    let mut spec = FunctionSpec::new(name, image);
     spec.env_process = f.fprocess.filter(|p| !p.is_empty());
 
     // Environment: files in order, then the inline map wins.

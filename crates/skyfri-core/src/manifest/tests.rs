@@ -463,3 +463,14 @@ fn durations() {
     assert!(parse_duration_secs("s").is_err());
     assert!(parse_duration_secs("10x").is_err());
 }
+
+#[test]
+fn image_defaults_to_the_function_name() {
+    let m = ok("\
+functions:
+  hello:
+    lang: python3
+    handler: ./hello
+");
+    assert_eq!(m.functions[0].spec.image, "hello:latest");
+}
