@@ -32,16 +32,17 @@ pub struct Up {
 }
 
 /// The admin password: from SKYFRI_ADMIN_PASSWORD at first start, else generated; kept in
-/// `<data-dir>/admin-password` (0600). Returns it and whether it is new.
+/// `<data-dir>/admin-password` (0600). Returns it and whether it was generated now (and so
+/// must be shown once).
 fn admin_password(data_dir: &Path) -> Result<(String, bool)> {
     let path = data_dir.join("admin-password");
     if let Ok(p) = std::fs::read_to_string(&path) {
         return Ok((p.trim().to_string(), false));
     }
-    let password = std::env::var("SKYFRI_ADMIN_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 24));
+    let (password, generated) = match std::env::var("SKYFRI_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (Alphanumeric.sample_string(&mut rand::rng(), 24), true),
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -49,7 +50,7 @@ fn admin_password(data_dir: &Path) -> Result<(String, bool)> {
         .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(f, "{password}")?;
-    Ok((password, true))
+    Ok((password, generated))
 }
 
 fn make_dir(p: &Path) -> Result<()> {
@@ -73,7 +74,7 @@ impl Up {
             .data_dir
             .unwrap_or_else(crate::client::default_data_dir);
         make_dir(&data_dir)?;
-        let (password, new_password) = admin_password(&data_dir)?;
+        let (password, generated) = admin_password(&data_dir)?;
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
         let artefact_dir = data_dir.join("artefacts");
         let provider = LocalProvider::new(
@@ -98,7 +99,7 @@ impl Up {
         let url = format!("http://{addr}");
         println!("skyfri gateway listening on {url}");
         println!("data dir: {}", data_dir.display());
-        if new_password {
+        if generated {
             println!(
                 "admin user: admin, password: {password} (kept in {})",
                 data_dir.join("admin-password").display()
