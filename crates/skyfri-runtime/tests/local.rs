@@ -341,6 +341,22 @@ async fn exec_watchdog() -> Result {
     let r = request(&ep, "POST", "/", &[], "").await?;
     assert_eq!(r.status, 500);
     assert!(r.body.contains("nope"));
+
+    // Past the exec timeout the process group is killed, as the classic watchdog does.
+    let marker = env.handlers.join("slow-ran");
+    let mut d = env.function(
+        "execslow",
+        Template::Exec,
+        &[],
+        Some(&format!("sleep 3; touch {}", marker.display())),
+    )?;
+    d.spec.timeout_secs = 1;
+    env.provider.deploy(&d).await?;
+    let ep = endpoint(&env.provider, "execslow")?;
+    let r = request(&ep, "POST", "/", &[], "").await?;
+    assert_eq!(r.status, 504, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!marker.exists(), "the timed-out process ran on");
     env.provider.shutdown().await;
     Ok(())
 }

@@ -197,7 +197,10 @@ functions:
     assert_eq!(env.get("B"), Some(&"from-file"));
     let first = &m.functions[1];
     assert_eq!(first.template, Some(Template::Node));
-    assert_eq!(first.spec.image, "first:latest", "no image: named after the function");
+    assert_eq!(
+        first.spec.image, "first:latest",
+        "no image: named after the function"
+    );
     assert_eq!(
         first.spec.env_vars.get("A").map(String::as_str),
         Some("inline")

@@ -139,6 +139,10 @@ pub fn plan(
     // The user's variables come last so they may override the defaults above (PATH, say);
     // the protocol variables set per replica at spawn override them in turn.
     env.extend(d.spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push((
+        "SKYFRI_TIMEOUT_SECONDS".to_string(),
+        d.spec.timeout_secs.to_string(),
+    ));
 
     Ok(Launch {
         function: d.spec.name.clone(),

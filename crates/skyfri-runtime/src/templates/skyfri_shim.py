@@ -11,6 +11,7 @@ per request; the gateway always sends Content-Length and keeps connections alive
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from urllib.parse import parse_qsl, unquote
 MODE = sys.argv[1] if len(sys.argv) > 1 else "python3"
 MAX_LINE = 65536
 HEALTH_PATH = "/_/health"
+# The function's exec timeout: the gateway answers 504 when it passes; the exec template also
+# kills the process it started, as the classic watchdog does.
+TIMEOUT = float(os.getenv("SKYFRI_TIMEOUT_SECONDS") or "60")
 
 
 def canonical(name):
@@ -187,21 +191,37 @@ def call_exec(req):
     env["Http_ContentLength"] = str(len(req.body))
     for k, v in req.headers.items():
         env["Http_" + k.replace("-", "_")] = v
-    proc = subprocess.run(
-        ["/bin/sh", "-c", FPROCESS], input=req.body, capture_output=True, env=env
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", FPROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
     )
-    if proc.stderr:
+    try:
+        stdout, stderr = proc.communicate(req.body, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        sys.stderr.write("skyfri: fprocess killed after the exec timeout of %gs\n" % TIMEOUT)
+        sys.stderr.flush()
+        return 504, {"Content-Type": "text/plain; charset=utf-8"}, b"exec timeout"
+    if stderr:
         # The classic watchdog logs what the process wrote to stderr; so do we.
-        sys.stderr.write(proc.stderr.decode("utf-8", "replace"))
+        sys.stderr.write(stderr.decode("utf-8", "replace"))
         sys.stderr.flush()
     headers = {}
     ctype = os.getenv("content_type") or req.headers.get("Content-Type")
     if ctype:
         headers["Content-Type"] = ctype
     if proc.returncode != 0:
-        msg = proc.stderr or ("exit status %d" % proc.returncode).encode()
+        msg = stderr or ("exit status %d" % proc.returncode).encode()
         return 500, {"Content-Type": "text/plain; charset=utf-8"}, msg
-    return 200, headers, proc.stdout
+    return 200, headers, stdout
 
 
 def serve(conn):
