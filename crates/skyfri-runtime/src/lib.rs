@@ -8,4 +8,4 @@ pub mod templates;
 
 pub use artefact::ArtefactStore;
 pub use local::LocalProvider;
-pub use provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+pub use provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};

@@ -66,6 +66,13 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Where a provider reads the secret values a function declares. The values go to the
+/// replica as files under `/var/openfaas/secrets/`, never through its environment.
+pub trait SecretSource: Send + Sync + 'static {
+    /// The decrypted value of a secret, `Ok(None)` when there is no such secret.
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
 /// Runs function replicas and tells the gateway where to reach them.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync + 'static {
