@@ -45,39 +45,7 @@ fi
 [ -x "$SKYFRI" ] && [ -x "$UPSTREAM_BIN" ] || { echo "bench: built binaries not found under $TARGET_DIR" >&2; exit 1; }
 
 # ---------------------------------------------------------------- processes and cleanup
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/skyfri-bench.XXXXXX")"
-chmod 755 "$WORK"   # nginx workers may run as another user; they only need to traverse it
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # Give skyfri time to stop its function processes, then make sure everything is gone.
-  for _ in $(seq 1 50); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# wait_http URL SECONDS: until URL answers 200 (with keep-alive off, one request per try).
-wait_http() {
-  local url="$1" deadline=$((SECONDS + $2))
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)" = 200 ]; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
+source "$ROOT/bench/lib.sh"
 
 # (a) the upstream, directly
 UP_PORT="$(free_port)"
@@ -119,7 +87,8 @@ PIDS+=($!)
 # (c) skyfri with an `http` function (the same upstream binary) and a `python3` function
 SKY_PORT="$(free_port)"
 mkdir -p "$WORK/stack/upstream" "$WORK/stack/hello" "$WORK/skyfri-data"
-echo "The http template runs fprocess (bench_upstream, absolute path) with PORT set." >"$WORK/stack/upstream/README"
+# The binary goes into the artefact: a sandboxed replica sees nothing of the host's build tree.
+cp "$UPSTREAM_BIN" "$WORK/stack/upstream/bench_upstream"
 cat >"$WORK/stack/hello/handler.py" <<'EOF'
 def handle(req):
     return "ok"
@@ -134,7 +103,7 @@ functions:
     lang: http
     handler: ./upstream
     image: skyfri-bench/upstream:latest
-    fprocess: $UPSTREAM_BIN
+    fprocess: ./bench_upstream
   hello:
     lang: python3
     handler: ./hello
@@ -167,15 +136,6 @@ if [ "$SKY_OK" = 0 ] || [ "$SKY_UP_OK" = 0 ] || [ "$SKY_PY_OK" = 0 ]; then
 fi
 
 # ---------------------------------------------------------------- load
-# to_us VALUE: wrk latency ("95.00us", "2.65ms", "1.02s") -> microseconds.
-to_us() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1000000;
-    else if (u == "m") f = 60000000; else { print "nan"; exit }
-    printf "%.0f", n * f }'
-}
-
 declare -A RPS P50 P99 ERRS
 run_wrk() {   # run_wrk KEY URL
   local key="$1" url="$2" out="$WORK/wrk-$1.txt"

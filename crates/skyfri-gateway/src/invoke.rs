@@ -189,11 +189,16 @@ async fn forward(
             })
         }
         Ok(Err(e)) => {
-            state.provider.report_failure(&spec.name, &endpoint);
+            let cause = state
+                .provider
+                .report_failure(&spec.name, &endpoint)
+                .unwrap_or_else(|| {
+                    format!("the replica crashed or closed the connection: {e}")
+                });
             return Err(GatewayError::Function {
                 status: StatusCode::BAD_GATEWAY,
                 message: format!(
-                    "function {:?} failed during the call (the replica crashed or closed the connection: {e}); it is being restarted, see `skyfri logs {}`",
+                    "function {:?} failed during the call ({cause}); it is being restarted, see `skyfri logs {}`",
                     spec.name, spec.name
                 ),
             });

@@ -24,6 +24,9 @@ pub enum RuntimeError {
     Invalid(String),
     #[error("interpreter {0} not found (looked for it in /usr/bin and on PATH)")]
     MissingInterpreter(&'static str),
+    /// Not enough of the node left (admission by `requests`).
+    #[error("not enough memory: {0}")]
+    Insufficient(String),
     #[error("function {name} failed to start: {reason}\n{output}")]
     StartFailed {
         name: String,
@@ -87,8 +90,11 @@ pub trait Provider: Send + Sync + 'static {
     fn endpoints(&self, name: &str) -> Vec<Endpoint>;
     fn status(&self, name: &str) -> Option<ReplicaStatus>;
     /// The gateway saw a connection failure to this endpoint mid-call: check the replica; if
-    /// its process died, it is restarted.
-    fn report_failure(&self, name: &str, endpoint: &Endpoint);
+    /// its process died, it is restarted. Returns what is known of the cause (the replica
+    /// exceeded its memory limit, say) for the caller's error message.
+    fn report_failure(&self, name: &str, endpoint: &Endpoint) -> Option<String>;
+    /// Provider facts for `/system/info` (the local provider: its isolation).
+    fn info(&self) -> serde_json::Value;
     /// Persisted logs (survive replica restarts and skyfri restarts): since filter, last
     /// `tail` lines.
     fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine>;

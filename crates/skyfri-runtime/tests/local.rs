@@ -1,172 +1,14 @@
 //! End-to-end tests of the local provider: real artefacts, real processes, real HTTP.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use skyfri_core::{Deployment, FunctionSpec, Template};
-use skyfri_runtime::{ArtefactStore, Endpoint, LocalProvider, Provider};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
-
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-struct Env {
-    _dir: tempfile::TempDir,
-    store: ArtefactStore,
-    provider: Arc<LocalProvider>,
-    handlers: std::path::PathBuf,
-}
-
-fn env() -> Result<Env> {
-    let dir = tempfile::tempdir()?;
-    let store = ArtefactStore::open(dir.path().join("artefacts"))?;
-    let provider = LocalProvider::new(
-        store.clone(),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    )?;
-    Ok(Env {
-        handlers: dir.path().join("src"),
-        _dir: dir,
-        store,
-        provider,
-    })
-}
-
-impl Env {
-    /// Writes a handler folder and builds it into a deployment of one replica.
-    fn function(
-        &self,
-        name: &str,
-        template: Template,
-        files: &[(&str, &str)],
-        fprocess: Option<&str>,
-    ) -> Result<Deployment> {
-        let dir = self.handlers.join(name);
-        std::fs::create_dir_all(&dir)?;
-        for (file, contents) in files {
-            std::fs::write(dir.join(file), contents)?;
-        }
-        let artefact = self.store.build(template, &dir)?;
-        let mut spec = FunctionSpec::new(name, name);
-        spec.env_process = fprocess.map(str::to_string);
-        spec.env_vars.insert("GREETING".into(), "hej".into());
-        Ok(Deployment {
-            spec,
-            artefact,
-            template,
-            replicas: 1,
-        })
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 exchange on an open connection, as the gateway does it (Content-Length both
-/// ways, connection kept alive).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut BufReader<S>,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<Response> {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.get_mut().write_all(req.as_bytes()).await?;
-
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| format!("bad status line {line:?}"))?
-        .parse()?;
-    let mut headers = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        stream.read_line(&mut line).await?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').ok_or("bad header")?;
-        if k.eq_ignore_ascii_case("content-length") {
-            length = v.trim().parse()?;
-        }
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8(body)?,
-    })
-}
-
-async fn request(
-    endpoint: &Endpoint,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<Response> {
-    match endpoint {
-        Endpoint::Unix(p) => {
-            let mut s = BufReader::new(UnixStream::connect(p).await?);
-            exchange(&mut s, method, target, headers, body).await
-        }
-        Endpoint::Tcp(a) => {
-            let mut s = BufReader::new(TcpStream::connect(a).await?);
-            exchange(&mut s, method, target, headers, body).await
-        }
-    }
-}
-
-fn endpoint(provider: &LocalProvider, name: &str) -> Result<Endpoint> {
-    Ok(provider
-        .endpoints(name)
-        .into_iter()
-        .next()
-        .ok_or("no ready endpoint")?)
-}
-
-/// Logs are written by reader tasks: give them a moment.
-async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) -> Result<()> {
-    for _ in 0..100 {
-        if provider
-            .logs(name, None, None)
-            .iter()
-            .any(|l| l.text.contains(needle))
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!(
-        "{needle:?} not in logs: {:?}",
-        provider.logs(name, None, None)
-    )
-    .into())
-}
+use common::*;
+use skyfri_core::Template;
+use skyfri_runtime::{Endpoint, Provider};
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python3_classic() -> Result {
@@ -400,7 +242,8 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_replica_is_restarted() -> Result {
     let env = env()?;
-    let handler = "import os\ndef handle(req):\n    return str(os.getpid())\n";
+    // Each process start draws a new token; "die" kills the process mid-call.
+    let handler = "import os\nTOKEN = os.urandom(8).hex()\ndef handle(req):\n    if req == 'die':\n        os.kill(os.getpid(), 9)\n    return TOKEN\n";
     let d = env.function(
         "victim",
         Template::Python3,
@@ -409,19 +252,16 @@ async fn killed_replica_is_restarted() -> Result {
     )?;
     env.provider.deploy(&d).await?;
     let ep = endpoint(&env.provider, "victim")?;
-    let pid: i32 = request(&ep, "POST", "/", &[], "").await?.body.parse()?;
-    // SAFETY: killing the replica process this test started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    env.provider.report_failure("victim", &ep);
+    let pid = request(&ep, "POST", "/", &[], "").await?.body;
+    assert!(request(&ep, "POST", "/", &[], "die").await.is_err());
+    assert_eq!(env.provider.report_failure("victim", &ep), None);
 
     let mut new_pid = None;
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(25)).await;
         if let Some(ep) = env.provider.endpoints("victim").first() {
             if let Ok(r) = request(ep, "POST", "/", &[], "").await {
-                new_pid = Some(r.body.parse::<i32>()?);
+                new_pid = Some(r.body);
                 break;
             }
         }

@@ -9,7 +9,7 @@ use crate::state::AppState;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub async fn info() -> impl IntoResponse {
+pub async fn info(State(state): State<AppState>) -> impl IntoResponse {
     let version = serde_json::json!({
         "release": VERSION,
         "sha": option_env!("SKYFRI_GIT_SHA").unwrap_or("unknown"),
@@ -20,6 +20,7 @@ pub async fn info() -> impl IntoResponse {
             "provider": "skyfri",
             "orchestration": "local",
             "version": version,
+            "runtime": state.provider.info(),
         },
         "version": version,
         "arch": std::env::consts::ARCH,

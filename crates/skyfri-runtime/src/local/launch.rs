@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use skyfri_core::{Deployment, Template};
 
+use super::cgroup::Limits;
 use crate::artefact::FUNCTION_DIR;
 use crate::provider::RuntimeError;
 use crate::templates;
@@ -55,9 +56,11 @@ pub enum Probe {
 }
 
 /// Everything needed to start replicas of one deployment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Launch {
     pub function: String,
+    /// The artefact on the host; `root` is where the process sees it.
+    pub artefact: PathBuf,
     pub program: PathBuf,
     pub args: Vec<String>,
     pub cwd: PathBuf,
@@ -66,12 +69,50 @@ pub struct Launch {
     pub probe: Probe,
     /// Listens on TCP `PORT` (the http template) rather than on the unix socket `SKYFRI_SOCKET`.
     pub tcp: bool,
+    pub limits: Limits,
+    /// `requests.memory`, per replica: admission.
+    pub requests_memory: Option<u64>,
+    /// Shares the host's network (the default); `com.skyfri.network: none` turns it off.
+    pub network: bool,
+    pub readonly_root: bool,
+    /// Size of the private `/tmp`.
+    pub tmp_bytes: u64,
+    /// The secrets the function declares, as (name, value); given to the sandbox as files.
+    pub secrets: Vec<(String, Vec<u8>)>,
 }
 
+/// Replicas without a declared pids limit get this one, so a fork bomb stays contained.
+pub const DEFAULT_PIDS: u64 = 512;
+/// Size of a replica's private `/tmp` unless `com.skyfri.tmp-size` says otherwise.
+pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
+pub const NETWORK_ANNOTATION: &str = "com.skyfri.network";
+pub const TMP_SIZE_ANNOTATION: &str = "com.skyfri.tmp-size";
+pub const PIDS_ANNOTATION: &str = "com.skyfri.pids-limit";
+
+impl std::fmt::Debug for Launch {
+    // By hand, so secret values never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("function", &self.function)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("limits", &self.limits)
+            .field(
+                "secrets",
+                &self.secrets.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plans the replicas of `d`. `root` is where the process will see `artefact_dir` (the same
+/// path without a sandbox); `secrets` are the values of the secrets `d` declares.
 pub fn plan(
     d: &Deployment,
     artefact_dir: &Path,
+    root: &Path,
     interpreters: &Interpreters,
+    secrets: Vec<(String, Vec<u8>)>,
 ) -> Result<Launch, RuntimeError> {
     let fprocess = d.spec.env_process.clone().filter(|p| !p.trim().is_empty());
     let python = || {
@@ -87,7 +128,7 @@ pub fn plan(
                     "the exec template needs fprocess (env_process)".into(),
                 ));
             }
-            let shim = artefact_dir.join(templates::PYTHON_SHIM);
+            let shim = root.join(templates::PYTHON_SHIM);
             let mode = templates::python_mode(d.template).unwrap_or("python3");
             (
                 python()?,
@@ -101,7 +142,7 @@ pub fn plan(
                 .node
                 .clone()
                 .ok_or(RuntimeError::MissingInterpreter("node"))?;
-            let shim = artefact_dir.join(templates::NODE_SHIM);
+            let shim = root.join(templates::NODE_SHIM);
             (
                 node,
                 vec![shim.to_string_lossy().into_owned()],
@@ -144,13 +185,53 @@ pub fn plan(
         d.spec.timeout_secs.to_string(),
     ));
 
+    let annotation = |key: &str| d.spec.annotations.get(key).map(|v| v.trim());
+    let network = match annotation(NETWORK_ANNOTATION) {
+        None | Some("" | "host" | "shared") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(RuntimeError::Invalid(format!(
+                "annotation {NETWORK_ANNOTATION}: {other:?} is not a network mode (use none, or leave it out)"
+            )))
+        }
+    };
+    if tcp && !network {
+        return Err(RuntimeError::Invalid(format!(
+            "the http template serves on a TCP port and needs the network: remove {NETWORK_ANNOTATION}: none"
+        )));
+    }
+    let tmp_bytes = match annotation(TMP_SIZE_ANNOTATION) {
+        None => DEFAULT_TMP_BYTES,
+        Some(v) => skyfri_core::quantity::parse_memory(v)
+            .map_err(|e| RuntimeError::Invalid(format!("annotation {TMP_SIZE_ANNOTATION}: {e}")))?,
+    };
+    let pids = match annotation(PIDS_ANNOTATION) {
+        None => DEFAULT_PIDS,
+        Some(v) => v.parse().map_err(|_| {
+            RuntimeError::Invalid(format!(
+                "annotation {PIDS_ANNOTATION}: {v:?} is not a whole number"
+            ))
+        })?,
+    };
+
     Ok(Launch {
         function: d.spec.name.clone(),
+        artefact: artefact_dir.to_path_buf(),
         program,
         args,
-        cwd: artefact_dir.join(FUNCTION_DIR),
+        cwd: root.join(FUNCTION_DIR),
         env,
         probe,
         tcp,
+        limits: Limits {
+            memory: d.spec.limits.memory,
+            cpu_millis: d.spec.limits.cpu_millis,
+            pids: Some(pids),
+        },
+        requests_memory: d.spec.requests.memory,
+        network,
+        readonly_root: d.spec.read_only_root_filesystem,
+        tmp_bytes,
+        secrets,
     })
 }

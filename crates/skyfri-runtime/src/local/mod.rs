@@ -1,10 +1,15 @@
 //! The local provider: runs each replica as a supervised process on this host and reaches it
 //! over a unix socket (shim templates) or a loopback TCP port (the http template).
 
+mod cgroup;
+mod isolation;
 mod launch;
 mod logs;
 mod probe;
+mod sandbox;
 mod supervisor;
+
+pub use isolation::{Isolation, Mode as IsolationMode, Report as IsolationReport};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +21,7 @@ use skyfri_core::Deployment;
 use tokio::sync::broadcast;
 
 use crate::artefact::ArtefactStore;
-use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
 use launch::{Interpreters, Launch};
 use logs::LogStore;
 use supervisor::Replica;
@@ -33,6 +38,8 @@ pub struct LocalProvider {
     run_dir: PathBuf,
     logs: LogStore,
     interpreters: Interpreters,
+    isolation: Isolation,
+    secrets: Arc<dyn SecretSource>,
     functions: RwLock<HashMap<String, Function>>,
     /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
     retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
@@ -52,6 +59,8 @@ impl LocalProvider {
         artefacts: ArtefactStore,
         run_dir: PathBuf,
         log_dir: PathBuf,
+        isolation: Isolation,
+        secrets: Arc<dyn SecretSource>,
     ) -> Result<Arc<LocalProvider>, RuntimeError> {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", run_dir.display()), e))?;
@@ -62,6 +71,8 @@ impl LocalProvider {
             run_dir,
             logs: LogStore::open(log_dir)?,
             interpreters,
+            isolation,
+            secrets,
             functions: RwLock::new(HashMap::new()),
             retiring: Arc::new(Mutex::new(Vec::new())),
             op_locks: Mutex::new(HashMap::new()),
@@ -84,7 +95,12 @@ impl LocalProvider {
             .ok_or_else(|| RuntimeError::Invalid(format!("bad name {}", launch.function)))?;
         let mut replicas = Vec::new();
         for _ in 0..count {
-            match Replica::start(Arc::clone(launch), Arc::clone(&sink), &self.run_dir) {
+            match Replica::start(
+                Arc::clone(launch),
+                Arc::clone(&sink),
+                &self.run_dir,
+                &self.isolation,
+            ) {
                 Ok(r) => replicas.push(r),
                 Err(e) => {
                     tokio::spawn(stop_all(replicas));
@@ -93,6 +109,57 @@ impl LocalProvider {
             }
         }
         Ok(replicas)
+    }
+
+    /// The values of the secrets `names`, or which one is missing.
+    fn secret_values(&self, names: &[String]) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
+        names
+            .iter()
+            .map(|name| match self.secrets.secret(name) {
+                Ok(Some(value)) => Ok((name.clone(), value)),
+                Ok(None) => Err(RuntimeError::Invalid(format!(
+                    "secret {name:?} does not exist: create it with `skyfri secret create {name}`"
+                ))),
+                Err(e) => Err(RuntimeError::Invalid(format!("secret {name:?}: {e}"))),
+            })
+            .collect()
+    }
+
+    /// Admission by `requests.memory`: `replicas` of `function` (replacing whatever it runs
+    /// now) must fit in what the node has not promised to other functions.
+    fn admit(
+        &self,
+        function: &str,
+        request: Option<u64>,
+        replicas: u32,
+    ) -> Result<(), RuntimeError> {
+        let Some(request) = request else {
+            return Ok(());
+        };
+        let Some(total) = node_memory() else {
+            return Ok(());
+        };
+        let promised: u64 = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| name.as_str() != function)
+            .map(|(_, f)| f.launch.requests_memory.unwrap_or(0) * u64::from(f.desired))
+            .sum();
+        let wanted = request.saturating_mul(u64::from(replicas));
+        let left = total.saturating_sub(promised);
+        if wanted > left {
+            return Err(RuntimeError::Insufficient(format!(
+                "{function}: {replicas} replica(s) x requests.memory {} MiB = {} MiB, but the node has {} MiB left ({} MiB in all, {} MiB requested by other functions)",
+                request >> 20,
+                wanted >> 20,
+                left >> 20,
+                total >> 20,
+                promised >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// Stops replicas after the drain period, in the background.
@@ -136,6 +203,14 @@ async fn wait_ready(replicas: &[Arc<Replica>]) -> Result<(), String> {
     }
 }
 
+/// The node's memory, from /proc/meminfo.
+fn node_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 async fn stop_all(replicas: Vec<Arc<Replica>>) {
     let mut set = tokio::task::JoinSet::new();
     for r in replicas {
@@ -153,9 +228,15 @@ impl Provider for LocalProvider {
             .artefacts
             .path(&d.artefact)
             .ok_or_else(|| RuntimeError::UnknownArtefact(d.artefact.clone()))?;
-        let launch = Arc::new(launch::plan(d, &dir, &self.interpreters)?);
+        let root = match self.isolation.sandbox {
+            Some(_) => PathBuf::from(sandbox::APP_DIR),
+            None => dir.clone(),
+        };
+        let secrets = self.secret_values(&d.spec.secrets)?;
+        let launch = Arc::new(launch::plan(d, &dir, &root, &self.interpreters, secrets)?);
         let lock = self.op_lock(name);
         let _guard = lock.lock().await;
+        self.admit(name, launch.requests_memory, d.replicas)?;
 
         let new = self.start_replicas(&launch, d.replicas)?;
         if !new.is_empty() {
@@ -219,6 +300,7 @@ impl Provider for LocalProvider {
                 .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
             (Arc::clone(&f.launch), f.replicas.len())
         };
+        self.admit(name, launch.requests_memory, replicas)?;
         let wanted = replicas as usize;
         let added = if wanted > current {
             self.start_replicas(&launch, replicas - current as u32)?
@@ -275,17 +357,24 @@ impl Provider for LocalProvider {
         })
     }
 
-    fn report_failure(&self, name: &str, endpoint: &Endpoint) {
+    fn report_failure(&self, name: &str, endpoint: &Endpoint) -> Option<String> {
         let functions = self
             .functions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(r) = functions
-            .get(name)
-            .and_then(|f| f.replicas.iter().find(|r| &r.endpoint == endpoint))
-        {
-            r.recheck();
-        }
+        let f = functions.get(name)?;
+        let r = f.replicas.iter().find(|r| &r.endpoint == endpoint)?;
+        r.recheck();
+        r.exceeded_memory().then(|| {
+            format!(
+                "the function exceeded its memory limit of {} (limits.memory) and was killed by the kernel",
+                supervisor::memory_text(f.launch.limits.memory)
+            )
+        })
+    }
+
+    fn info(&self) -> serde_json::Value {
+        serde_json::json!({ "isolation": self.isolation.report() })
     }
 
     fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {

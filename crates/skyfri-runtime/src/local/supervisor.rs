@@ -2,9 +2,11 @@
 //! restarts with exponential backoff when it exits.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,9 +16,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::cgroup::Group;
+use super::isolation::Isolation;
 use super::launch::Launch;
 use super::logs::LogSink;
 use super::probe;
+use super::sandbox::{self, Sandbox, Spec};
 use crate::provider::{Endpoint, LogLine, RuntimeError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,6 +36,9 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 const TAIL_LINES: usize = 30;
 /// Unix socket paths are limited to 108 bytes including the NUL.
 const MAX_SOCKET_PATH: usize = 107;
+/// An out-of-memory kill this recent still explains a failed call.
+const OOM_MEMORY: Duration = Duration::from_secs(5);
+const SOCKET_NAME: &str = "sock";
 
 /// What the supervisor publishes about a replica.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,7 +62,13 @@ pub struct Replica {
     stop: watch::Sender<bool>,
     recheck: Notify,
     tail: Mutex<VecDeque<String>>,
-    home: PathBuf,
+    /// The replica's own directory: its socket, and its HOME without a sandbox.
+    dir: PathBuf,
+    sandbox: Option<Sandbox>,
+    group: Option<Group>,
+    /// The group's OOM-kill count when the current process started.
+    oom_baseline: AtomicU64,
+    last_oom: Mutex<Option<Instant>>,
 }
 
 impl Replica {
@@ -63,12 +77,14 @@ impl Replica {
         launch: Arc<Launch>,
         logs: Arc<LogSink>,
         run_dir: &Path,
+        isolation: &Isolation,
     ) -> Result<Arc<Replica>, RuntimeError> {
         let instance = format!("{}-{:08x}", launch.function, rand::random::<u32>());
+        let dir = run_dir.join(&instance);
         let endpoint = if launch.tcp {
             Endpoint::Tcp(free_port()?)
         } else {
-            let path = run_dir.join(format!("{instance}.sock"));
+            let path = dir.join(SOCKET_NAME);
             if path.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(RuntimeError::Invalid(format!(
                     "socket path {} is too long for a unix socket: use a shorter run directory",
@@ -77,9 +93,9 @@ impl Replica {
             }
             Endpoint::Unix(path)
         };
-        let home = run_dir.join(format!("{instance}.home"));
-        std::fs::create_dir_all(&home)
-            .map_err(|e| RuntimeError::io(format!("creating {}", home.display()), e))?;
+        make_private_dir(&dir, isolation.sandbox.as_ref().and_then(Sandbox::uid))?;
+        let group = Group::create(&isolation.cgroups, &instance, launch.limits)
+            .map_err(|e| RuntimeError::io(format!("creating the cgroup of {instance}"), e))?;
         let replica = Arc::new(Replica {
             function: launch.function.clone(),
             instance,
@@ -90,7 +106,11 @@ impl Replica {
             stop: watch::channel(false).0,
             recheck: Notify::new(),
             tail: Mutex::new(VecDeque::new()),
-            home,
+            dir,
+            sandbox: isolation.sandbox.clone(),
+            group: Some(group),
+            oom_baseline: AtomicU64::new(0),
+            last_oom: Mutex::new(None),
         });
         tokio::spawn(Arc::clone(&replica).supervise(launch, logs));
         Ok(replica)
@@ -157,6 +177,7 @@ impl Replica {
                     match outcome {
                         None => {
                             terminate(&mut child, pgid).await;
+                            self.kill_cgroup();
                             drain(readers).await;
                             break;
                         }
@@ -164,13 +185,21 @@ impl Replica {
                             // Leftover children (an exec fprocess, a server's workers) would
                             // keep the socket or port busy: take the whole group down.
                             kill_group(pgid, libc::SIGKILL);
+                            self.kill_cgroup();
                             drain(readers).await;
+                            let why = if self.oom_killed_now() {
+                                *self.last_oom.lock().unwrap_or_else(PoisonError::into_inner) =
+                                    Some(Instant::now());
+                                format!(
+                                    "killed by the kernel: it exceeded its memory limit of {} (limits.memory)",
+                                    memory_text(launch.limits.memory)
+                                )
+                            } else {
+                                format!("process exited ({status})")
+                            };
                             self.record(
                                 &logs,
-                                format!(
-                                    "skyfri: process exited ({status}), restarting in {} ms",
-                                    backoff.as_millis()
-                                ),
+                                format!("skyfri: {why}, restarting in {} ms", backoff.as_millis()),
                             );
                         }
                     }
@@ -190,10 +219,10 @@ impl Replica {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        if let Endpoint::Unix(path) = &self.endpoint {
-            let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(group) = &self.group {
+            group.remove();
         }
-        let _ = std::fs::remove_dir_all(&self.home);
         self.state.send_modify(|s| {
             s.ready = false;
             s.stopped = true;
@@ -238,12 +267,45 @@ impl Replica {
             // A stale socket from the previous run would make the new bind fail.
             let _ = std::fs::remove_file(path);
         }
-        let mut cmd = Command::new(&launch.program);
-        cmd.args(&launch.args)
-            .current_dir(&launch.cwd)
+        let (program, args, fds, inside) = match &self.sandbox {
+            Some(sandbox) => {
+                let p = sandbox.prepare(
+                    &Spec {
+                        hostname: &self.instance,
+                        artefact: &launch.artefact,
+                        run: &self.dir,
+                        network: launch.network,
+                        readonly_root: launch.readonly_root,
+                        tmp_bytes: launch.tmp_bytes,
+                        cwd: &launch.cwd,
+                        secrets: &launch.secrets,
+                    },
+                    &launch.program,
+                    &launch.args,
+                )?;
+                (p.program, p.args, p.fds, true)
+            }
+            None => (
+                launch.program.clone(),
+                launch.args.iter().map(OsString::from).collect(),
+                Vec::new(),
+                false,
+            ),
+        };
+        let (home, socket) = if inside {
+            (
+                PathBuf::from("/tmp"),
+                Path::new(sandbox::RUN_DIR).join(SOCKET_NAME),
+            )
+        } else {
+            (self.dir.clone(), self.dir.join(SOCKET_NAME))
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .current_dir(if inside { Path::new("/") } else { &launch.cwd })
             .env_clear()
-            .env("HOME", &self.home)
-            .env("TMPDIR", &self.home)
+            .env("HOME", &home)
+            .env("TMPDIR", &home)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .env("HOSTNAME", &self.instance)
             .stdin(Stdio::null())
@@ -253,15 +315,58 @@ impl Replica {
             // Its own group, so stopping it also stops whatever it started.
             .process_group(0);
         match &self.endpoint {
-            Endpoint::Unix(path) => cmd.env("SKYFRI_SOCKET", path),
+            Endpoint::Unix(_) => cmd.env("SKYFRI_SOCKET", &socket),
             Endpoint::Tcp(addr) => cmd.env("PORT", addr.port().to_string()),
         };
+        let join = self.group.as_ref().map(Group::joiner);
+        let keep: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let user = self.sandbox.as_ref().and_then(Sandbox::uid);
+        // SAFETY: between fork and exec the closure only makes async-signal-safe calls
+        // (open/write/close, fcntl, setgroups/setgid/setuid) and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(join) = &join {
+                    join.join()?;
+                }
+                sandbox::inherit(&keep)?;
+                sandbox::drop_privileges(user)
+            });
+        }
+        if let Some(group) = &self.group {
+            self.oom_baseline
+                .store(group.oom_kills(), Ordering::Release);
+        }
         let mut child = cmd.spawn()?;
+        drop(fds);
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         self.pgid.store(pid, Ordering::Release);
         let out = child.stdout.take();
         let err = child.stderr.take();
         Ok((child, [self.reader(logs, out), self.reader(logs, err)]))
+    }
+
+    /// Whether the kernel's OOM killer hit this replica's current process.
+    fn oom_killed_now(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|g| g.oom_kills() > self.oom_baseline.load(Ordering::Acquire))
+    }
+
+    /// Whether the replica was recently killed for exceeding its memory limit (or is being
+    /// killed right now): what a call that lost its connection should be told.
+    pub fn exceeded_memory(&self) -> bool {
+        self.oom_killed_now()
+            || self
+                .last_oom
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|t| t.elapsed() < OOM_MEMORY)
+    }
+
+    fn kill_cgroup(&self) {
+        if let Some(group) = &self.group {
+            group.kill_all();
+        }
     }
 
     /// Copies one output stream into the log, line by line.
@@ -355,6 +460,31 @@ fn is_zombie(pid: i32) -> bool {
             rest.split_whitespace().next().map(|state| state == "Z")
         })
         .unwrap_or(false)
+}
+
+/// The replica's directory, private to it (and to the sandbox user it runs as).
+fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |e| RuntimeError::io(format!("creating {}", dir.display()), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// `128Mi` for messages.
+pub fn memory_text(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) if b % (1 << 30) == 0 => format!("{}Gi", b >> 30),
+        Some(b) if b % (1 << 20) == 0 => format!("{}Mi", b >> 20),
+        Some(b) => format!("{b} bytes"),
+        None => "none".into(),
+    }
 }
 
 fn free_port() -> Result<std::net::SocketAddr, RuntimeError> {

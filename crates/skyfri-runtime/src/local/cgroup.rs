@@ -1,0 +1,372 @@
+//! Resource limits of one replica, written straight into the kernel's cgroup files: cgroup v1
+//! (one hierarchy per controller, as on hosts with v2 mounted without controllers) or v2 (one
+//! unified hierarchy with the controllers enabled).
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// skyfri's own subtree in each hierarchy.
+const SUBTREE: &str = "skyfri";
+/// CFS period for CPU quotas (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Which cgroup hierarchy the host gives us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// One directory per controller; `None` where that controller is not mounted or not
+    /// writable.
+    V1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        pids: Option<PathBuf>,
+    },
+    /// The unified hierarchy, with the controllers it delegates to skyfri's subtree.
+    V2 {
+        root: PathBuf,
+        memory: bool,
+        cpu: bool,
+        pids: bool,
+    },
+    None,
+}
+
+/// What the layout can enforce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Enforced {
+    pub memory: bool,
+    pub cpu: bool,
+    pub pids: bool,
+}
+
+impl Layout {
+    /// Finds a usable hierarchy and creates skyfri's subtree in it. v2 wins when it has
+    /// controllers; otherwise v1 controllers are used one by one.
+    pub fn detect() -> Layout {
+        Layout::detect_at(Path::new(ROOT))
+    }
+
+    fn detect_at(root: &Path) -> Layout {
+        if let Some(v2) = detect_v2(root) {
+            return v2;
+        }
+        let v1 = |controller: &str| {
+            let dir = root.join(controller);
+            let is_mount = dir.join("cgroup.procs").exists();
+            (is_mount && fs::create_dir_all(dir.join(SUBTREE)).is_ok()).then(|| dir.join(SUBTREE))
+        };
+        let (memory, cpu, pids) = (v1("memory"), v1("cpu"), v1("pids"));
+        if memory.is_none() && cpu.is_none() && pids.is_none() {
+            return Layout::None;
+        }
+        Layout::V1 { memory, cpu, pids }
+    }
+
+    pub fn enforced(&self) -> Enforced {
+        match self {
+            Layout::V1 { memory, cpu, pids } => Enforced {
+                memory: memory.is_some(),
+                cpu: cpu.is_some(),
+                pids: pids.is_some(),
+            },
+            Layout::V2 {
+                memory, cpu, pids, ..
+            } => Enforced {
+                memory: *memory,
+                cpu: *cpu,
+                pids: *pids,
+            },
+            Layout::None => Enforced::default(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::V1 { .. } => "v1",
+            Layout::V2 { .. } => "v2",
+            Layout::None => "none",
+        }
+    }
+}
+
+fn detect_v2(root: &Path) -> Option<Layout> {
+    let controllers = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if !(has("memory") || has("cpu") || has("pids")) {
+        return None;
+    }
+    let wanted: Vec<&str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| has(c))
+        .collect();
+    let enable = wanted
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Controllers must be enabled in every parent's subtree_control down to our groups.
+    let sub = root.join(SUBTREE);
+    fs::create_dir_all(&sub).ok()?;
+    for dir in [root, sub.as_path()] {
+        fs::write(dir.join("cgroup.subtree_control"), &enable).ok()?;
+    }
+    Some(Layout::V2 {
+        root: sub,
+        memory: has("memory"),
+        cpu: has("cpu"),
+        pids: has("pids"),
+    })
+}
+
+/// The limits of one replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// A replica's own cgroup (one directory per v1 controller, or one v2 directory).
+#[derive(Debug)]
+pub struct Group {
+    dirs: Vec<PathBuf>,
+    memory_dir: Option<PathBuf>,
+    v2: bool,
+    /// `cgroup.procs` of every directory, ready for the child to write itself into between
+    /// fork and exec (no allocation allowed there).
+    procs: Vec<CString>,
+}
+
+impl Group {
+    /// Creates the group `name` and writes `limits` into it.
+    pub fn create(layout: &Layout, name: &str, limits: Limits) -> std::io::Result<Group> {
+        let mut group = Group {
+            dirs: Vec::new(),
+            memory_dir: None,
+            v2: matches!(layout, Layout::V2 { .. }),
+            procs: Vec::new(),
+        };
+        match layout {
+            Layout::None => {}
+            Layout::V1 { memory, cpu, pids } => {
+                if let Some(base) = memory {
+                    let dir = group.add(base, name)?;
+                    if let Some(bytes) = limits.memory {
+                        fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+                        // Without a swap limit the cgroup would swap instead of being killed;
+                        // the file only exists when the kernel accounts swap.
+                        let memsw = dir.join("memory.memsw.limit_in_bytes");
+                        if memsw.exists() {
+                            fs::write(memsw, bytes.to_string())?;
+                        }
+                    }
+                    group.memory_dir = Some(dir);
+                }
+                if let Some(base) = cpu {
+                    let dir = group.add(base, name)?;
+                    if let Some(millis) = limits.cpu_millis {
+                        fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                        fs::write(dir.join("cpu.cfs_quota_us"), quota_us(millis).to_string())?;
+                    }
+                }
+                if let Some(base) = pids {
+                    let dir = group.add(base, name)?;
+                    if let Some(n) = limits.pids {
+                        fs::write(dir.join("pids.max"), n.to_string())?;
+                    }
+                }
+            }
+            Layout::V2 {
+                root,
+                memory,
+                cpu,
+                pids,
+            } => {
+                let dir = group.add(root, name)?;
+                if let (true, Some(bytes)) = (memory, limits.memory) {
+                    fs::write(dir.join("memory.max"), bytes.to_string())?;
+                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                }
+                if let (true, Some(millis)) = (cpu, limits.cpu_millis) {
+                    fs::write(
+                        dir.join("cpu.max"),
+                        format!("{} {CPU_PERIOD_US}", quota_us(millis)),
+                    )?;
+                }
+                if let (true, Some(n)) = (pids, limits.pids) {
+                    fs::write(dir.join("pids.max"), n.to_string())?;
+                }
+                if *memory {
+                    group.memory_dir = Some(dir);
+                }
+            }
+        }
+        Ok(group)
+    }
+
+    fn add(&mut self, base: &Path, name: &str) -> std::io::Result<PathBuf> {
+        let dir = base.join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.procs.push(procs);
+        self.dirs.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// What the child runs between fork and exec to move itself into the group.
+    pub fn joiner(&self) -> Joiner {
+        Joiner {
+            procs: self.procs.clone(),
+        }
+    }
+
+    /// How many times the kernel's OOM killer has killed a process of this group.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(dir) = &self.memory_dir else {
+            return 0;
+        };
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let (k, v) = line.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGKILLs every process left in the group (a sandbox's stragglers).
+    pub fn kill_all(&self) {
+        for dir in &self.dirs {
+            let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) of a pid read from our own cgroup; ESRCH is harmless.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Group {
+    /// Removes the group's directories; its processes must be gone (they are being reaped
+    /// right after a kill, hence the short retry).
+    pub fn remove(&self) {
+        for dir in &self.dirs {
+            for _ in 0..20 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Moves the calling process into a group; built before fork, run in the child.
+pub struct Joiner {
+    procs: Vec<CString>,
+}
+
+impl Joiner {
+    /// Only async-signal-safe calls, no allocation: this runs between fork and exec.
+    pub fn join(&self) -> std::io::Result<()> {
+        for path in &self.procs {
+            // SAFETY: open/write/close on a valid NUL-terminated path and a static buffer.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Writing "0" moves the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn quota_us(millis: u64) -> u64 {
+    // 1000 millicores = one full period; the kernel's minimum quota is 1 ms.
+    (millis * CPU_PERIOD_US / 1000).max(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas() {
+        assert_eq!(quota_us(1000), 100_000);
+        assert_eq!(quota_us(500), 50_000);
+        assert_eq!(quota_us(1), 1000);
+    }
+
+    #[test]
+    fn v1_layout_from_a_fake_tree() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for c in ["memory", "pids"] {
+            fs::create_dir_all(dir.path().join(c))?;
+            fs::write(dir.path().join(c).join("cgroup.procs"), "")?;
+        }
+        let layout = Layout::detect_at(dir.path());
+        assert_eq!(
+            layout.enforced(),
+            Enforced {
+                memory: true,
+                cpu: false,
+                pids: true
+            }
+        );
+        assert_eq!(layout.name(), "v1");
+        let group = Group::create(
+            &layout,
+            "f-1",
+            Limits {
+                memory: Some(1 << 20),
+                cpu_millis: Some(500),
+                pids: Some(64),
+            },
+        )?;
+        let mem = dir.path().join("memory/skyfri/f-1/memory.limit_in_bytes");
+        assert_eq!(fs::read_to_string(mem)?, "1048576");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("pids/skyfri/f-1/pids.max"))?,
+            "64"
+        );
+        fs::write(
+            dir.path().join("memory/skyfri/f-1/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )?;
+        assert_eq!(group.oom_kills(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn nothing_mounted_is_none() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert_eq!(Layout::detect_at(dir.path()), Layout::None);
+        Ok(())
+    }
+}
