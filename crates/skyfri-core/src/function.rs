@@ -151,6 +151,30 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Validates a secret name: a DNS-1123 subdomain, as Kubernetes names secrets. The name
+/// becomes a file name under `/var/openfaas/secrets/`, so the rules also keep out `/`, `.`,
+/// `..` and hidden files.
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "secret name {name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
+        ));
+    }
+    let label_ok = |l: &str| {
+        l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(format!(
+            "secret name {name:?} is not a DNS-1123 subdomain: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +186,43 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_names() {
+        let long = format!("{}.{}", "a".repeat(126), "b".repeat(126));
+        for good in [
+            "a",
+            "api-key",
+            "db.password",
+            "a.b-c.d1",
+            "0",
+            long.as_str(),
+        ] {
+            assert!(validate_secret_name(good).is_ok(), "{good}");
+        }
+        let too_long = "x".repeat(254);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "/a",
+            ".hidden",
+            "a.",
+            "a..b",
+            "-a",
+            "a-",
+            "a.-b",
+            "A",
+            "a_b",
+            "a b",
+            "é",
+            too_long.as_str(),
+        ] {
+            assert!(validate_secret_name(bad).is_err(), "{bad:?}");
         }
     }
 

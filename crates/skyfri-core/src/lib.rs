@@ -6,4 +6,6 @@ pub mod manifest;
 pub mod openfaas;
 pub mod quantity;
 
-pub use function::{validate_name, Deployment, FunctionSpec, Resources, Template};
+pub use function::{
+    validate_name, validate_secret_name, Deployment, FunctionSpec, Resources, Template,
+};

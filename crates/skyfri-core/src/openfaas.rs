@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::function::{validate_name, FunctionSpec, Resources, DEFAULT_NAMESPACE};
+use crate::function::{
+    validate_name, validate_secret_name, FunctionSpec, Resources, DEFAULT_NAMESPACE,
+};
 use crate::quantity::{parse_cpu, parse_memory};
 
 /// Annotation that carries a function's exec timeout in seconds through the OpenFaaS API.
@@ -193,6 +195,9 @@ impl FunctionDeployment {
         spec.env_process = self.env_process.filter(|p| !p.is_empty());
         spec.env_vars = self.env_vars;
         spec.constraints = self.constraints;
+        for (i, secret) in self.secrets.iter().enumerate() {
+            validate_secret_name(secret).map_err(|e| format!("secrets[{i}]: {e}"))?;
+        }
         spec.secrets = self.secrets;
         spec.labels = self.labels;
         spec.annotations = self.annotations;
@@ -238,6 +243,8 @@ mod tests {
             d.env_vars.insert("exec_timeout".into(), "soon".into());
         })
         .is_err());
+        assert!(d(|d| d.secrets = vec!["ok".into(), "../x".into()])
+            .is_err_and(|e| e.starts_with("secrets[1]: ")));
         assert_eq!(parse_duration_secs("2m"), Some(120));
         assert_eq!(parse_duration_secs("1.5s"), Some(2));
     }

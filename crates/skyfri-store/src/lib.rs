@@ -1,7 +1,14 @@
 //! skyfri-store: the embedded durable store (SQLite in WAL mode). Owns what must survive a
-//! restart: deployed functions and the image names that point at built artefacts.
+//! restart: deployed functions, the image names that point at built artefacts, and secrets
+//! (encrypted, see `secrets`). The database and the secret key are readable by their owner
+//! only.
 
-use std::path::Path;
+mod secrets;
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +26,21 @@ pub enum StoreError {
     },
     #[error("store: lock poisoned")]
     Poisoned,
+    #[error("store: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: the secret key {path} {reason}")]
+    SecretKey { path: PathBuf, reason: String },
+    #[error("store: secret {name:?} cannot be decrypted: its stored record was altered or copied from another secret; set it again with `skyfri secret update {name}`")]
+    SecretAltered { name: String },
+    #[error("store: {0}")]
+    InvalidName(String),
+    #[error("store: cannot encrypt a secret value")]
+    Seal,
+    #[error("store: no randomness from the OS: {0}")]
+    Random(String),
 }
 
 /// A deployed function as stored.
@@ -38,6 +60,7 @@ pub struct Image {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    secret_key: secrets::SecretKey,
 }
 
 const SCHEMA: &str = "
@@ -54,13 +77,34 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 impl Store {
+    /// Opens (or creates) the database at `path`. The secret key is `secret.key` beside it,
+    /// made at the first open.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // SQLite gives the -wal and -shm files the database file's mode.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = OsString::from(path);
+            p.push(suffix);
+            restrict(Path::new(&p))?;
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(secrets::SCHEMA)?;
+        let secret_key = secrets::SecretKey::open(&conn, &path.with_file_name(secrets::KEY_FILE))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            secret_key,
         })
     }
 
@@ -146,6 +190,22 @@ impl Store {
                     template,
                 })
         }))
+    }
+}
+
+/// Makes an existing file readable and writable by its owner only.
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
     }
 }
 

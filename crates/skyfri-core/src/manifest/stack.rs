@@ -7,7 +7,7 @@ use serde_yaml_ng::Value;
 
 use super::yaml::{strings, yaml_error, Ctx, Doc, Ordered, Scalar};
 use super::{Manifest, ManifestError, ManifestFunction};
-use crate::function::{validate_name, FunctionSpec, Template};
+use crate::function::{validate_name, validate_secret_name, FunctionSpec, Template};
 
 /// The label or annotation that caps in-flight requests per replica.
 const MAX_INFLIGHT: &str = "com.openfaas.max_inflight";
@@ -215,6 +215,9 @@ fn function(
     }
 
     spec.secrets = f.secrets.unwrap_or_default();
+    for secret in &spec.secrets {
+        validate_secret_name(secret).map_err(|e| ctx.err(&at(&["secrets"]), e))?;
+    }
     spec.constraints = f.constraints.unwrap_or_default();
     spec.read_only_root_filesystem = f.readonly_root_filesystem.unwrap_or(false);
     if let Some(q) = &f.limits {

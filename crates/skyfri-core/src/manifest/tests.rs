@@ -350,6 +350,12 @@ fn bad_files() {
             "not a number",
         ),
         (
+            stack("    image: x\n    secrets:\n      - ../etc/passwd\n"),
+            Some(5),
+            "functions.vipps-processor.secrets",
+            "secret name \"../etc/passwd\" is not a DNS-1123 subdomain",
+        ),
+        (
             stack("    image: x\n    environment_file: [missing.yml]\n"),
             Some(5),
             "functions.vipps-processor.environment_file",
