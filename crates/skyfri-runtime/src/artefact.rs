@@ -102,7 +102,7 @@ fn list_files(dir: &Path) -> Result<Vec<SourceFile>, RuntimeError> {
     }
     let mut files = Vec::new();
     let walker = walkdir::WalkDir::new(dir)
-        .follow_links(true)
+        .follow_links(false)
         .sort_by_file_name()
         .into_iter()
         // VCS metadata is not part of a function and would make the hash change on every commit.
@@ -114,6 +114,13 @@ fn list_files(dir: &Path) -> Result<Vec<SourceFile>, RuntimeError> {
                 std::io::Error::other(e.to_string()),
             )
         })?;
+        if entry.file_type().is_symlink() {
+            // A link could point anywhere on the building host (its secrets included).
+            return Err(RuntimeError::Invalid(format!(
+                "{} is a symbolic link: an artefact holds only files and folders",
+                entry.path().display()
+            )));
+        }
         if !entry.file_type().is_file() {
             continue;
         }

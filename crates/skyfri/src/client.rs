@@ -70,7 +70,8 @@ impl Gateway {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("{}{}", self.url, path));
-        if let Some(p) = &self.password {
+        // Credentials go to the admin API only: /function/* forwards headers to user code.
+        if let (Some(p), true) = (&self.password, path.starts_with("/system/")) {
             let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{p}"));
             req = req.header("authorization", format!("Basic {token}"));
         }

@@ -22,7 +22,7 @@ fn read_all() -> BTreeMap<String, String> {
 /// that `skyfri up` wrote into the default data dir, when readable.
 pub fn load(gateway: &str) -> Option<String> {
     read_all().remove(gateway).or_else(|| {
-        let local = gateway.contains("://127.0.0.1") || gateway.contains("://localhost");
+        let local = is_local(gateway);
         local
             .then(|| {
                 std::fs::read_to_string(crate::client::default_data_dir().join("admin-password"))
@@ -49,4 +49,33 @@ pub fn save(gateway: &str, password: &str) -> Result<PathBuf> {
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(serde_json::to_string_pretty(&all)?.as_bytes())?;
     Ok(path)
+}
+
+/// Whether `gateway` is exactly a loopback URL (`http://127.0.0.1:8080`, not
+/// `http://127.0.0.1.example.com`).
+fn is_local(gateway: &str) -> bool {
+    let Some(rest) = gateway.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn only_loopback_is_local() {
+        assert!(is_local("http://127.0.0.1:8080"));
+        assert!(is_local("http://localhost"));
+        assert!(is_local("http://[::1]:8080/"));
+        assert!(!is_local("http://127.0.0.1.evil.example"));
+        assert!(!is_local("http://localhost.evil.example:8080"));
+        assert!(!is_local("https://gateway.example"));
+    }
 }

@@ -60,7 +60,9 @@ impl StackFile {
 
 fn pack(folder: &Path) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
+    // Links are resolved here, on the user's machine: the gateway accepts only files and
+    // folders.
+    builder.follow_symlinks(true);
     builder
         .append_dir_all(".", folder)
         .with_context(|| format!("cannot pack {}", folder.display()))?;

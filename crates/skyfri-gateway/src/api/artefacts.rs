@@ -39,10 +39,7 @@ pub async fn build(
     let artefact = tokio::task::spawn_blocking(move || -> Result<String, GatewayError> {
         std::fs::create_dir_all(&tmp_root).map_err(GatewayError::internal)?;
         let dir = tempfile::tempdir_in(&tmp_root).map_err(GatewayError::internal)?;
-        // `unpack` refuses entries that would land outside `dir` (absolute or `..` paths).
-        tar::Archive::new(&body[..])
-            .unpack(dir.path())
-            .map_err(|e| GatewayError::bad_request(format!("invalid handler archive: {e}")))?;
+        unpack(&body, dir.path())?;
         artefacts
             .build(template, dir.path())
             .map_err(|e| GatewayError::bad_request(format!("build failed: {e}")))
@@ -60,4 +57,25 @@ pub async fn build(
         "artefact": artefact,
         "template": template.name(),
     })))
+}
+
+/// Unpacks a handler archive: regular files and folders only. A link, device or fifo could
+/// reach outside the handler (the gateway's own files), so it is refused, naming the entry.
+fn unpack(body: &[u8], dir: &std::path::Path) -> Result<(), GatewayError> {
+    let invalid =
+        |e: std::io::Error| GatewayError::bad_request(format!("invalid handler archive: {e}"));
+    let mut archive = tar::Archive::new(body);
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            let path = entry.path().map_err(invalid)?.display().to_string();
+            return Err(GatewayError::bad_request(format!(
+                "handler archive entry {path:?} is not a file or folder ({kind:?}): links are not allowed"
+            )));
+        }
+        // `unpack_in` refuses entries that would land outside `dir` (absolute or `..` paths).
+        entry.unpack_in(dir).map_err(invalid)?;
+    }
+    Ok(())
 }

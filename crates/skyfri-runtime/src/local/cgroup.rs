@@ -309,7 +309,7 @@ impl Joiner {
 
 fn quota_us(millis: u64) -> u64 {
     // 1000 millicores = one full period; the kernel's minimum quota is 1 ms.
-    (millis * CPU_PERIOD_US / 1000).max(1000)
+    (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
 #[cfg(test)]

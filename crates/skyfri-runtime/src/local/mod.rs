@@ -145,8 +145,13 @@ impl LocalProvider {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(name, _)| name.as_str() != function)
-            .map(|(_, f)| f.launch.requests_memory.unwrap_or(0) * u64::from(f.desired))
-            .sum();
+            .map(|(_, f)| {
+                f.launch
+                    .requests_memory
+                    .unwrap_or(0)
+                    .saturating_mul(u64::from(f.desired))
+            })
+            .fold(0u64, u64::saturating_add);
         let wanted = request.saturating_mul(u64::from(replicas));
         let left = total.saturating_sub(promised);
         if wanted > left {
@@ -232,6 +237,13 @@ impl Provider for LocalProvider {
             Some(_) => PathBuf::from(sandbox::APP_DIR),
             None => dir.clone(),
         };
+        if self.isolation.sandbox.is_none() && !d.spec.secrets.is_empty() {
+            // Secrets are mounted into the sandbox; outside one there is no private place.
+            return Err(RuntimeError::Invalid(format!(
+                "{name} declares secrets, which need the replica sandbox, and this host has none ({})",
+                self.isolation.sandbox_problem.as_deref().unwrap_or("unknown reason")
+            )));
+        }
         let secrets = self.secret_values(&d.spec.secrets)?;
         let launch = Arc::new(launch::plan(d, &dir, &root, &self.interpreters, secrets)?);
         let lock = self.op_lock(name);
@@ -325,7 +337,8 @@ impl Provider for LocalProvider {
                 Vec::new()
             }
         };
-        stop_all(removed).await;
+        // Calls already on their way to the removed replicas may finish.
+        self.retire(removed);
         Ok(())
     }
 

@@ -90,6 +90,23 @@ function parseBody(req, raw) {
 }
 
 function send(res, status, headers, value) {
+  try {
+    write(res, status, headers, value);
+  } catch (e) {
+    // A header the function set was invalid, say: answer rather than leave the call hanging.
+    console.error(e);
+    for (const name of res.getHeaderNames()) {
+      res.removeHeader(name);
+    }
+    const msg = Buffer.from(`skyfri: the function's response could not be sent: ${e.message}`);
+    res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    res.setHeader('Content-Length', msg.length);
+    res.statusCode = 500;
+    res.end(msg);
+  }
+}
+
+function write(res, status, headers, value) {
   const { body, type } = encode(value);
   const lower = Object.keys(headers).map((k) => k.toLowerCase());
   for (const [k, v] of Object.entries(headers)) {

@@ -128,20 +128,35 @@ def read_request(rfile):
     return req
 
 
-def encode_response(status, headers, body, keep_alive):
+def encode_response(status, headers, body, keep_alive, method="POST"):
     if isinstance(body, str):
         body = body.encode("utf-8")
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
+    # These answers have no body on the wire; sending one would corrupt the kept-alive
+    # connection for the next request.
+    bodiless = method == "HEAD" or status < 200 or status in (204, 304)
     out = ["HTTP/1.1 %d %s\r\n" % (status, reason)]
     for k, v in headers.items():
         if k.lower() not in ("content-length", "connection", "transfer-encoding"):
             out.append("%s: %s\r\n" % (k, v))
-    out.append("Content-Length: %d\r\n" % len(body))
+    if status != 204 and status >= 200:
+        out.append("Content-Length: %d\r\n" % len(body))
     out.append("Connection: %s\r\n\r\n" % ("keep-alive" if keep_alive else "close"))
-    return "".join(out).encode("latin-1") + body
+    head = "".join(out).encode("latin-1")
+    return head if bodiless else head + body
+
+
+def encode_or_500(status, headers, body, req):
+    try:
+        return encode_response(status, headers, body, req.keep_alive, req.method)
+    except (UnicodeError, TypeError, ValueError) as e:  # e.g. a header value that is not latin-1
+        traceback.print_exc()
+        sys.stderr.flush()
+        msg = "skyfri: the function's response could not be encoded: %s" % e
+        return encode_response(500, {"Content-Type": "text/plain; charset=utf-8"}, msg, req.keep_alive)
 
 
 def body_of(value):
@@ -244,7 +259,7 @@ def serve(conn):
                     traceback.print_exc()
                     sys.stderr.flush()
                     status, headers, body = 500, {"Content-Type": "text/plain; charset=utf-8"}, str(e)
-            conn.sendall(encode_response(status, headers, body, req.keep_alive))
+            conn.sendall(encode_or_500(status, headers, body, req))
             if not req.keep_alive:
                 return
     except (ConnectionError, BrokenPipeError):
