@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod invoke;
 pub mod metrics;
+pub mod secrets;
 pub mod state;
 pub mod upstream;
 
@@ -33,6 +34,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/system/function/{name}", get(api::functions::get))
         .route("/system/scale-function/{name}", post(api::functions::scale))
+        .route(
+            "/system/secrets",
+            get(api::secrets::list)
+                .post(api::secrets::create)
+                .put(api::secrets::update)
+                .delete(api::secrets::delete),
+        )
         .route("/system/info", get(api::system::info))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
@@ -76,6 +84,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers are small and latency matters: no Nagle delay on client connections.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

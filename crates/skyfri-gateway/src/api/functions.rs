@@ -63,10 +63,11 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, GatewayError> {
         .map_err(|e| GatewayError::bad_request(format!("invalid FunctionDeployment JSON: {e}")))
 }
 
-/// Resolves the image, starts the replicas, and only then records the function: a deploy
-/// that fails leaves the previous state untouched.
+/// Checks that the secrets it names exist, resolves the image, starts the replicas, and only
+/// then records the function: a deploy that fails leaves the previous state untouched.
 pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment, GatewayError> {
     let spec = d.into_spec().map_err(GatewayError::bad_request)?;
+    super::secrets::require(state, &spec.name, &spec.secrets)?;
     let image = state.store.get_image(&spec.image)?.ok_or_else(|| {
         GatewayError::bad_request(format!(
             "image {:?} is not built on this skyfri: run `skyfri build -f stack.yml` (or `skyfri deploy -f stack.yml`) for the function that names it",

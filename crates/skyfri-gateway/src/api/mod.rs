@@ -3,4 +3,5 @@
 pub mod artefacts;
 pub mod functions;
 pub mod logs;
+pub mod secrets;
 pub mod system;

@@ -9,6 +9,7 @@ mod logs;
 mod ls;
 mod rm;
 mod scale;
+mod secret;
 mod up;
 mod version;
 
@@ -32,6 +33,9 @@ pub enum Command {
     Logs(logs::Logs),
     /// Set a function's replica count.
     Scale(scale::Scale),
+    /// Manage the secrets functions read from /var/openfaas/secrets/.
+    #[command(subcommand)]
+    Secret(secret::Secret),
     /// Save the admin password for a gateway.
     Login(login::Login),
     /// Print the client's and the gateway's versions.
@@ -50,6 +54,7 @@ impl Command {
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Scale(c) => c.run().await,
+            Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
             Command::Version(c) => c.run().await,
         }
