@@ -76,6 +76,11 @@ impl ArtefactStore {
     }
 
     /// The directory of a built artefact; `None` if the id is malformed or unknown.
+    /// The directory all artefacts live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn path(&self, artefact: &str) -> Option<PathBuf> {
         let hex = artefact.strip_prefix(PREFIX)?;
         // Only a 64-digit lower-case hex name can be ours, which also rules out `..` and `/`.

@@ -34,6 +34,9 @@ impl LogStore {
     pub fn open(dir: PathBuf) -> Result<LogStore, RuntimeError> {
         fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        // What functions print is theirs: not for other users of the host.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| RuntimeError::io(format!("protecting {}", dir.display()), e))?;
         Ok(LogStore {
             dir,
             sinks: Mutex::new(HashMap::new()),

@@ -64,6 +64,11 @@ impl LocalProvider {
     ) -> Result<Arc<LocalProvider>, RuntimeError> {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", run_dir.display()), e))?;
+        if let Some(sandbox) = &isolation.sandbox {
+            sandbox
+                .grant_access(&[&run_dir, artefacts.root()])
+                .map_err(RuntimeError::Invalid)?;
+        }
         let interpreters = Interpreters::resolve();
         tracing::debug!(?interpreters, "resolved interpreters");
         Ok(Arc::new(LocalProvider {

@@ -105,6 +105,51 @@ impl Sandbox {
         self.user
     }
 
+    /// bubblewrap, running as the sandbox user, must reach the directories it mounts: gives
+    /// the sandbox group search (not read) permission on `dirs` and their parents, and
+    /// checks that every directory above them lets it through. Other users get nothing.
+    pub fn grant_access(&self, dirs: &[&Path]) -> Result<(), String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Some((uid, gid)) = self.user else {
+            return Ok(());
+        };
+        let mut granted: Vec<&Path> = Vec::new();
+        for dir in dirs {
+            granted.push(dir);
+            granted.extend(dir.parent());
+        }
+        for dir in &granted {
+            let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if meta.gid() != gid && meta.mode() & 0o001 == 0 {
+                std::os::unix::fs::chown(dir, None, Some(gid))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let mode = meta.mode() & 0o7777;
+            if mode & 0o010 == 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o010))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+        }
+        for dir in dirs {
+            for ancestor in dir.ancestors() {
+                let meta = std::fs::metadata(ancestor)
+                    .map_err(|e| format!("{}: {e}", ancestor.display()))?;
+                let mode = meta.mode();
+                let passes = mode & 0o001 != 0
+                    || (meta.gid() == gid && mode & 0o010 != 0)
+                    || (meta.uid() == uid && mode & 0o100 != 0);
+                if !passes {
+                    return Err(format!(
+                        "the sandbox user (uid {uid}) cannot reach {}: {} is closed to it; use a data dir under a directory others may traverse (chmod o+x)",
+                        dir.display(),
+                        ancestor.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn trial(&self) -> Result<(), String> {
         let mut args: Vec<OsString> = namespaces(true, "skyfri-trial");
         system_binds(&mut args);

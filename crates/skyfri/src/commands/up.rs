@@ -8,12 +8,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
+use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::{AppState, GatewayConfig};
+use skyfri_runtime::local::{Isolation, IsolationMode};
 use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
 use skyfri_store::Store;
 
 use crate::client::Gateway;
 use crate::stackfile::StackFile;
+
+/// How long open connections may take to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(clap::Args)]
 pub struct Up {
@@ -29,6 +34,36 @@ pub struct Up {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 50 << 20)]
     max_body: usize,
+    /// `strict` refuses to start unless replicas get a sandbox and enforced memory, CPU and
+    /// pids limits; `best-effort` takes what the host offers and warns about the rest.
+    #[arg(long, value_enum, default_value_t = IsolationArg::BestEffort)]
+    isolation: IsolationArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IsolationArg {
+    Strict,
+    BestEffort,
+}
+
+impl From<IsolationArg> for IsolationMode {
+    fn from(a: IsolationArg) -> IsolationMode {
+        match a {
+            IsolationArg::Strict => IsolationMode::Strict,
+            IsolationArg::BestEffort => IsolationMode::BestEffort,
+        }
+    }
+}
+
+/// Finds what isolation the host gives, says so, and enforces `--isolation`.
+fn isolation(mode: IsolationArg) -> Result<Isolation> {
+    let isolation = Isolation::detect();
+    isolation.require(mode.into()).map_err(anyhow::Error::msg)?;
+    println!("isolation: {}", isolation.report());
+    for missing in isolation.missing() {
+        eprintln!("WARNING: replicas are not fully isolated: {missing}");
+    }
+    Ok(isolation)
 }
 
 /// The admin password: from SKYFRI_ADMIN_PASSWORD at first start, else generated; kept in
@@ -81,6 +116,8 @@ impl Up {
             ArtefactStore::open(artefact_dir.clone())?,
             data_dir.join("run"),
             data_dir.join("logs"),
+            isolation(self.isolation)?,
+            Arc::new(StoreSecrets(store.clone())),
         )?;
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -105,15 +142,21 @@ impl Up {
                 data_dir.join("admin-password").display()
             );
         }
-        let server = tokio::spawn(skyfri_gateway::serve(
-            listener,
-            state.clone(),
-            shutdown_signal(),
-        ));
+        // Functions come back before the first request is served, so no API call can race
+        // the restore of the same function.
         let restored = skyfri_gateway::restore(&state).await?;
         if restored > 0 {
             println!("restored {restored} function(s)");
         }
+        let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut graceful = stop_rx.clone();
+        let mut server = tokio::spawn(skyfri_gateway::serve(listener, state.clone(), async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        }));
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stopping.send(true);
+        });
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));
             if let Err(e) = crate::commands::deploy::deploy_all(&gw, &stack).await {
@@ -122,9 +165,20 @@ impl Up {
         }
         println!("ready");
         let _ = std::io::stdout().flush();
-        let served = server.await;
+        // Open connections (a `logs --follow`) get a grace period, then the replicas are
+        // stopped whatever they do.
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            _ = async {
+                let _ = stop_rx.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => None,
+        };
+        server.abort();
         provider.shutdown().await;
-        served?.context("gateway failed")?;
+        if let Some(served) = served {
+            served?.context("gateway failed")?;
+        }
         Ok(())
     }
 }
