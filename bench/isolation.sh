@@ -4,7 +4,7 @@
 #  (b) the noisy neighbour: function B's p99 under wrk alone, then while function A burns two
 #      cores' worth of CPU under `limits.cpu: 500m`. Budget: B's p99 beside A <= 1.5x alone.
 # Knobs (env): BENCH_SECONDS (10) per wrk run, BENCH_STARTS (20) deploys per isolation,
-# BENCH_CONNECTIONS (4), BENCH_STRICT=1 to exit 1 when the budget is missed.
+# BENCH_CONNECTIONS (4), BENCH_BURNERS (2) spinning processes in A, BENCH_STRICT=1 to exit 1 when the budget is missed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,8 +12,9 @@ cd "$ROOT"
 SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
 STARTS="${BENCH_STARTS:-20}"
 CONNS="${BENCH_CONNECTIONS:-4}"
+BURNERS="${BENCH_BURNERS:-2}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$SECONDS_PER_RUN" "$STARTS" "$CONNS"; do
+for v in "$SECONDS_PER_RUN" "$STARTS" "$CONNS" "$BURNERS"; do
   [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
 done
 
@@ -46,10 +47,11 @@ def burn(until):
 
 
 def handle(req):
-    # Two processes spinning: as much as two whole cores, if nothing holds them back.
-    until = time.time() + float(req or "1")
+    # N processes spinning: as much as N whole cores, if nothing holds them back.
+    seconds, procs = (req or "1 1").split()
+    until = time.time() + float(seconds)
     children = []
-    for _ in range(2):
+    for _ in range(int(procs)):
         pid = os.fork()
         if pid == 0:
             burn(until)
@@ -88,7 +90,7 @@ p99_of() {   # p99_of LABEL: wrk against steady, p99 in µs
 }
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT/function/steady" >/dev/null
 ALONE="$(p99_of alone)"
-curl -s -o /dev/null --max-time $((SECONDS_PER_RUN + 60)) -d "$((SECONDS_PER_RUN + 3))" \
+curl -s -o /dev/null --max-time $((SECONDS_PER_RUN + 60)) -d "$((SECONDS_PER_RUN + 3)) $BURNERS" \
   "http://127.0.0.1:$PORT/function/burner" &
 BURN_PID=$!
 sleep 1
@@ -111,7 +113,7 @@ VERDICT="$(awk -v r="$RATIO" 'BEGIN {print (r <= 1.5) ? "PASS" : "FAIL"}')"
   echo "| steady under wrk -c$CONNS -d${SECONDS_PER_RUN}s | p99 (µs) |"
   echo "| --- | ---: |"
   echo "| alone | $ALONE |"
-  echo "| beside burner (2 spinning processes, limits.cpu 500m) | $BESIDE |"
+  echo "| beside burner ($BURNERS spinning processes, limits.cpu 500m) | $BESIDE |"
   echo
   echo "- noisy neighbour: p99 beside / alone = **${RATIO}x** (budget <= 1.5x): **$VERDICT**"
 } >"$WORK/report.md"

@@ -11,8 +11,10 @@ use serde::Serialize;
 const ROOT: &str = "/sys/fs/cgroup";
 /// skyfri's own subtree in each hierarchy.
 const SUBTREE: &str = "skyfri";
-/// CFS period for CPU quotas (the kernel's default).
-const CPU_PERIOD_US: u64 = 100_000;
+/// CFS period for CPU quotas. Shorter than the kernel's 100 ms so that a throttled
+/// neighbour runs in short slices instead of holding both cores for tens of milliseconds,
+/// which is what the other functions' tail latency sees.
+const CPU_PERIOD_US: u64 = 10_000;
 
 /// Which cgroup hierarchy the host gives us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,9 @@ fn detect_v2(root: &Path) -> Option<Layout> {
 pub struct Limits {
     pub memory: Option<u64>,
     pub cpu_millis: Option<u64>,
+    /// The CPU the replica asked for (`requests.cpu`, else its limit): its weight when
+    /// replicas compete for a core, as Kubernetes derives cpu.shares.
+    pub cpu_request_millis: Option<u64>,
     pub pids: Option<u64>,
 }
 
@@ -171,6 +176,9 @@ impl Group {
                         fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
                         fs::write(dir.join("cpu.cfs_quota_us"), quota_us(millis).to_string())?;
                     }
+                    if let Some(millis) = limits.cpu_request_millis {
+                        fs::write(dir.join("cpu.shares"), shares(millis).to_string())?;
+                    }
                 }
                 if let Some(base) = pids {
                     let dir = group.add(base, name)?;
@@ -195,6 +203,11 @@ impl Group {
                         dir.join("cpu.max"),
                         format!("{} {CPU_PERIOD_US}", quota_us(millis)),
                     )?;
+                }
+                if let (true, Some(millis)) = (cpu, limits.cpu_request_millis) {
+                    // cpu.weight is 1..10000 with 100 as the default (v1's 1024).
+                    let weight = (shares(millis) * 100 / 1024).clamp(1, 10_000);
+                    fs::write(dir.join("cpu.weight"), weight.to_string())?;
                 }
                 if let (true, Some(n)) = (pids, limits.pids) {
                     fs::write(dir.join("pids.max"), n.to_string())?;
@@ -307,6 +320,11 @@ impl Joiner {
     }
 }
 
+/// v1 cpu.shares for a CPU request: 1024 per core, within the kernel's bounds.
+fn shares(millis: u64) -> u64 {
+    (millis.saturating_mul(1024) / 1000).clamp(2, 262_144)
+}
+
 fn quota_us(millis: u64) -> u64 {
     // 1000 millicores = one full period; the kernel's minimum quota is 1 ms.
     (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
@@ -318,9 +336,12 @@ mod tests {
 
     #[test]
     fn quotas() {
-        assert_eq!(quota_us(1000), 100_000);
-        assert_eq!(quota_us(500), 50_000);
+        assert_eq!(quota_us(1000), 10_000);
+        assert_eq!(quota_us(500), 5_000);
+        assert_eq!(quota_us(2500), 25_000);
         assert_eq!(quota_us(1), 1000);
+        assert_eq!(shares(500), 512);
+        assert_eq!(shares(0), 2);
     }
 
     #[test]
@@ -346,6 +367,7 @@ mod tests {
             Limits {
                 memory: Some(1 << 20),
                 cpu_millis: Some(500),
+                cpu_request_millis: Some(500),
                 pids: Some(64),
             },
         )?;
@@ -360,6 +382,36 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         )?;
         assert_eq!(group.oom_kills(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn v2_layout_enables_controllers_and_writes_limits() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )?;
+        let layout = Layout::detect_at(dir.path());
+        assert_eq!(layout.name(), "v2");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("skyfri/cgroup.subtree_control"))?,
+            "+memory +cpu +pids"
+        );
+        Group::create(
+            &layout,
+            "f-2",
+            Limits {
+                memory: Some(64 << 20),
+                cpu_millis: Some(250),
+                cpu_request_millis: None,
+                pids: Some(32),
+            },
+        )?;
+        let group = dir.path().join("skyfri/f-2");
+        assert_eq!(fs::read_to_string(group.join("memory.max"))?, "67108864");
+        assert_eq!(fs::read_to_string(group.join("cpu.max"))?, "2500 10000");
+        assert_eq!(fs::read_to_string(group.join("pids.max"))?, "32");
         Ok(())
     }
 

@@ -118,3 +118,26 @@ impl fmt::Display for Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_refuses_what_is_missing_and_best_effort_warns() {
+        let none = Isolation::none();
+        let missing = none.missing();
+        assert_eq!(missing.len(), 4, "{missing:?}");
+        assert!(missing.iter().any(|m| m.contains("memory limits")));
+        let err = none.require(Mode::Strict).err().unwrap_or_default();
+        assert!(
+            err.contains("--isolation strict") && err.contains("sandbox"),
+            "{err}"
+        );
+        assert!(none.require(Mode::BestEffort).is_ok());
+        assert_eq!(
+            none.report().to_string(),
+            "namespaces no, user skyfri's own, cgroups none, memory no, cpu no, pids no"
+        );
+    }
+}

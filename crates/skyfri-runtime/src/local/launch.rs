@@ -226,6 +226,7 @@ pub fn plan(
         limits: Limits {
             memory: d.spec.limits.memory,
             cpu_millis: d.spec.limits.cpu_millis,
+            cpu_request_millis: d.spec.requests.cpu_millis.or(d.spec.limits.cpu_millis),
             pids: Some(pids),
         },
         requests_memory: d.spec.requests.memory,
