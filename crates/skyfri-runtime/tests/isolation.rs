@@ -53,6 +53,7 @@ def handle(req):
         "uid": os.getuid(),
         "hostname": os.uname().nodename,
         "write_tmp": attempt(write("/tmp/ok")),
+        "write_var_tmp": attempt(write("/var/tmp/ok")),
         "write_app": attempt(write(os.path.join(os.getcwd(), "new-file"))),
         "write_usr": attempt(write("/usr/skyfri-test")),
         "read_root": attempt(read("/root")),
@@ -112,6 +113,23 @@ async fn a_replica_sees_only_its_own_files() -> Result {
     assert_eq!(v["secret_mine"], "s3cr3t-mine", "{v}");
     assert_ne!(v["secret_other"], "yes", "{v}");
     assert_eq!(v["env_has_secret"], false, "{v}");
+    assert_eq!(v["write_var_tmp"], "yes", "{v}");
+
+    // readonly_root_filesystem: only /tmp stays writable.
+    let mut ro = env.function(
+        "readonly",
+        Template::Python3,
+        &[("handler.py", PROBE)],
+        None,
+    )?;
+    ro.spec.read_only_root_filesystem = true;
+    env.provider.deploy(&ro).await?;
+    let ep = endpoint(&env.provider, "readonly")?;
+    let r = request(&ep, "POST", "/", &[], "{}").await?;
+    let v: serde_json::Value = serde_json::from_str(&r.body)?;
+    assert_eq!(v["write_tmp"], "yes", "{v}");
+    assert_ne!(v["write_var_tmp"], "yes", "{v}");
+    assert_ne!(v["write_app"], "yes", "{v}");
     env.provider.shutdown().await;
     Ok(())
 }
