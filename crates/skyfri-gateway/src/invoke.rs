@@ -1,7 +1,10 @@
 //! The invoke path: `/function/NAME[/path]` for any method, proxied to a ready replica with
 //! method, path suffix, query, headers and body intact; the response streams back.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -10,14 +13,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use skyfri_runtime::Endpoint;
 
 use crate::error::GatewayError;
-use crate::state::{AppState, Live};
+use crate::router::{Busy, Lease};
+use crate::state::{AppState, Live, QUEUE_ANNOTATION};
 use crate::upstream;
-
-/// How long a call waits for a replica that is (re)starting before the caller gets a 503.
-const REPLICA_WAIT: Duration = Duration::from_secs(10);
 
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -100,31 +100,41 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-async fn pick_endpoint(state: &AppState, live: &Live) -> Result<Endpoint, GatewayError> {
+/// A replica with room for the call, waiting (bounded) for capacity or for a replica to
+/// start when the function is at zero.
+async fn lease(
+    state: &AppState,
+    live: &Arc<Live>,
+    deadline: Instant,
+) -> Result<Lease, GatewayError> {
     let name = &live.deployment.spec.name;
-    let deadline = Instant::now() + REPLICA_WAIT;
-    loop {
-        let endpoints = state.provider.endpoints(name);
-        if !endpoints.is_empty() {
-            let i = live.next_index(endpoints.len());
-            return Ok(endpoints[i].clone());
-        }
-        if Instant::now() >= deadline {
-            return Err(GatewayError::Platform {
+    live.router
+        .acquire(
+            || state.provider.endpoints(name),
+            || state.activate(live),
+            deadline,
+        )
+        .await
+        .map_err(|busy| match busy {
+            Busy::QueueFull { limit } => GatewayError::Platform {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "function {name:?} is at capacity and {limit} calls already wait for it ({QUEUE_ANNOTATION} sets the queue size); retry later"
+                ),
+            },
+            Busy::TimedOut { waited, replicas } => GatewayError::Platform {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(
-                    "function {name:?} has no ready replica after {}s (see `skyfri logs {name}`)",
-                    REPLICA_WAIT.as_secs()
+                    "function {name:?} had no replica with room for {:.1}s ({replicas} ready); see `skyfri describe {name}` and `skyfri logs {name}`",
+                    waited.as_secs_f64()
                 ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+            },
+        })
 }
 
 async fn forward(
     state: &AppState,
-    live: &Live,
+    live: &Arc<Live>,
     req: Request,
     call_id: &HeaderValue,
     start_ns: u128,
@@ -149,7 +159,10 @@ async fn forward(
         })?
         .to_bytes();
 
-    let endpoint = pick_endpoint(state, live).await?;
+    // The call may wait for capacity as long as it may run.
+    let timeout = Duration::from_secs(spec.timeout_secs);
+    let lease = lease(state, live, Instant::now() + timeout).await?;
+    let endpoint = lease.endpoint().clone();
     let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{suffix}?{q}"),
@@ -176,7 +189,6 @@ async fn forward(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
 
-    let timeout = Duration::from_secs(spec.timeout_secs);
     let answer = tokio::time::timeout(timeout, state.client.request(upstream_req)).await;
     let upstream_res = match answer {
         Err(_) => {
@@ -206,12 +218,50 @@ async fn forward(
         Ok(Ok(r)) => r,
     };
     let (parts, body) = upstream_res.into_parts();
+    let cold = lease.cold();
+    // The replica's slot is held until the body has been sent.
     let mut response = Response::builder()
         .status(parts.status)
-        .body(Body::new(body))
+        .body(Body::new(Leased {
+            body,
+            _lease: lease,
+        }))
         .map_err(GatewayError::internal)?;
     copy_headers(&parts.headers, response.headers_mut());
+    if cold {
+        state.metrics.cold_start(&spec.name);
+        response.headers_mut().insert(
+            HeaderName::from_static("x-skyfri-cold-start"),
+            HeaderValue::from_static("true"),
+        );
+    }
     Ok(response)
+}
+
+/// A response body that holds its call's replica slot until it is done.
+struct Leased<B> {
+    body: B,
+    _lease: Lease,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Leased<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

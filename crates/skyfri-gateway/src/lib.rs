@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod invoke;
 pub mod metrics;
+pub mod router;
 pub mod secrets;
 pub mod state;
 pub mod upstream;

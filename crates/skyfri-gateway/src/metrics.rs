@@ -16,6 +16,7 @@ pub struct Metrics {
     invocations: Family<Labels, Counter<u64, AtomicU64>>,
     seconds: Family<Labels, Histogram, fn() -> Histogram>,
     services: Family<Labels, Gauge<i64, AtomicI64>>,
+    cold_starts: Family<Labels, Counter<u64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -32,6 +33,12 @@ impl Default for Metrics {
         let seconds =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let services = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        let cold_starts = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "gateway_function_cold_start",
+            "Calls that found their function at zero replicas and waited for one to start",
+            cold_starts.clone(),
+        );
         registry.register(
             "gateway_function_invocation",
             "Function invocations by status code",
@@ -52,6 +59,7 @@ impl Default for Metrics {
             invocations,
             seconds,
             services,
+            cold_starts,
         }
     }
 }
@@ -64,6 +72,12 @@ impl Metrics {
         ];
         self.invocations.get_or_create(&labels).inc();
         self.seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn cold_start(&self, function: &str) {
+        self.cold_starts
+            .get_or_create(&vec![("function_name", function.to_string())])
+            .inc();
     }
 
     pub fn set_replicas(&self, function: &str, replicas: u32) {

@@ -2,14 +2,15 @@
 //! deployed functions that the invoke path reads without touching the store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use skyfri_core::Deployment;
+use skyfri_core::{Deployment, Template};
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
 use crate::metrics::Metrics;
+use crate::router::{Router, DEFAULT_QUEUE};
 use crate::upstream::{self, UpstreamClient};
 
 /// Gateway settings.
@@ -26,23 +27,31 @@ pub struct GatewayConfig {
 pub struct Live {
     pub deployment: Deployment,
     pub invocations: AtomicU64,
-    next: AtomicUsize,
+    /// Survives redeploys: calls in flight keep counting against their replicas.
+    pub router: Arc<Router>,
+    /// A scale-up from zero is on its way.
+    activating: AtomicBool,
 }
 
-impl Live {
-    pub fn new(deployment: Deployment) -> Live {
-        Live {
-            deployment,
-            invocations: AtomicU64::new(0),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// Round-robin position for the next call.
-    pub fn next_index(&self, len: usize) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % len.max(1)
+/// Per-replica concurrency of a deployment: its own setting, else one call at a time for
+/// the templates whose replica runs one handler call at a time.
+fn capacity(d: &Deployment) -> u32 {
+    match (d.spec.concurrency, d.template) {
+        (0, Template::Python3 | Template::Python3Http | Template::Exec) => 1,
+        (n, _) => n,
     }
 }
+
+fn queue_limit(d: &Deployment) -> usize {
+    d.spec
+        .annotations
+        .get(QUEUE_ANNOTATION)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_QUEUE)
+}
+
+/// Calls that may wait for a replica with room.
+pub const QUEUE_ANNOTATION: &str = "com.skyfri.queue-size";
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -86,6 +95,24 @@ impl AppState {
         }))
     }
 
+    /// A call found no replica: start one, once, if the function is at zero.
+    pub fn activate(&self, live: &Arc<Live>) {
+        let name = &live.deployment.spec.name;
+        let at_zero = self.provider.status(name).is_some_and(|s| s.desired == 0);
+        if !at_zero || live.activating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let provider = Arc::clone(&self.provider);
+        let live = Arc::clone(live);
+        tokio::spawn(async move {
+            let name = &live.deployment.spec.name;
+            if let Err(e) = provider.scale(name, 1).await {
+                tracing::error!(function = %name, error = %e, "could not scale up from zero");
+            }
+            live.activating.store(false, Ordering::Release);
+        });
+    }
+
     pub fn live(&self, name: &str) -> Option<Arc<Live>> {
         self.functions
             .read()
@@ -98,11 +125,24 @@ impl AppState {
         let name = deployment.spec.name.clone();
         self.metrics.set_replicas(&name, deployment.replicas);
         if let Ok(mut m) = self.functions.write() {
-            let live = Live::new(deployment);
-            if let Some(old) = m.get(&name) {
-                live.invocations
-                    .store(old.invocations.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
+            let (capacity, queue) = (capacity(&deployment), queue_limit(&deployment));
+            let live = match m.get(&name) {
+                Some(old) => {
+                    old.router.configure(capacity, queue);
+                    Live {
+                        deployment,
+                        invocations: AtomicU64::new(old.invocations.load(Ordering::Relaxed)),
+                        router: Arc::clone(&old.router),
+                        activating: AtomicBool::new(false),
+                    }
+                }
+                None => Live {
+                    deployment,
+                    invocations: AtomicU64::new(0),
+                    router: Arc::new(Router::new(capacity, queue)),
+                    activating: AtomicBool::new(false),
+                },
+            };
             m.insert(name, Arc::new(live));
         }
     }

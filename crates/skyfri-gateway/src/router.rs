@@ -1,0 +1,307 @@
+//! Per-function routing: picks the least-loaded ready replica, enforces each replica's
+//! concurrency (containerConcurrency / max_inflight), and holds calls beyond the current
+//! capacity in a bounded queue while the scaler adds replicas.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use skyfri_runtime::Endpoint;
+use tokio::sync::Notify;
+
+/// Calls that may wait for capacity per function unless `com.skyfri.queue-size` says otherwise.
+pub const DEFAULT_QUEUE: usize = 1000;
+/// How often a waiting call looks again for a ready replica (a new replica does not notify).
+const RECHECK: Duration = Duration::from_millis(2);
+
+/// Why a call could not get a replica.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The queue is full: the caller should back off (429).
+    QueueFull { limit: usize },
+    /// Waited as long as the call may take and still no capacity (503).
+    TimedOut { waited: Duration, replicas: usize },
+}
+
+/// The load picture of one function, shared by its calls and the autoscaler.
+pub struct Router {
+    /// Calls in flight per replica.
+    slots: Mutex<HashMap<Endpoint, u32>>,
+    freed: Notify,
+    /// Per replica, 0 = unlimited.
+    capacity: AtomicU32,
+    queue_limit: AtomicUsize,
+    waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Calls that got a replica, ever: the rps metric is its rate.
+    started: AtomicU64,
+    next: AtomicUsize,
+}
+
+impl Router {
+    pub fn new(capacity: u32, queue_limit: usize) -> Router {
+        Router {
+            slots: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
+            capacity: AtomicU32::new(capacity),
+            queue_limit: AtomicUsize::new(queue_limit),
+            waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// New limits after a redeploy; calls in flight keep their replicas.
+    pub fn configure(&self, capacity: u32, queue_limit: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.queue_limit.store(queue_limit, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    /// Calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls waiting for capacity now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Calls that have been given a replica since the start.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// A replica with room for one more call, waiting up to `deadline` for one. `ready`
+    /// lists the ready replicas (asked again while waiting); `starved` is called when there
+    /// is none at all, so that the function is scaled up from zero.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        ready: impl Fn() -> Vec<Endpoint>,
+        starved: impl Fn(),
+        deadline: Instant,
+    ) -> Result<Lease, Busy> {
+        let first = ready();
+        if let Some(lease) = self.try_acquire(&first) {
+            return Ok(lease);
+        }
+        let limit = self.queue_limit.load(Ordering::Relaxed);
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Busy::QueueFull { limit });
+        }
+        let _queued = Queued(self);
+        let start = Instant::now();
+        let mut cold = first.is_empty();
+        loop {
+            let endpoints = ready();
+            if endpoints.is_empty() {
+                cold = true;
+                starved();
+            }
+            if let Some(mut lease) = self.try_acquire(&endpoints) {
+                lease.cold = cold;
+                return Ok(lease);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Busy::TimedOut {
+                    waited: now - start,
+                    replicas: endpoints.len(),
+                });
+            }
+            let nap = RECHECK.min(deadline - now);
+            let _ = tokio::time::timeout(nap, self.freed.notified()).await;
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, endpoints: &[Endpoint]) -> Option<Lease> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let offset = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // Least loaded first; among equals, rotate so replicas share the work.
+        let (_, endpoint) = (0..endpoints.len())
+            .map(|i| &endpoints[(i + offset) % endpoints.len()])
+            .map(|e| (slots.get(e).copied().unwrap_or(0), e))
+            .filter(|(load, _)| capacity == 0 || *load < capacity)
+            .min_by_key(|(load, _)| *load)?;
+        *slots.entry(endpoint.clone()).or_insert(0) += 1;
+        drop(slots);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            router: Arc::clone(self),
+            endpoint: endpoint.clone(),
+            cold: false,
+        })
+    }
+
+    fn release(&self, endpoint: &Endpoint) {
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(load) = slots.get_mut(endpoint) {
+                *load = load.saturating_sub(1);
+                if *load == 0 {
+                    slots.remove(endpoint);
+                }
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
+
+/// Counts a call in the queue for as long as it waits.
+struct Queued<'a>(&'a Router);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One call's hold on a replica; released when dropped (after the response body is sent).
+pub struct Lease {
+    router: Arc<Router>,
+    endpoint: Endpoint,
+    cold: bool,
+}
+
+impl Lease {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The call found no replica at all and waited for one to start: a cold start.
+    pub fn cold(&self) -> bool {
+        self.cold
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.router.release(&self.endpoint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: u16) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint::Tcp(([127, 0, 0, 1], 9000 + i).into()))
+            .collect()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(50)
+    }
+
+    #[tokio::test]
+    async fn spreads_and_respects_capacity() {
+        let r = Arc::new(Router::new(1, 10));
+        let two = eps(2);
+        let a = r.acquire(|| two.clone(), || {}, soon()).await;
+        let b = r.acquire(|| two.clone(), || {}, soon()).await;
+        let (Ok(a), Ok(b)) = (a, b) else {
+            panic!("two replicas of capacity 1 hold two calls");
+        };
+        assert_ne!(a.endpoint(), b.endpoint());
+        assert_eq!(r.in_flight(), 2);
+        // Full: the third waits, and gets the replica the first one frees.
+        let r2 = Arc::clone(&r);
+        let list = two.clone();
+        let third = tokio::spawn(async move {
+            r2.acquire(
+                || list.clone(),
+                || {},
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await
+            .map(|l| l.endpoint().clone())
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(r.waiting(), 1);
+        let freed = a.endpoint().clone();
+        drop(a);
+        assert_eq!(third.await.ok(), Some(Ok(freed)));
+        assert_eq!(r.waiting(), 0);
+        drop(b);
+        assert_eq!(r.in_flight(), 0);
+        assert_eq!(r.started(), 3);
+    }
+
+    #[tokio::test]
+    async fn queue_limit_and_timeout() {
+        let r = Arc::new(Router::new(1, 1));
+        let one = eps(1);
+        let _held = r.acquire(|| one.clone(), || {}, soon()).await;
+        let r2 = Arc::clone(&r);
+        let list = one.clone();
+        let waiter =
+            tokio::spawn(async move { r2.acquire(|| list.clone(), || {}, soon()).await.err() });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let full = r.acquire(|| one.clone(), || {}, soon()).await.err();
+        assert_eq!(full, Some(Busy::QueueFull { limit: 1 }));
+        assert!(matches!(
+            waiter.await.ok().flatten(),
+            Some(Busy::TimedOut { replicas: 1, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_replica_asks_for_one() {
+        let r = Arc::new(Router::new(0, 10));
+        let asked = AtomicUsize::new(0);
+        let got = r
+            .acquire(
+                Vec::new,
+                || {
+                    asked.fetch_add(1, Ordering::Relaxed);
+                },
+                soon(),
+            )
+            .await;
+        assert!(matches!(got, Err(Busy::TimedOut { replicas: 0, .. })));
+        assert!(asked.load(Ordering::Relaxed) > 0);
+
+        // A replica that appears while the call waits serves it, marked cold.
+        let appeared = std::sync::atomic::AtomicBool::new(false);
+        let one = eps(1);
+        let lease = r
+            .acquire(
+                || {
+                    if appeared.swap(true, Ordering::Relaxed) {
+                        one.clone()
+                    } else {
+                        Vec::new()
+                    }
+                },
+                || {},
+                soon(),
+            )
+            .await;
+        assert!(lease.is_ok_and(|l| l.cold()));
+    }
+
+    #[tokio::test]
+    async fn unlimited_capacity_takes_everything() {
+        let r = Arc::new(Router::new(0, 0));
+        let one = eps(1);
+        let mut leases = Vec::new();
+        for _ in 0..100 {
+            match r.acquire(|| one.clone(), || {}, soon()).await {
+                Ok(l) => leases.push(l),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(r.in_flight(), 100);
+    }
+}
