@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scaling::ScalePolicy;
+
 /// The only namespace for now, as OpenFaaS names it.
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
 
@@ -42,6 +44,16 @@ impl Template {
             Template::Node => "node",
             Template::Exec => "exec",
             Template::Http => "http",
+        }
+    }
+
+    /// Calls one replica takes at once when the function does not say (0 = unlimited): a
+    /// Python or `exec` replica runs one handler call at a time; Node and HTTP servers take
+    /// many.
+    pub fn default_concurrency(self) -> u32 {
+        match self {
+            Template::Python3 | Template::Python3Http | Template::Exec => 1,
+            Template::Node | Template::Http => 0,
         }
     }
 
@@ -106,12 +118,15 @@ impl FunctionSpec {
         }
     }
 
-    /// `com.openfaas.scale.min`, default 1 until autoscaling lands.
+    /// Replicas to start at deploy, from the scale policy (`com.openfaas.scale.min`,
+    /// `autoscaling.knative.dev/min-scale`, `initial-scale`, ...): the larger of the minimum
+    /// and the initial scale (default 1), or 0 for a function that may scale to zero and
+    /// asks for an initial scale of 0. See [`ScalePolicy::initial_replicas`]. A spec whose
+    /// policy does not parse (deploys refuse those) gets 1.
     pub fn min_replicas(&self) -> u32 {
-        self.labels
-            .get("com.openfaas.scale.min")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
+        // The template only matters for the concurrency target, not for replica counts.
+        ScalePolicy::from_spec(self, Template::Http)
+            .map_or(crate::scaling::DEFAULT_MIN_SCALE, |p| p.initial_replicas())
     }
 
     /// The health path from `com.openfaas.health.http.path`, if any.

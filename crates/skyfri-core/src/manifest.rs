@@ -10,6 +10,7 @@ mod yaml;
 use serde_yaml_ng::Value;
 
 use crate::function::{FunctionSpec, Template};
+use crate::scaling::Place;
 
 /// The functions a manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,14 @@ pub fn parse(
         knative::parse(file, &text, &docs)
     } else {
         stack::parse(file, &text, &docs, read_file)
+    }
+}
+
+/// The manifest field a scaling key's [`Place`] is written under.
+fn place_field(place: Place) -> &'static str {
+    match place {
+        Place::Labels => "labels",
+        Place::Annotations => "annotations",
     }
 }
 

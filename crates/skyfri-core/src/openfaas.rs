@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::function::{
-    validate_name, validate_secret_name, FunctionSpec, Resources, DEFAULT_NAMESPACE,
+    validate_name, validate_secret_name, FunctionSpec, Resources, Template, DEFAULT_NAMESPACE,
 };
 use crate::quantity::{parse_cpu, parse_memory};
+use crate::scaling::ScalePolicy;
 
 /// Annotation that carries a function's exec timeout in seconds through the OpenFaaS API.
 pub const TIMEOUT_ANNOTATION: &str = "com.skyfri.timeout-seconds";
@@ -187,11 +188,6 @@ impl FunctionDeployment {
                 format!("{MAX_INFLIGHT_ANNOTATION}: {c:?} is not a non-negative integer")
             })?;
         }
-        if let Some(min) = self.labels.get("com.openfaas.scale.min") {
-            min.parse::<u32>().map_err(|_| {
-                format!("labels.com.openfaas.scale.min: {min:?} is not a non-negative integer")
-            })?;
-        }
         spec.env_process = self.env_process.filter(|p| !p.is_empty());
         spec.env_vars = self.env_vars;
         spec.constraints = self.constraints;
@@ -202,6 +198,8 @@ impl FunctionDeployment {
         spec.labels = self.labels;
         spec.annotations = self.annotations;
         spec.read_only_root_filesystem = self.read_only_root_filesystem;
+        // The template (known once the image is resolved) does not change validity.
+        ScalePolicy::from_spec(&spec, Template::Http)?;
         Ok(spec)
     }
 }

@@ -2,6 +2,7 @@
 //! (basic auth), the invoke proxy under `/function`, health and Prometheus metrics.
 
 pub mod api;
+pub mod autoscale;
 pub mod auth;
 pub mod error;
 pub mod invoke;

@@ -9,6 +9,7 @@ use skyfri_core::{Deployment, Template};
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
+use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
 use crate::router::{Router, DEFAULT_QUEUE};
 use crate::upstream::{self, UpstreamClient};
@@ -65,6 +66,7 @@ pub struct Inner {
     pub tmp_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub client: UpstreamClient,
+    pub decisions: Decisions,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
@@ -91,6 +93,7 @@ impl AppState {
             tmp_dir: config.tmp_dir,
             metrics: Metrics::default(),
             client: upstream::client(),
+            decisions: Decisions::default(),
             functions: RwLock::new(HashMap::new()),
         }))
     }
@@ -111,6 +114,14 @@ impl AppState {
             }
             live.activating.store(false, Ordering::Release);
         });
+    }
+
+    /// Every deployed function, for the autoscaler.
+    pub fn all_live(&self) -> Vec<Arc<Live>> {
+        self.functions
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn live(&self, name: &str) -> Option<Arc<Live>> {
@@ -149,6 +160,7 @@ impl AppState {
 
     pub fn remove_live(&self, name: &str) {
         self.metrics.forget(name);
+        self.decisions.forget(name);
         if let Ok(mut m) = self.functions.write() {
             m.remove(name);
         }

@@ -1,12 +1,15 @@
 //! Knative Services (`apiVersion: serving.knative.dev/v1`, `kind: Service`), one per YAML
 //! document.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::yaml::{strings, yaml_error, Ctx, Doc, Ordered, Scalar};
-use super::{Manifest, ManifestError, ManifestFunction};
-use crate::function::{validate_name, FunctionSpec};
+use super::{place_field, Manifest, ManifestError, ManifestFunction};
+use crate::function::{validate_name, FunctionSpec, Template};
+use crate::scaling::{Place, ScalePolicy};
 
 const API_VERSION: &str = "serving.knative.dev/v1";
 const KIND: &str = "Service";
@@ -180,14 +183,30 @@ fn service_function(ctx: &Ctx<'_>, s: Service) -> Result<ManifestFunction, Manif
     spec.annotations = strings(metadata.annotations.unwrap_or_default())
         .into_iter()
         .collect();
+    // The revision template's keys win over the Service's; errors point at the one used.
+    let mut in_template: BTreeSet<(Place, String)> = BTreeSet::new();
     if let Some(meta) = template.metadata {
-        spec.labels.extend(strings(meta.labels.unwrap_or_default()));
-        spec.annotations
-            .extend(strings(meta.annotations.unwrap_or_default()));
+        for (k, v) in strings(meta.labels.unwrap_or_default()) {
+            in_template.insert((Place::Labels, k.clone()));
+            spec.labels.insert(k, v);
+        }
+        for (k, v) in strings(meta.annotations.unwrap_or_default()) {
+            in_template.insert((Place::Annotations, k.clone()));
+            spec.annotations.insert(k, v);
+        }
     }
     if let Some(c) = revision.container_concurrency {
         spec.concurrency = c;
     }
+    // Knative Services run images, not templates: the template does not change validity.
+    ScalePolicy::parse(&spec, Template::Http).map_err(|e| {
+        let mut path: Vec<&str> = Vec::new();
+        if in_template.contains(&(e.place, e.key.clone())) {
+            path.extend(["spec", "template"]);
+        }
+        path.extend(["metadata", place_field(e.place), &e.key]);
+        ctx.err(&path, e.message)
+    })?;
     if let Some(t) = revision.timeout_seconds {
         if t == 0 {
             return Err(ctx.err(

@@ -6,8 +6,9 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::yaml::{strings, yaml_error, Ctx, Doc, Ordered, Scalar};
-use super::{Manifest, ManifestError, ManifestFunction};
+use super::{place_field, Manifest, ManifestError, ManifestFunction};
 use crate::function::{validate_name, validate_secret_name, FunctionSpec, Template};
+use crate::scaling::ScalePolicy;
 
 /// The label or annotation that caps in-flight requests per replica.
 const MAX_INFLIGHT: &str = "com.openfaas.max_inflight";
@@ -214,6 +215,13 @@ fn function(
         }
     }
 
+    ScalePolicy::parse(&spec, template.unwrap_or(Template::Http)).map_err(|e| {
+        let mut path = at(&[]);
+        path.push(place_field(e.place));
+        path.push(&e.key);
+        ctx.err(&path, e.message)
+    })?;
+
     spec.secrets = f.secrets.unwrap_or_default();
     for secret in &spec.secrets {
         validate_secret_name(secret).map_err(|e| ctx.err(&at(&["secrets"]), e))?;
@@ -237,46 +245,12 @@ fn function(
 /// Parses a watchdog timeout: seconds (`30`) or a Go duration (`30s`, `1m`, `1m30s`,
 /// `500ms`), rounded up to whole seconds; zero is refused.
 pub(crate) fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let bad = || {
-        format!("{s:?} is not a duration: use seconds (30) or a duration such as 30s, 1m or 1m30s")
-    };
-    let millis: f64 = if let Ok(n) = s.parse::<f64>() {
-        n * 1000.0
-    } else {
-        let mut total = 0.0;
-        let mut rest = s;
-        if rest.is_empty() {
-            return Err(bad());
-        }
-        while !rest.is_empty() {
-            let split = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
-            let (num, tail) = rest.split_at(split);
-            let n: f64 = num.parse().map_err(|_| bad())?;
-            let unit_len = tail
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(tail.len());
-            let (unit, next) = tail.split_at(unit_len);
-            let mult = match unit {
-                "h" => 3_600_000.0,
-                "m" => 60_000.0,
-                "s" => 1000.0,
-                "ms" => 1.0,
-                _ => return Err(bad()),
-            };
-            total += n * mult;
-            rest = next;
-        }
-        total
-    };
-    if !millis.is_finite() || millis < 0.0 {
-        return Err(bad());
-    }
-    let secs = (millis / 1000.0).ceil() as u64;
+    let secs = crate::quantity::parse_duration(s)?.as_secs_f64().ceil() as u64;
     if secs == 0 {
-        return Err(format!("{s:?}: a timeout must be at least one second"));
+        return Err(format!(
+            "{:?}: a timeout must be at least one second",
+            s.trim()
+        ));
     }
     Ok(secs)
 }

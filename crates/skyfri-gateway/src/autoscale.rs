@@ -1,0 +1,197 @@
+//! The autoscaler loop: samples every function's load from its router, feeds the KPA
+//! (`skyfri_core::scaling`) once a second, and applies its decision every two seconds
+//! through the provider. Scale to zero happens here; scale from zero is the router's
+//! activation (a waiting call must not wait for the next tick).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use skyfri_core::scaling::{Autoscaler, Metric, ScalePolicy};
+use tokio::sync::watch;
+
+use crate::state::{AppState, Live};
+
+/// Load samples per second (concurrency is averaged over them).
+const SAMPLE: Duration = Duration::from_millis(100);
+/// Knative's metric resolution.
+const RECORD: Duration = Duration::from_secs(1);
+/// Knative's decision interval.
+const DECIDE: Duration = Duration::from_secs(2);
+
+/// The last scaling decision of a function, for `describe`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LastDecision {
+    pub desired: u32,
+    pub panic: bool,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Decisions by function, shared with the API.
+#[derive(Default)]
+pub struct Decisions(Mutex<HashMap<String, LastDecision>>);
+
+impl Decisions {
+    pub fn get(&self, name: &str) -> Option<LastDecision> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn set(&self, name: &str, d: LastDecision) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), d);
+    }
+
+    pub fn forget(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+}
+
+/// One function's scaler: its KPA, the samples of the current second, and which
+/// deployment it was made for.
+struct Scaler {
+    live: Arc<Live>,
+    policy: ScalePolicy,
+    kpa: Autoscaler,
+    samples: Vec<f64>,
+    started: u64,
+}
+
+impl Scaler {
+    fn new(live: Arc<Live>, now: Instant) -> Option<Scaler> {
+        let d = &live.deployment;
+        let policy = match ScalePolicy::from_spec(&d.spec, d.template) {
+            Ok(p) => p,
+            Err(e) => {
+                // Deploys validate the policy; a stored one that no longer parses stays put.
+                tracing::warn!(function = %d.spec.name, error = %e, "not autoscaled");
+                return None;
+            }
+        };
+        let started = live.router.started();
+        Some(Scaler {
+            kpa: Autoscaler::new(policy.clone(), now),
+            policy,
+            samples: Vec::with_capacity(10),
+            started,
+            live,
+        })
+    }
+
+    fn sample(&mut self) {
+        let r = &self.live.router;
+        // Waiting calls are demand too: they are why a function at zero must come up.
+        self.samples.push((r.in_flight() + r.waiting()) as f64);
+    }
+
+    fn record(&mut self, now: Instant) {
+        let value = match self.policy.metric {
+            Metric::Concurrency => {
+                let n = self.samples.len().max(1) as f64;
+                self.samples.iter().sum::<f64>() / n
+            }
+            Metric::Rps => {
+                let started = self.live.router.started();
+                let rate = started.saturating_sub(self.started) as f64;
+                self.started = started;
+                rate
+            }
+        };
+        self.samples.clear();
+        self.kpa.record(now, value);
+    }
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut scalers: HashMap<String, Scaler> = HashMap::new();
+    let mut ticker = tokio::time::interval(SAMPLE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut last_record, mut last_decide) = (Instant::now(), Instant::now());
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        sync(&state, &mut scalers, now);
+        for s in scalers.values_mut() {
+            s.sample();
+        }
+        if now.duration_since(last_record) >= RECORD {
+            last_record = now;
+            for s in scalers.values_mut() {
+                s.record(now);
+            }
+        }
+        if now.duration_since(last_decide) >= DECIDE {
+            last_decide = now;
+            for (name, s) in &mut scalers {
+                decide(&state, name, s, now);
+            }
+        }
+    }
+}
+
+/// Follows deploys and removals: a new deployment gets a fresh scaler.
+fn sync(state: &AppState, scalers: &mut HashMap<String, Scaler>, now: Instant) {
+    let live = state.all_live();
+    scalers.retain(|name, s| {
+        live.iter()
+            .any(|l| &l.deployment.spec.name == name && Arc::ptr_eq(l, &s.live))
+    });
+    for l in live {
+        let name = &l.deployment.spec.name;
+        if !scalers.contains_key(name) {
+            if let Some(s) = Scaler::new(Arc::clone(&l), now) {
+                scalers.insert(name.clone(), s);
+            }
+        }
+    }
+}
+
+fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
+    let Some(status) = state.provider.status(name) else {
+        return;
+    };
+    let decision = s.kpa.decide(now, status.available);
+    let previous = state.decisions.get(name);
+    if previous.as_ref().map(|p| (p.desired, p.panic)) != Some((decision.desired, decision.panic))
+    {
+        tracing::info!(function = %name, desired = decision.desired, ready = status.available, reason = %decision.reason, "scaling decision");
+    }
+    state.decisions.set(
+        name,
+        LastDecision {
+            desired: decision.desired,
+            panic: decision.panic,
+            reason: decision.reason,
+            at: Utc::now(),
+        },
+    );
+    // A call waiting at zero has already asked for a replica; never undo that here.
+    let activating = decision.desired == 0 && s.live.router.waiting() > 0;
+    if decision.desired == status.desired || activating {
+        return;
+    }
+    state.metrics.set_replicas(name, decision.desired);
+    let provider = Arc::clone(&state.provider);
+    let name = name.to_string();
+    let desired = decision.desired;
+    tokio::spawn(async move {
+        if let Err(e) = provider.scale(&name, desired).await {
+            tracing::error!(function = %name, desired, error = %e, "scaling failed");
+        }
+    });
+}
