@@ -220,6 +220,20 @@ impl Group {
         Ok(group)
     }
 
+    /// Renames the group to `name` (its processes stay in it, with what they have charged)
+    /// and writes `limits` into it: how a stem cell's group becomes its replica's. After an
+    /// error the group still names its directories, so it can be emptied and removed.
+    pub fn rename(&mut self, layout: &Layout, name: &str, limits: Limits) -> std::io::Result<()> {
+        for dir in &mut self.dirs {
+            let renamed = dir.with_file_name(name);
+            fs::rename(&*dir, &renamed)?;
+            *dir = renamed;
+        }
+        self.memory_dir = self.memory_dir.as_ref().map(|d| d.with_file_name(name));
+        *self = Group::create(layout, name, limits)?;
+        Ok(())
+    }
+
     fn add(&mut self, base: &Path, name: &str) -> std::io::Result<PathBuf> {
         let dir = base.join(name);
         match fs::create_dir(&dir) {

@@ -1,6 +1,7 @@
 //! How each template is started: the program, its arguments, environment and readiness probe.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use skyfri_core::{Deployment, Template};
 
@@ -50,8 +51,8 @@ fn is_executable(path: &Path) -> bool {
 pub enum Probe {
     /// `GET /_/health` must answer 200 (the shims answer it themselves).
     Shim,
-    /// The user's own server: with a configured health path, a GET of it must answer any
-    /// HTTP status; without one, accepting TCP is enough.
+    /// The user's own server: with a configured health path, a GET of it must answer
+    /// 2xx or 3xx (as a Kubernetes httpGet probe); without one, accepting TCP is enough.
     Http { health_path: Option<String> },
 }
 
@@ -79,6 +80,75 @@ pub struct Launch {
     pub tmp_bytes: u64,
     /// The secrets the function declares, as (name, value); given to the sandbox as files.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// How a stem cell becomes a replica of this function, when one can.
+    pub stem: Option<Stem>,
+    /// The exec timeout (`SKYFRI_TIMEOUT_SECONDS`): how long a stopping replica may take to
+    /// finish the calls it is serving.
+    pub timeout: Duration,
+    /// `com.openfaas.health.http.initialDelay`: how long after its start a replica is first
+    /// probed.
+    pub initial_delay: Duration,
+    /// How often a ready replica's health path is checked (the http template with
+    /// `com.openfaas.health.http.path` only; `None`: never once it is ready).
+    pub health_period: Option<Duration>,
+}
+
+/// The interpreters stem cells are kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    Python,
+    Node,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+        }
+    }
+}
+
+/// What a stem cell is told to become: the shim's calling convention, and what a cell of
+/// this function must have been started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stem {
+    pub runtime: Runtime,
+    /// The Python shim's mode (`python3`, `python3-http`, `exec`), `node` for Node.
+    pub mode: &'static str,
+}
+
+impl Launch {
+    /// The environment of a replica process: the deployment's, plus its home, its
+    /// hostname and where it serves.
+    pub fn environment(
+        &self,
+        instance: &str,
+        home: &Path,
+        socket: &Path,
+        port: Option<u16>,
+    ) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("HOME".to_string(), home.display().to_string()),
+            ("TMPDIR".to_string(), home.display().to_string()),
+        ];
+        env.extend(self.env.iter().cloned());
+        env.push(("HOSTNAME".to_string(), instance.to_string()));
+        match port {
+            Some(port) => env.push(("PORT".to_string(), port.to_string())),
+            None => env.push(("SKYFRI_SOCKET".to_string(), socket.display().to_string())),
+        }
+        env
+    }
+}
+
+/// Environment variables read when an interpreter starts, not later: a function that sets
+/// one cannot be served by a cell started without it.
+fn read_at_interpreter_start(key: &str) -> bool {
+    key.starts_with("PYTHON")
+        || key.starts_with("NODE_")
+        || key == "LD_PRELOAD"
+        || key == "LD_LIBRARY_PATH"
 }
 
 /// Replicas without a declared pids limit get this one, so a fork bomb stays contained.
@@ -88,6 +158,14 @@ pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
 pub const NETWORK_ANNOTATION: &str = "com.skyfri.network";
 pub const TMP_SIZE_ANNOTATION: &str = "com.skyfri.tmp-size";
 pub const PIDS_ANNOTATION: &str = "com.skyfri.pids-limit";
+/// A Go duration (`30s`), as faas-netes reads it: delays the first probe of a replica.
+pub const HEALTH_DELAY_ANNOTATION: &str = "com.openfaas.health.http.initialDelay";
+/// How often the http template's health path is checked once a replica is ready. OpenFaaS
+/// has no per-function key for it (faas-netes takes the period from its own configuration),
+/// hence a skyfri one.
+pub const HEALTH_PERIOD_ANNOTATION: &str = "com.skyfri.health.http.period";
+/// Kubernetes' default `periodSeconds`.
+pub const DEFAULT_HEALTH_PERIOD: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Launch {
     // By hand, so secret values never reach a log line.
@@ -158,7 +236,7 @@ pub fn plan(
             };
             (
                 PathBuf::from("/bin/sh"),
-                vec!["-c".to_string(), command],
+                vec!["-c".to_string(), exec_prefixed(&command)],
                 Probe::Http {
                     health_path: d.spec.health_path().map(str::to_string),
                 },
@@ -213,8 +291,50 @@ pub fn plan(
             ))
         })?,
     };
+    let duration = |key: &str| -> Result<Option<Duration>, RuntimeError> {
+        annotation(key)
+            .map(|v| {
+                skyfri_core::quantity::parse_duration(v)
+                    .map_err(|e| RuntimeError::Invalid(format!("annotation {key}: {e}")))
+            })
+            .transpose()
+    };
+    let initial_delay = duration(HEALTH_DELAY_ANNOTATION)?.unwrap_or(Duration::ZERO);
+    let health_period = match duration(HEALTH_PERIOD_ANNOTATION)? {
+        Some(period) if period.is_zero() => {
+            return Err(RuntimeError::Invalid(format!(
+                "annotation {HEALTH_PERIOD_ANNOTATION}: the period must be longer than 0"
+            )))
+        }
+        period => period.unwrap_or(DEFAULT_HEALTH_PERIOD),
+    };
+    // Only the user's own server can fall ill while it runs: the shims answer their health
+    // check as long as they run, and a dead process is noticed anyway.
+    let health_period = matches!(
+        probe,
+        Probe::Http {
+            health_path: Some(_)
+        }
+    )
+    .then_some(health_period);
+
+    let stem = match d.template {
+        Template::Node => Some(Stem {
+            runtime: Runtime::Node,
+            mode: "node",
+        }),
+        t => templates::python_mode(t).map(|mode| Stem {
+            runtime: Runtime::Python,
+            mode,
+        }),
+    }
+    // Secrets are mounted when the sandbox starts; cells start before they are known.
+    .filter(|_| {
+        secrets.is_empty() && !d.spec.env_vars.keys().any(|k| read_at_interpreter_start(k))
+    });
 
     Ok(Launch {
+        stem,
         function: d.spec.name.clone(),
         artefact: artefact_dir.to_path_buf(),
         program,
@@ -234,5 +354,28 @@ pub fn plan(
         readonly_root: d.spec.read_only_root_filesystem,
         tmp_bytes,
         secrets,
+        timeout: Duration::from_secs(d.spec.timeout_secs),
+        initial_delay,
+        health_period,
     })
+}
+
+/// `exec` in front of a plain command (`python3 server.py`), so the server replaces the
+/// shell: a stop's SIGTERM then reaches the server itself, which decides how it drains (as
+/// in Knative), instead of killing the shell and, with it, the server. Anything with shell
+/// syntax (lists, pipes, groups, leading assignments) runs as written.
+fn exec_prefixed(command: &str) -> String {
+    let first = command.split_whitespace().next().unwrap_or("");
+    let plain = !command.contains(|c: char| ";&|(){}`\n\\".contains(c))
+        && !first.is_empty()
+        && !first.contains('=')
+        && !matches!(
+            first,
+            "exec" | "!" | "if" | "case" | "for" | "while" | "until" | "cd" | "." | "source"
+        );
+    if plain {
+        format!("exec {command}")
+    } else {
+        command.to_string()
+    }
 }

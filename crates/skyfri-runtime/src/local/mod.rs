@@ -1,10 +1,12 @@
 //! The local provider: runs each replica as a supervised process on this host and reaches it
 //! over a unix socket (shim templates) or a loopback TCP port (the http template).
 
+mod cells;
 mod cgroup;
 mod isolation;
 mod launch;
 mod logs;
+mod mounts;
 mod probe;
 mod sandbox;
 mod supervisor;
@@ -22,14 +24,20 @@ use tokio::sync::broadcast;
 
 use crate::artefact::ArtefactStore;
 use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
+use cells::Cells;
 use launch::{Interpreters, Launch};
 use logs::LogStore;
 use supervisor::Replica;
 
-/// How long a deploy waits for its first replica to become ready.
+/// How long a deploy waits for its first replica to become ready (after the initial delay
+/// of its health check).
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long replaced replicas keep running after the swap, so requests already sent to them
-/// can finish.
+/// How long retired replicas (scaled down, replaced by a deploy) keep running untouched
+/// after they left the rotation: a call the gateway routed to one just before may still be
+/// on its way (in a kept-alive connection, in its write path). Then they get SIGTERM, and
+/// finish the calls they serve before they exit (the supervisor gives them the exec
+/// timeout): scaling causes no 5xx. The http template's server decides itself what it does
+/// on SIGTERM, as in Knative.
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs functions as local processes.
@@ -40,6 +48,8 @@ pub struct LocalProvider {
     interpreters: Interpreters,
     isolation: Isolation,
     secrets: Arc<dyn SecretSource>,
+    /// Pre-started interpreters, where this host allows them.
+    cells: Option<Arc<Cells>>,
     functions: RwLock<HashMap<String, Function>>,
     /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
     retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
@@ -71,7 +81,9 @@ impl LocalProvider {
         }
         let interpreters = Interpreters::resolve();
         tracing::debug!(?interpreters, "resolved interpreters");
+        let cells = Cells::start(&run_dir, &isolation, &interpreters);
         Ok(Arc::new(LocalProvider {
+            cells,
             artefacts,
             run_dir,
             logs: LogStore::open(log_dir)?,
@@ -89,7 +101,8 @@ impl LocalProvider {
         Arc::clone(locks.entry(name.to_string()).or_default())
     }
 
-    fn start_replicas(
+    /// Starts `count` replicas of `launch`, from stem cells where there are some.
+    async fn start_replicas(
         &self,
         launch: &Arc<Launch>,
         count: u32,
@@ -100,6 +113,12 @@ impl LocalProvider {
             .ok_or_else(|| RuntimeError::Invalid(format!("bad name {}", launch.function)))?;
         let mut replicas = Vec::new();
         for _ in 0..count {
+            if let Some(cells) = &self.cells {
+                if let Some(replica) = cells.replica(launch, &sink).await {
+                    replicas.push(replica);
+                    continue;
+                }
+            }
             match Replica::start(
                 Arc::clone(launch),
                 Arc::clone(&sink),
@@ -172,7 +191,8 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// Stops replicas after the drain period, in the background.
+    /// Stops replicas after the drain period, in the background; calls they are serving
+    /// then still finish (see [`DRAIN`]).
     fn retire(&self, replicas: Vec<Arc<Replica>>) {
         if replicas.is_empty() {
             return;
@@ -195,8 +215,8 @@ impl LocalProvider {
 
 /// Waits until one of `replicas` is ready; if none becomes ready in time or all of them
 /// exited before becoming ready, says why.
-async fn wait_ready(replicas: &[Arc<Replica>]) -> Result<(), String> {
-    let deadline = Instant::now() + START_TIMEOUT;
+async fn wait_ready(replicas: &[Arc<Replica>], initial_delay: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + initial_delay + START_TIMEOUT;
     loop {
         if replicas.iter().any(|r| r.is_ready()) {
             return Ok(());
@@ -207,7 +227,10 @@ async fn wait_ready(replicas: &[Arc<Replica>]) -> Result<(), String> {
             return Err("the process exited before it was ready".into());
         }
         if Instant::now() >= deadline {
-            return Err(format!("not ready after {} s", START_TIMEOUT.as_secs()));
+            return Err(format!(
+                "not ready after {} s",
+                (initial_delay + START_TIMEOUT).as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -255,9 +278,9 @@ impl Provider for LocalProvider {
         let _guard = lock.lock().await;
         self.admit(name, launch.requests_memory, d.replicas)?;
 
-        let new = self.start_replicas(&launch, d.replicas)?;
+        let new = self.start_replicas(&launch, d.replicas).await?;
         if !new.is_empty() {
-            if let Err(reason) = wait_ready(&new).await {
+            if let Err(reason) = wait_ready(&new, launch.initial_delay).await {
                 let output = new
                     .iter()
                     .map(|r| r.last_output())
@@ -320,7 +343,8 @@ impl Provider for LocalProvider {
         self.admit(name, launch.requests_memory, replicas)?;
         let wanted = replicas as usize;
         let added = if wanted > current {
-            self.start_replicas(&launch, replicas - current as u32)?
+            self.start_replicas(&launch, replicas - current as u32)
+                .await?
         } else {
             Vec::new()
         };
@@ -392,7 +416,13 @@ impl Provider for LocalProvider {
     }
 
     fn info(&self) -> serde_json::Value {
-        serde_json::json!({ "isolation": self.isolation.report() })
+        let cells = self.cells.as_ref().map(|c| {
+            c.idle()
+                .into_iter()
+                .map(|(runtime, n)| (runtime.name(), n))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        });
+        serde_json::json!({ "isolation": self.isolation.report(), "stemCells": cells })
     }
 
     fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {
@@ -418,5 +448,8 @@ impl Provider for LocalProvider {
                 .drain(..),
         );
         stop_all(all).await;
+        if let Some(cells) = &self.cells {
+            cells.shutdown().await;
+        }
     }
 }

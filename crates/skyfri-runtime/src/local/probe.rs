@@ -1,4 +1,4 @@
-//! Readiness probes: a tiny HTTP/1.1 GET over the replica's endpoint.
+//! Readiness and health probes: a tiny HTTP/1.1 GET over the replica's endpoint.
 
 use std::time::Duration;
 
@@ -14,38 +14,57 @@ const SHIM_HEALTH_PATH: &str = "/_/health";
 
 /// Whether the replica at `endpoint` is ready to serve.
 pub async fn is_ready(endpoint: &Endpoint, probe: &Probe) -> bool {
-    timeout(PROBE_TIMEOUT, check(endpoint, probe))
-        .await
-        .unwrap_or(false)
+    check_health(endpoint, probe).await.is_ok()
 }
 
-async fn check(endpoint: &Endpoint, probe: &Probe) -> bool {
-    let (path, any_status) = match probe {
-        Probe::Shim => (SHIM_HEALTH_PATH, false),
+/// The path `probe` asks for (`/` when it only connects), for messages.
+pub fn path(probe: &Probe) -> &str {
+    match probe {
+        Probe::Shim => SHIM_HEALTH_PATH,
         Probe::Http {
             health_path: Some(path),
-        } => (path.as_str(), true),
+        } => path,
+        Probe::Http { health_path: None } => "/",
+    }
+}
+
+/// Probes the replica once; the error says what went wrong, for the log.
+pub async fn check_health(endpoint: &Endpoint, probe: &Probe) -> Result<(), String> {
+    timeout(PROBE_TIMEOUT, check(endpoint, probe))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())))
+}
+
+async fn check(endpoint: &Endpoint, probe: &Probe) -> Result<(), String> {
+    let (path, healthy): (&str, fn(u16) -> bool) = match probe {
+        Probe::Shim => (SHIM_HEALTH_PATH, |code| code == 200),
+        // As a Kubernetes httpGet probe.
+        Probe::Http {
+            health_path: Some(path),
+        } => (path.as_str(), |code| (200..400).contains(&code)),
         Probe::Http { health_path: None } => {
             // Listening is all we can ask of an arbitrary server without a health path.
-            return match endpoint {
-                Endpoint::Tcp(addr) => TcpStream::connect(addr).await.is_ok(),
-                Endpoint::Unix(path) => UnixStream::connect(path).await.is_ok(),
+            let connected = match endpoint {
+                Endpoint::Tcp(addr) => TcpStream::connect(addr).await.map(drop),
+                Endpoint::Unix(path) => UnixStream::connect(path).await.map(drop),
             };
+            return connected.map_err(|e| format!("cannot connect: {e}"));
         }
     };
     let status = match endpoint {
         Endpoint::Unix(p) => match UnixStream::connect(p).await {
             Ok(s) => get_status(s, path).await,
-            Err(_) => None,
+            Err(e) => return Err(format!("cannot connect: {e}")),
         },
         Endpoint::Tcp(addr) => match TcpStream::connect(addr).await {
             Ok(s) => get_status(s, path).await,
-            Err(_) => None,
+            Err(e) => return Err(format!("cannot connect: {e}")),
         },
     };
     match status {
-        Some(code) => any_status || code == 200,
-        None => false,
+        Some(code) if healthy(code) => Ok(()),
+        Some(code) => Err(format!("status {code}")),
+        None => Err("no HTTP answer".into()),
     }
 }
 

@@ -30,15 +30,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for a replica to become ready.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
-/// Time a replica gets to exit after SIGTERM before its group is killed.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A stopping replica gets its exec timeout to finish the calls it serves (the shims exit
+/// once they have, at the latest when it passes), plus this, before its group is killed.
+const STOP_SLACK: Duration = Duration::from_secs(2);
+/// Health checks failed in a row before a replica is restarted (Kubernetes' default).
+const FAILURE_THRESHOLD: u32 = 3;
 /// Output lines kept in memory for start-failure messages.
 const TAIL_LINES: usize = 30;
 /// Unix socket paths are limited to 108 bytes including the NUL.
 const MAX_SOCKET_PATH: usize = 107;
 /// An out-of-memory kill this recent still explains a failed call.
 const OOM_MEMORY: Duration = Duration::from_secs(5);
-const SOCKET_NAME: &str = "sock";
+pub(super) const SOCKET_NAME: &str = "sock";
 
 /// What the supervisor publishes about a replica.
 #[derive(Debug, Clone, Copy, Default)]
@@ -112,8 +115,48 @@ impl Replica {
             oom_baseline: AtomicU64::new(0),
             last_oom: Mutex::new(None),
         });
-        tokio::spawn(Arc::clone(&replica).supervise(launch, logs));
+        tokio::spawn(Arc::clone(&replica).supervise(launch, logs, None));
         Ok(replica)
+    }
+
+    /// Makes a replica of `launch` out of a process that is already running and serving:
+    /// a stem cell that was just specialised. When that process exits, the replica restarts
+    /// as any other, from scratch.
+    pub fn adopt(
+        launch: Arc<Launch>,
+        logs: Arc<LogSink>,
+        isolation: &Isolation,
+        adopted: Adopted,
+    ) -> Arc<Replica> {
+        let pid = adopted
+            .child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or(0);
+        let oom_baseline = adopted.group.as_ref().map_or(0, Group::oom_kills);
+        let replica = Arc::new(Replica {
+            function: launch.function.clone(),
+            instance: adopted.instance,
+            endpoint: Endpoint::Unix(adopted.dir.join(SOCKET_NAME)),
+            ready: AtomicBool::new(true),
+            pgid: AtomicI32::new(pid),
+            state: watch::channel(State {
+                ready: true,
+                ..State::default()
+            })
+            .0,
+            stop: watch::channel(false).0,
+            recheck: Notify::new(),
+            tail: Mutex::new(VecDeque::new()),
+            dir: adopted.dir,
+            sandbox: isolation.sandbox.clone(),
+            group: adopted.group,
+            oom_baseline: AtomicU64::new(oom_baseline),
+            last_oom: Mutex::new(None),
+        });
+        let first = (adopted.child, adopted.readers, adopted.keep);
+        tokio::spawn(Arc::clone(&replica).supervise(launch, logs, Some(first)));
+        replica
     }
 
     pub fn is_ready(&self) -> bool {
@@ -161,7 +204,12 @@ impl Replica {
         pgid > 0 && unsafe { libc::kill(pgid, 0) } == 0 && !is_zombie(pgid)
     }
 
-    async fn supervise(self: Arc<Self>, launch: Arc<Launch>, logs: Arc<LogSink>) {
+    async fn supervise(
+        self: Arc<Self>,
+        launch: Arc<Launch>,
+        logs: Arc<LogSink>,
+        mut first: Option<FirstProcess>,
+    ) {
         let mut stop = self.stop.subscribe();
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -169,14 +217,19 @@ impl Replica {
                 break;
             }
             let started = Instant::now();
-            match self.spawn(&launch, &logs) {
+            let (spawned, _keep) = match first.take() {
+                Some((child, readers, keep)) => (Ok((child, readers)), Some(keep)),
+                None => (self.spawn(&launch, &logs), None),
+            };
+            match spawned {
                 Ok((mut child, readers)) => {
-                    let outcome = self.run(&mut child, &launch, &mut stop).await;
+                    let outcome = self.run(&mut child, &launch, &logs, &mut stop).await;
                     self.set_ready(false);
                     let pgid = self.pgid.swap(0, Ordering::AcqRel);
                     match outcome {
                         None => {
-                            terminate(&mut child, pgid).await;
+                            self.terminate(&mut child, pgid, launch.timeout + STOP_SLACK)
+                                .await;
                             self.kill_cgroup();
                             drain(readers).await;
                             break;
@@ -230,15 +283,27 @@ impl Replica {
     }
 
     /// Runs until the process exits (`Some(status)`) or a stop is requested (`None`),
-    /// probing readiness whenever the replica is not known to be ready.
+    /// probing readiness whenever the replica is not known to be ready (the first time after
+    /// the initial delay). Once it has been ready, a server with a health path is checked
+    /// every period as well: after `FAILURE_THRESHOLD` failures in a row it leaves the
+    /// rotation and its process is killed, which the supervisor restarts.
     async fn run(
         &self,
         child: &mut Child,
         launch: &Launch,
+        logs: &LogSink,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<ExitStatus> {
+        use tokio::time::{sleep_until, Instant};
+        let mut next_probe = Instant::now() + launch.initial_delay;
+        let mut next_check = launch
+            .health_period
+            .filter(|_| self.is_ready())
+            .map(|period| Instant::now() + period);
+        let mut failures = 0;
+        let mut killed = false;
         loop {
-            let probing = !self.is_ready();
+            let probing = !killed && !self.is_ready();
             tokio::select! {
                 status = child.wait() => {
                     return match status {
@@ -248,14 +313,64 @@ impl Replica {
                     };
                 }
                 _ = stopped(stop) => return None,
-                _ = tokio::time::sleep(PROBE_INTERVAL), if probing => {
+                _ = sleep_until(next_probe), if probing => {
                     if probe::is_ready(&self.endpoint, &launch.probe).await {
                         self.set_ready(true);
+                        failures = 0;
+                        if next_check.is_none() {
+                            next_check = launch.health_period.map(|period| Instant::now() + period);
+                        }
                     }
+                    next_probe = Instant::now() + PROBE_INTERVAL;
                 }
-                _ = self.recheck.notified(), if !probing => {}
+                _ = self.recheck.notified(), if !probing => {
+                    next_probe = Instant::now() + PROBE_INTERVAL;
+                }
+                _ = sleep_until(next_check.unwrap_or(next_probe)), if next_check.is_some() => {
+                    match probe::check_health(&self.endpoint, &launch.probe).await {
+                        Ok(()) => failures = 0,
+                        Err(_) if failures + 1 < FAILURE_THRESHOLD => failures += 1,
+                        Err(why) => {
+                            failures += 1;
+                            self.set_ready(false);
+                            self.record(
+                                logs,
+                                format!(
+                                    "skyfri: health check GET {} failed {failures} times ({why}), restarting",
+                                    probe::path(&launch.probe)
+                                ),
+                            );
+                            kill_group(self.pgid.load(Ordering::Acquire), libc::SIGKILL);
+                            killed = true;
+                        }
+                    }
+                    next_check = match (killed, launch.health_period) {
+                        (false, Some(period)) => Some(Instant::now() + period),
+                        _ => None,
+                    };
+                }
             }
         }
+    }
+
+    /// Stops the process: SIGTERM, so it finishes the calls it serves (the shims do, within
+    /// the exec timeout; the http template's server does what it does on SIGTERM, as in
+    /// Knative), then SIGKILL of the group if it has not exited after `grace`.
+    async fn terminate(&self, child: &mut Child, pgid: i32, grace: Duration) {
+        // bubblewrap forwards no signal and dies of SIGTERM, taking the sandbox down with
+        // it: the program inside runs in the group of bwrap's child (the sandbox's pid 1,
+        // which ignores the signal), so that is the group to tell.
+        let target = match self.sandbox {
+            Some(_) => first_child(pgid).unwrap_or(pgid),
+            None => pgid,
+        };
+        kill_group(target, libc::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+        // Whatever else is left in the group goes too.
+        kill_group(pgid, libc::SIGKILL);
     }
 
     fn spawn(
@@ -267,77 +382,39 @@ impl Replica {
             // A stale socket from the previous run would make the new bind fail.
             let _ = std::fs::remove_file(path);
         }
-        let (program, args, fds, inside) = match &self.sandbox {
-            Some(sandbox) => {
-                let p = sandbox.prepare(
-                    &Spec {
-                        hostname: &self.instance,
-                        artefact: &launch.artefact,
-                        run: &self.dir,
-                        network: launch.network,
-                        readonly_root: launch.readonly_root,
-                        tmp_bytes: launch.tmp_bytes,
-                        cwd: &launch.cwd,
-                        secrets: &launch.secrets,
-                    },
-                    &launch.program,
-                    &launch.args,
-                )?;
-                (p.program, p.args, p.fds, true)
-            }
-            None => (
-                launch.program.clone(),
-                launch.args.iter().map(OsString::from).collect(),
-                Vec::new(),
-                false,
-            ),
-        };
-        let (home, socket) = if inside {
-            (
+        let (home, socket) = match self.sandbox {
+            Some(_) => (
                 PathBuf::from("/tmp"),
                 Path::new(sandbox::RUN_DIR).join(SOCKET_NAME),
-            )
-        } else {
-            (self.dir.clone(), self.dir.join(SOCKET_NAME))
+            ),
+            None => (self.dir.clone(), self.dir.join(SOCKET_NAME)),
         };
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
-            .current_dir(if inside { Path::new("/") } else { &launch.cwd })
-            .env_clear()
-            .env("HOME", &home)
-            .env("TMPDIR", &home)
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("HOSTNAME", &self.instance)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Its own group, so stopping it also stops whatever it started.
-            .process_group(0);
-        match &self.endpoint {
-            Endpoint::Unix(_) => cmd.env("SKYFRI_SOCKET", &socket),
-            Endpoint::Tcp(addr) => cmd.env("PORT", addr.port().to_string()),
+        let port = match &self.endpoint {
+            Endpoint::Tcp(addr) => Some(addr.port()),
+            Endpoint::Unix(_) => None,
         };
-        let join = self.group.as_ref().map(Group::joiner);
-        let keep: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let user = self.sandbox.as_ref().and_then(Sandbox::uid);
-        // SAFETY: between fork and exec the closure only makes async-signal-safe calls
-        // (open/write/close, fcntl, setgroups/setgid/setuid) and does not allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(join) = &join {
-                    join.join()?;
-                }
-                sandbox::inherit(&keep)?;
-                sandbox::drop_privileges(user)
-            });
-        }
+        let env = launch.environment(&self.instance, &home, &socket, port);
         if let Some(group) = &self.group {
             self.oom_baseline
                 .store(group.oom_kills(), Ordering::Release);
         }
-        let mut child = cmd.spawn()?;
-        drop(fds);
+        let mut child = spawn_process(
+            self.sandbox.as_ref(),
+            &Spec {
+                hostname: &self.instance,
+                artefact: &launch.artefact,
+                run: &self.dir,
+                network: launch.network,
+                readonly_root: launch.readonly_root,
+                tmp_bytes: launch.tmp_bytes,
+                cwd: &launch.cwd,
+                secrets: &launch.secrets,
+            },
+            &launch.program,
+            &launch.args,
+            &env,
+            self.group.as_ref(),
+        )?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         self.pgid.store(pid, Ordering::Release);
         let out = child.stdout.take();
@@ -377,26 +454,10 @@ impl Replica {
     ) -> JoinHandle<()> {
         let replica = Arc::clone(self);
         let logs = Arc::clone(logs);
-        tokio::spawn(async move {
-            let Some(stream) = stream else {
-                return;
-            };
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&buf);
-                        replica.record(&logs, text.trim_end_matches(['\n', '\r']).to_string());
-                    }
-                }
-            }
-        })
+        read_lines(stream, move |text| replica.record(&logs, text))
     }
 
-    fn record(&self, logs: &LogSink, text: String) {
+    pub(super) fn record(&self, logs: &LogSink, text: String) {
         {
             let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             if tail.len() == TAIL_LINES {
@@ -413,6 +474,99 @@ impl Replica {
     }
 }
 
+/// The first process of an adopted replica: the running child, its output readers, and
+/// what must live as long as it runs.
+type FirstProcess = (Child, [JoinHandle<()>; 2], Box<dyn Send + Sync>);
+
+/// A running, specialised stem cell, handed over to become a replica.
+pub struct Adopted {
+    pub instance: String,
+    /// The replica's own directory, holding the socket the process serves on.
+    pub dir: PathBuf,
+    pub child: Child,
+    pub readers: [JoinHandle<()>; 2],
+    pub group: Option<Group>,
+    /// Kept until the adopted process exits (the cell's mount of the artefact).
+    pub keep: Box<dyn Send + Sync>,
+}
+
+/// Starts `program args` with exactly `env`: in the sandbox built from `spec` when there is
+/// one (else as a plain process in `spec.cwd`), in its own process group, in `group`, as the
+/// sandbox user, with piped output.
+pub(super) fn spawn_process(
+    sandbox: Option<&Sandbox>,
+    spec: &Spec<'_>,
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    group: Option<&Group>,
+) -> std::io::Result<Child> {
+    let (program, args, fds, cwd) = match sandbox {
+        Some(sandbox) => {
+            let p = sandbox.prepare(spec, program, args)?;
+            (p.program, p.args, p.fds, Path::new("/"))
+        }
+        None => (
+            program.to_path_buf(),
+            args.iter().map(OsString::from).collect(),
+            Vec::new(),
+            spec.cwd,
+        ),
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own group, so stopping it also stops whatever it started.
+        .process_group(0);
+    let join = group.map(Group::joiner);
+    let keep: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let user = sandbox.and_then(Sandbox::uid);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe calls
+    // (open/write/close, fcntl, setgroups/setgid/setuid) and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(join) = &join {
+                join.join()?;
+            }
+            sandbox::inherit(&keep)?;
+            sandbox::drop_privileges(user)
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(fds);
+    Ok(child)
+}
+
+/// Copies one output stream to `line`, line by line, until it closes.
+pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
+    stream: Option<R>,
+    line: impl Fn(String) + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(stream) = stream else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    line(text.trim_end_matches(['\n', '\r']).to_string());
+                }
+            }
+        }
+    })
+}
+
 /// Waits briefly for the output readers, so the last lines a dying process wrote (a
 /// traceback) are in the log and the tail before anyone looks; a grandchild still holding
 /// the pipes open must not block us, hence the timeout.
@@ -427,18 +581,29 @@ async fn drain(readers: [JoinHandle<()>; 2]) {
     }
 }
 
-/// SIGTERM to the group, then SIGKILL if it has not exited after a grace period.
-async fn terminate(child: &mut Child, pgid: i32) {
-    kill_group(pgid, libc::SIGTERM);
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        kill_group(pgid, libc::SIGKILL);
-        let _ = child.wait().await;
+/// A child process of `pid`, from /proc.
+fn first_child(pid: i32) -> Option<i32> {
+    if pid <= 0 {
+        return None;
     }
-    // Whatever else is left in the group goes too.
-    kill_group(pgid, libc::SIGKILL);
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return children.split_whitespace().next()?.parse().ok();
+    }
+    // Kernels without CONFIG_PROC_CHILDREN: look for a process whose parent is `pid`.
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let child: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent follows the state, after the command name in parentheses.
+            let ppid: i32 = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
 }
 
 fn kill_group(pgid: i32, signal: i32) {
@@ -463,7 +628,7 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// The replica's directory, private to it (and to the sandbox user it runs as).
-fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+pub(super) fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
     use std::os::unix::fs::DirBuilderExt;
     let err = |e| RuntimeError::io(format!("creating {}", dir.display()), e);
     std::fs::DirBuilder::new()

@@ -9,8 +9,8 @@ pub const PYTHON_SHIM: &str = "skyfri_shim.py";
 /// The Node server of the node template.
 pub const NODE_SHIM: &str = "skyfri_shim.js";
 
-const PYTHON_SHIM_SRC: &str = include_str!("skyfri_shim.py");
-const NODE_SHIM_SRC: &str = include_str!("skyfri_shim.js");
+pub const PYTHON_SHIM_SRC: &str = include_str!("skyfri_shim.py");
+pub const NODE_SHIM_SRC: &str = include_str!("skyfri_shim.js");
 
 /// The files (name relative to the artefact root, contents) a template adds to an artefact.
 pub fn shim_files(template: Template) -> &'static [(&'static str, &'static str)] {

@@ -6,8 +6,38 @@ const fs = require('fs');
 const http = require('http');
 const path = require('path');
 
+// A stem cell (SKYFRI_CELL=1) starts before it knows its function: it answers health checks
+// until skyfri sends /_/specialise with the function's directory and environment.
+let cell = process.env.SKYFRI_CELL === '1';
+let handler = null;
+
 // Required once at start, so a broken handler fails the deploy instead of every request.
-const handler = require(path.join(process.cwd(), 'handler.js'));
+function loadHandler() {
+  handler = require(path.join(process.cwd(), 'handler.js'));
+}
+
+function specialise(res, raw) {
+  if (!cell) {
+    send(res, 409, {}, 'already specialised');
+    return;
+  }
+  try {
+    const spec = JSON.parse(raw.toString('utf8'));
+    for (const k of Object.keys(process.env)) {
+      delete process.env[k];
+    }
+    Object.assign(process.env, spec.env);
+    process.chdir(spec.cwd);
+    loadHandler();
+  } catch (e) {
+    const text = (e && e.stack) || String(e);
+    console.error(text);
+    send(res, 500, { 'Content-Type': 'text/plain; charset=utf-8' }, text);
+    return;
+  }
+  cell = false;
+  send(res, 200, {}, 'specialised');
+}
 
 class FunctionEvent {
   constructor(req, body, url) {
@@ -101,6 +131,9 @@ function send(res, status, headers, value) {
     const msg = Buffer.from(`skyfri: the function's response could not be sent: ${e.message}`);
     res.setHeader('Content-Type', 'text/plain; charset=utf-8');
     res.setHeader('Content-Length', msg.length);
+    if (draining) {
+      res.setHeader('Connection', 'close');
+    }
     res.statusCode = 500;
     res.end(msg);
   }
@@ -116,11 +149,48 @@ function write(res, status, headers, value) {
     res.setHeader('Content-Type', type);
   }
   res.setHeader('Content-Length', body.length);
+  if (draining) {
+    res.setHeader('Connection', 'close');
+  }
   res.statusCode = status;
   res.end(body);
 }
 
+// Stopping (scale-down, redeploy, removal send SIGTERM): no new connections, the calls in
+// flight finish (within the exec timeout), then the shim exits.
+let inFlight = 0;
+let draining = false;
+
+function callStarted(res) {
+  inFlight++;
+  res.on('close', () => {
+    inFlight--;
+    if (draining && inFlight === 0) {
+      process.exit(0);
+    }
+  });
+}
+
+process.on('SIGTERM', () => {
+  if (draining) {
+    return;
+  }
+  draining = true;
+  try {
+    // Without its path the socket takes no new connections; open ones are still served.
+    fs.unlinkSync(process.env.SKYFRI_SOCKET);
+  } catch (e) {
+    // Already gone.
+  }
+  if (inFlight === 0) {
+    process.exit(0);
+  }
+  const timeout = Number(process.env.SKYFRI_TIMEOUT_SECONDS) || 60;
+  setTimeout(() => process.exit(0), timeout * 1000);
+});
+
 async function invoke(req, res, raw) {
+  callStarted(res);
   const url = new URL(req.url, 'http://localhost');
   let done = false;
   const cb = (err, result) => {
@@ -154,6 +224,14 @@ const server = http.createServer((req, res) => {
       send(res, 200, {}, 'OK');
       return;
     }
+    if (req.url === '/_/specialise') {
+      specialise(res, Buffer.concat(chunks));
+      return;
+    }
+    if (handler === null) {
+      send(res, 503, {}, 'stem cell: not specialised yet');
+      return;
+    }
     invoke(req, res, Buffer.concat(chunks));
   });
 });
@@ -161,6 +239,9 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 10 * 60 * 1000;
 server.headersTimeout = 11 * 60 * 1000;
 
+if (!cell) {
+  loadHandler();
+}
 const socketPath = process.env.SKYFRI_SOCKET;
 try {
   fs.unlinkSync(socketPath);

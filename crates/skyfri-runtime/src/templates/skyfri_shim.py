@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
@@ -23,6 +24,8 @@ from urllib.parse import parse_qsl, unquote
 MODE = sys.argv[1] if len(sys.argv) > 1 else "python3"
 MAX_LINE = 65536
 HEALTH_PATH = "/_/health"
+SPECIALISE_PATH = "/_/specialise"
+CELL = False
 # The function's exec timeout: the gateway answers 504 when it passes; the exec template also
 # kills the process it started, as the classic watchdog does.
 TIMEOUT = float(os.getenv("SKYFRI_TIMEOUT_SECONDS") or "60")
@@ -239,8 +242,54 @@ def call_exec(req):
     return 200, headers, stdout
 
 
+# Stopping (scale-down, redeploy, removal send SIGTERM): no new connections, the calls in
+# flight finish (within the exec timeout), then the shim exits.
+IN_FLIGHT = 0
+IDLE = threading.Condition()
+DRAINING = False
+
+
+def call_started():
+    global IN_FLIGHT
+    with IDLE:
+        IN_FLIGHT += 1
+
+
+def call_finished():
+    global IN_FLIGHT
+    with IDLE:
+        IN_FLIGHT -= 1
+        IDLE.notify_all()
+
+
+def exit_when_idle():
+    with IDLE:
+        IDLE.wait_for(lambda: IN_FLIGHT == 0, TIMEOUT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def on_sigterm(signum, frame):
+    global DRAINING
+    if DRAINING:
+        return
+    DRAINING = True
+    # Without its path the socket takes no new connections; accepted ones are still served.
+    try:
+        os.unlink(os.environ["SKYFRI_SOCKET"])
+    except (KeyError, OSError):
+        pass
+    # The main thread runs this handler: wait in another one.
+    threading.Thread(target=exit_when_idle, daemon=True).start()
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def serve(conn):
     rfile = conn.makefile("rb", buffering=65536)
+    busy = False
     try:
         while True:
             try:
@@ -250,8 +299,12 @@ def serve(conn):
                 return
             if req is None:
                 return
+            call_started()
+            busy = True
             if req.path == HEALTH_PATH:
                 status, headers, body = 200, {}, b"OK"
+            elif req.path == SPECIALISE_PATH:
+                status, headers, body = specialise(req)
             else:
                 try:
                     status, headers, body = CALL(req)
@@ -259,12 +312,18 @@ def serve(conn):
                     traceback.print_exc()
                     sys.stderr.flush()
                     status, headers, body = 500, {"Content-Type": "text/plain; charset=utf-8"}, str(e)
+            if DRAINING:
+                req.keep_alive = False  # answered with Connection: close
             conn.sendall(encode_or_500(status, headers, body, req))
+            busy = False
+            call_finished()
             if not req.keep_alive:
                 return
     except (ConnectionError, BrokenPipeError):
         pass
     finally:
+        if busy:
+            call_finished()
         try:
             rfile.close()
             conn.close()
@@ -280,8 +339,14 @@ def load_handler():
     return handler.handle
 
 
-def main():
-    global HANDLE, CALL, FPROCESS
+def not_specialised(req):
+    return 503, {"Content-Type": "text/plain; charset=utf-8"}, b"stem cell: not specialised yet"
+
+
+def setup():
+    """Loads the function for MODE from the current directory and environment."""
+    global HANDLE, CALL, FPROCESS, TIMEOUT
+    TIMEOUT = float(os.getenv("SKYFRI_TIMEOUT_SECONDS") or "60")
     if MODE == "exec":
         FPROCESS = os.getenv("fprocess")
         if not FPROCESS:
@@ -290,6 +355,40 @@ def main():
     else:
         HANDLE = load_handler()
         CALL = call_python3_http if MODE == "python3-http" else call_python3
+
+
+def specialise(req):
+    """A stem cell becomes a replica: the function's environment, directory and handler.
+    The body is JSON {"mode", "cwd", "env"}; a failure answers 500 with the traceback and
+    leaves the cell unspecialised (skyfri then discards it)."""
+    global MODE, CELL
+    if not CELL:
+        return 409, {}, b"already specialised"
+    try:
+        spec = json.loads(req.body)
+        os.environ.clear()
+        os.environ.update(spec["env"])
+        os.chdir(spec["cwd"])
+        MODE = spec["mode"]
+        setup()
+    except BaseException:  # SystemExit from setup too: the cell reports, skyfri decides
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return 500, {"Content-Type": "text/plain; charset=utf-8"}, text
+    CELL = False
+    return 200, {}, b"specialised"
+
+
+def main():
+    global CALL, CELL
+    # A stem cell starts before it knows its function (SKYFRI_CELL=1): it serves only
+    # health checks until skyfri sends it /_/specialise.
+    CELL = os.getenv("SKYFRI_CELL") == "1"
+    if CELL:
+        CALL = not_specialised
+    else:
+        setup()
     path = os.environ["SKYFRI_SOCKET"]
     try:
         os.unlink(path)

@@ -1,0 +1,613 @@
+//! Stem cells: sandboxed interpreters started before any function needs them, so that a
+//! scale-up (from zero above all) loads a handler instead of booting an interpreter. The
+//! prior art is OpenWhisk's prewarmed containers and Fission's pool manager.
+//!
+//! A cell is the Python or Node shim (`SKYFRI_CELL=1`) in a bubblewrap sandbox like a
+//! replica's, in a cgroup of its own, with `/home/app` bound from an empty directory below
+//! a shared mount point (`<run>/cells`). Specialising it into a replica of a function:
+//!
+//! 1. attach a read-only clone of the function's artefact on that directory: the mount
+//!    propagates into the cell's sandbox (bubblewrap makes its copies slaves);
+//! 2. rename the cell's run directory and cgroup to the replica's, and write the
+//!    function's limits into the cgroup;
+//! 3. POST `/_/specialise` to the shim with the function's environment, directory and
+//!    calling convention; it imports the handler and answers, and serves as the replica
+//!    from then on. If that process exits, the replica restarts from scratch as any other.
+//!
+//! Cells are kept per [`Shape`], what a sandbox is started with. The default shape of each
+//! interpreter found is kept [`WARM`] deep from the start; a shape a function asked for
+//! and did not find is kept one deep from then on, for at most [`MAX_SHAPES`] shapes, so
+//! the pool's memory is bounded. A function whose sandbox needs what a cell cannot get
+//! later (secrets, interpreter variables such as `PYTHONPATH`) starts from scratch.
+//!
+//! Cells need the sandbox and root (for the mounts). The one thing a specialised cell
+//! keeps from before is its kernel hostname (`cell-…`, the same random part as its
+//! instance name); `HOSTNAME` in its environment is the replica's.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::cgroup::{Group, Limits};
+use super::isolation::Isolation;
+use super::launch::{Interpreters, Launch, Probe, Runtime, DEFAULT_PIDS, DEFAULT_TMP_BYTES};
+use super::logs::LogSink;
+use super::mounts;
+use super::probe;
+use super::sandbox::{self, Spec};
+use super::supervisor::{self, Adopted, Replica, SOCKET_NAME};
+use crate::provider::Endpoint;
+use crate::templates;
+
+/// Cells kept ready of each interpreter's default shape.
+pub const WARM: usize = 2;
+/// Shapes kept at most.
+pub const MAX_SHAPES: usize = 8;
+/// How long a cell may take to start, or to load a handler.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a starting cell is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// How often idle cells are checked for having died.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Largest answer read from a specialising shim (a traceback).
+const MAX_ANSWER: usize = 64 << 10;
+const CELL_PREFIX: &str = "cell-";
+
+/// What a cell's sandbox is started with; a function can use a cell of its own shape only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub runtime: Runtime,
+    pub network: bool,
+    pub readonly_root: bool,
+    pub tmp_bytes: u64,
+}
+
+impl Shape {
+    /// The shape of cell `launch` can be served by, if any.
+    pub fn of(launch: &Launch) -> Option<Shape> {
+        launch.stem.map(|stem| Shape {
+            runtime: stem.runtime,
+            network: launch.network,
+            readonly_root: launch.readonly_root,
+            tmp_bytes: launch.tmp_bytes,
+        })
+    }
+
+    fn default_for(runtime: Runtime) -> Shape {
+        Shape {
+            runtime,
+            network: true,
+            readonly_root: false,
+            tmp_bytes: DEFAULT_TMP_BYTES,
+        }
+    }
+}
+
+/// Where a cell's output goes: nowhere but the debug log until it is adopted, then the
+/// replica's log.
+type Owner = Arc<OnceLock<(Weak<Replica>, Arc<LogSink>)>>;
+
+struct Cell {
+    id: String,
+    /// Its run directory (the socket), bound at `/run/skyfri`.
+    dir: PathBuf,
+    /// `<cells>/<id>`; its `app` is bound at `/home/app`.
+    mount: PathBuf,
+    child: Child,
+    readers: [JoinHandle<()>; 2],
+    group: Option<Group>,
+    owner: Owner,
+}
+
+impl Cell {
+    fn app(&self) -> PathBuf {
+        self.mount.join("app")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the cell and removes what it had.
+    async fn discard(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) of the process group we created for the cell.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait().await;
+        if let Some(group) = &self.group {
+            group.kill_all();
+            group.remove();
+        }
+        for reader in &self.readers {
+            reader.abort();
+        }
+        MountPoint(self.mount.clone()).clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cell's mount point; cleared when the process that used it is gone.
+struct MountPoint(PathBuf);
+
+impl MountPoint {
+    fn clear(&self) {
+        let app = self.0.join("app");
+        mounts::detach(&app);
+        // Never recursive: if the detach failed, the artefact is still below.
+        let _ = std::fs::remove_dir(&app);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// The pool of stem cells.
+pub struct Cells {
+    run_dir: PathBuf,
+    mounts_dir: PathBuf,
+    isolation: Isolation,
+    interpreters: Interpreters,
+    idle: Mutex<HashMap<Shape, Vec<Cell>>>,
+    /// How many cells to keep of each shape.
+    wanted: Mutex<HashMap<Shape, usize>>,
+    refill: Notify,
+    stop: watch::Sender<bool>,
+    refiller: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Cells {
+    /// The pool, started; `None` (and a log line saying why) where cells cannot work.
+    pub fn start(
+        run_dir: &Path,
+        isolation: &Isolation,
+        interpreters: &Interpreters,
+    ) -> Option<Arc<Cells>> {
+        let unavailable = |why: &str| {
+            tracing::warn!("no stem cells, functions start from scratch: {why}");
+            None
+        };
+        let Some(sandbox) = &isolation.sandbox else {
+            return unavailable("they need the sandbox");
+        };
+        if sandbox.uid().is_none() {
+            return unavailable("they need skyfri to run as root (mounts)");
+        }
+        let mounts_dir = run_dir.join("cells");
+        clear_leftovers(run_dir, &mounts_dir);
+        if let Err(e) =
+            std::fs::create_dir_all(&mounts_dir).and_then(|()| mounts::make_shared(&mounts_dir))
+        {
+            return unavailable(&format!(
+                "cannot make {} a shared mount: {e}",
+                mounts_dir.display()
+            ));
+        }
+        let mut wanted = HashMap::new();
+        if interpreters.python.is_some() {
+            wanted.insert(Shape::default_for(Runtime::Python), WARM);
+        }
+        if interpreters.node.is_some() {
+            wanted.insert(Shape::default_for(Runtime::Node), WARM);
+        }
+        let cells = Arc::new(Cells {
+            run_dir: run_dir.to_path_buf(),
+            mounts_dir,
+            isolation: isolation.clone(),
+            interpreters: interpreters.clone(),
+            idle: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(wanted),
+            refill: Notify::new(),
+            stop: watch::channel(false).0,
+            refiller: Mutex::new(None),
+        });
+        let task = tokio::spawn(Arc::clone(&cells).keep_filled());
+        *cells
+            .refiller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Some(cells)
+    }
+
+    /// Idle cells by interpreter, for reports.
+    pub fn idle(&self) -> HashMap<Runtime, usize> {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = HashMap::new();
+        for (shape, cells) in idle.iter() {
+            *out.entry(shape.runtime).or_insert(0) += cells.len();
+        }
+        out
+    }
+
+    /// A replica of `launch` made from a cell, or `None` when there is no cell for it (the
+    /// caller starts one from scratch). A cell that fails to specialise is discarded and
+    /// its error logged.
+    pub async fn replica(
+        self: &Arc<Self>,
+        launch: &Arc<Launch>,
+        logs: &Arc<LogSink>,
+    ) -> Option<Arc<Replica>> {
+        let shape = Shape::of(launch)?;
+        let cell = self.take(shape)?;
+        let id = cell.id.clone();
+        match self.specialise(cell, launch, logs).await {
+            Ok(replica) => Some(replica),
+            Err(e) => {
+                tracing::warn!(function = %launch.function, cell = %id, error = %e, "stem cell not specialised; starting from scratch");
+                None
+            }
+        }
+    }
+
+    /// Stops refilling and kills every idle cell.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .refiller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let all: Vec<Cell> = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .flat_map(|(_, cells)| cells)
+            .collect();
+        for cell in all {
+            cell.discard().await;
+        }
+        mounts::detach(&self.mounts_dir);
+    }
+
+    fn take(&self, shape: Shape) -> Option<Cell> {
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let cells = idle.entry(shape).or_default();
+            let mut found = None;
+            while let Some(mut cell) = cells.pop() {
+                if cell.alive() {
+                    found = Some(cell);
+                    break;
+                }
+                tokio::spawn(cell.discard());
+            }
+            found
+        };
+        if found.is_none() {
+            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+            if !wanted.contains_key(&shape) && wanted.len() < MAX_SHAPES {
+                wanted.insert(shape, 1);
+            }
+        }
+        self.refill.notify_one();
+        found
+    }
+
+    async fn specialise(
+        &self,
+        mut cell: Cell,
+        launch: &Arc<Launch>,
+        logs: &Arc<LogSink>,
+    ) -> Result<Arc<Replica>, String> {
+        let stem = launch.stem.ok_or("the function has no stem")?;
+        let instance = format!(
+            "{}-{}",
+            launch.function,
+            cell.id.trim_start_matches(CELL_PREFIX)
+        );
+        let dir = self.run_dir.join(&instance);
+        let steps = async {
+            mounts::attach_read_only(&launch.artefact, &cell.app())
+                .map_err(|e| format!("mounting the artefact: {e}"))?;
+            std::fs::rename(&cell.dir, &dir)
+                .map_err(|e| format!("renaming the run directory: {e}"))?;
+            cell.dir = dir.clone();
+            if let Some(group) = &mut cell.group {
+                group
+                    .rename(&self.isolation.cgroups, &instance, launch.limits)
+                    .map_err(|e| format!("setting the function's limits: {e}"))?;
+            }
+            let env: serde_json::Map<String, serde_json::Value> = launch
+                .environment(
+                    &instance,
+                    Path::new("/tmp"),
+                    &Path::new(sandbox::RUN_DIR).join(SOCKET_NAME),
+                    None,
+                )
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect();
+            let body = serde_json::json!({
+                "mode": stem.mode,
+                "cwd": launch.cwd,
+                "env": env,
+            });
+            let (status, text) = tokio::time::timeout(
+                START_TIMEOUT,
+                post(
+                    &dir.join(SOCKET_NAME),
+                    "/_/specialise",
+                    body.to_string().as_bytes(),
+                ),
+            )
+            .await
+            .map_err(|_| format!("the handler did not load in {} s", START_TIMEOUT.as_secs()))?
+            .map_err(|e| format!("talking to the cell: {e}"))?;
+            if status != 200 {
+                return Err(format!(
+                    "the handler did not load ({status}): {}",
+                    text.trim()
+                ));
+            }
+            Ok(())
+        };
+        if let Err(e) = steps.await {
+            cell.discard().await;
+            return Err(e);
+        }
+        let owner = Arc::clone(&cell.owner);
+        let replica = Replica::adopt(
+            Arc::clone(launch),
+            Arc::clone(logs),
+            &self.isolation,
+            Adopted {
+                instance,
+                dir,
+                child: cell.child,
+                readers: cell.readers,
+                group: cell.group,
+                keep: Box::new(MountPoint(cell.mount)),
+            },
+        );
+        let _ = owner.set((Arc::downgrade(&replica), Arc::clone(logs)));
+        Ok(replica)
+    }
+
+    /// Keeps every wanted shape filled, and idle cells alive, until shutdown.
+    async fn keep_filled(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut failing: HashSet<Shape> = HashSet::new();
+        loop {
+            let wanted: Vec<(Shape, usize)> = self
+                .wanted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(s, n)| (*s, *n))
+                .collect();
+            for (shape, want) in wanted {
+                self.sweep(shape);
+                while self.count(shape) < want && !*stop.borrow() {
+                    match self.spawn_cell(shape).await {
+                        Ok(cell) => {
+                            failing.remove(&shape);
+                            self.idle
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .entry(shape)
+                                .or_default()
+                                .push(cell);
+                        }
+                        Err(e) => {
+                            // Tried again at the next sweep; said once.
+                            if failing.insert(shape) {
+                                tracing::warn!(?shape, error = %e, "cannot start a stem cell");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.refill.notified() => {}
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn count(&self, shape: Shape) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&shape)
+            .map_or(0, Vec::len)
+    }
+
+    /// Drops idle cells of `shape` whose process died.
+    fn sweep(&self, shape: Shape) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(cells) = idle.get_mut(&shape) else {
+            return;
+        };
+        let mut i = 0;
+        while i < cells.len() {
+            if cells[i].alive() {
+                i += 1;
+            } else {
+                tokio::spawn(cells.swap_remove(i).discard());
+            }
+        }
+    }
+
+    async fn spawn_cell(&self, shape: Shape) -> Result<Cell, String> {
+        let sandbox = self.isolation.sandbox.as_ref().ok_or("no sandbox")?;
+        let (program, args) = match shape.runtime {
+            Runtime::Python => (
+                self.interpreters.python.clone().ok_or("no python3")?,
+                ["-c", templates::PYTHON_SHIM_SRC],
+            ),
+            Runtime::Node => (
+                self.interpreters.node.clone().ok_or("no node")?,
+                ["-e", templates::NODE_SHIM_SRC],
+            ),
+        };
+        let args = args.map(str::to_string);
+        let id = format!("{CELL_PREFIX}{:08x}", rand::random::<u32>());
+        let dir = self.run_dir.join(&id);
+        let mount = self.mounts_dir.join(&id);
+        supervisor::make_private_dir(&dir, sandbox.uid()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(mount.join("app"))
+            .map_err(|e| format!("{}: {e}", mount.display()))?;
+        let group = Group::create(
+            &self.isolation.cgroups,
+            &id,
+            Limits {
+                pids: Some(DEFAULT_PIDS),
+                ..Limits::default()
+            },
+        )
+        .map_err(|e| format!("creating the cgroup of {id}: {e}"))?;
+        let env: Vec<(String, String)> = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("PYTHONUNBUFFERED", "1"),
+            ("HOME", "/tmp"),
+            ("TMPDIR", "/tmp"),
+            ("SKYFRI_CELL", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([(
+            "SKYFRI_SOCKET".to_string(),
+            Path::new(sandbox::RUN_DIR)
+                .join(SOCKET_NAME)
+                .display()
+                .to_string(),
+        )])
+        .collect();
+        let app = mount.join("app");
+        let spawned = supervisor::spawn_process(
+            Some(sandbox),
+            &Spec {
+                hostname: &id,
+                artefact: &app,
+                run: &dir,
+                network: shape.network,
+                readonly_root: shape.readonly_root,
+                tmp_bytes: shape.tmp_bytes,
+                cwd: Path::new("/tmp"),
+                secrets: &[],
+            },
+            &program,
+            &args,
+            &env,
+            Some(&group),
+        );
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                group.remove();
+                MountPoint(mount).clear();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("starting {}: {e}", program.display()));
+            }
+        };
+        let owner: Owner = Arc::new(OnceLock::new());
+        let readers = [
+            forward(child.stdout.take(), &id, &owner),
+            forward(child.stderr.take(), &id, &owner),
+        ];
+        let mut cell = Cell {
+            id,
+            dir,
+            mount,
+            child,
+            readers,
+            group: Some(group),
+            owner,
+        };
+        let endpoint = Endpoint::Unix(cell.dir.join(SOCKET_NAME));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if !cell.alive() {
+                cell.discard().await;
+                return Err("the interpreter exited before it was ready".into());
+            }
+            if probe::is_ready(&endpoint, &Probe::Shim).await {
+                return Ok(cell);
+            }
+            if Instant::now() >= deadline {
+                cell.discard().await;
+                return Err(format!("not ready after {} s", START_TIMEOUT.as_secs()));
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+}
+
+/// Sends a cell's output to its replica's log once it has one.
+fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    stream: Option<R>,
+    id: &str,
+    owner: &Owner,
+) -> JoinHandle<()> {
+    let (id, owner) = (id.to_string(), Arc::clone(owner));
+    supervisor::read_lines(stream, move |text| {
+        match owner.get().and_then(|(r, logs)| Some((r.upgrade()?, logs))) {
+            Some((replica, logs)) => replica.record(logs, text),
+            None => tracing::debug!(cell = %id, "{text}"),
+        }
+    })
+}
+
+/// A one-shot HTTP/1.1 POST over a unix socket: the status and the body.
+async fn post(socket: &Path, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(MAX_ANSWER as u64)
+        .read_to_end(&mut answer)
+        .await?;
+    let text = String::from_utf8_lossy(&answer);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(bad)?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+/// Clears what a killed skyfri left in the cells directory: its mounts, then the empty
+/// directories (never recursively: a mount that would not go keeps its artefact safe).
+fn clear_leftovers(run_dir: &Path, mounts_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(CELL_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    for mount in mounts::below(mounts_dir) {
+        mounts::detach(&mount);
+    }
+    if let Ok(entries) = std::fs::read_dir(mounts_dir) {
+        for entry in entries.flatten() {
+            MountPoint(entry.path()).clear();
+        }
+    }
+}
