@@ -9,7 +9,7 @@ use crate::function::{
     validate_name, validate_secret_name, FunctionSpec, Resources, Template, DEFAULT_NAMESPACE,
 };
 use crate::quantity::{parse_cpu, parse_memory};
-use crate::scaling::ScalePolicy;
+use crate::scaling::{Metric, ScalePolicy};
 
 /// Annotation that carries a function's exec timeout in seconds through the OpenFaaS API.
 pub const TIMEOUT_ANNOTATION: &str = "com.skyfri.timeout-seconds";
@@ -83,6 +83,70 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    // skyfri's own fields below; OpenFaaS clients ignore them, and JSON without them parses.
+    /// Calls running now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Calls waiting for a replica with room.
+    #[serde(default)]
+    pub queued: u64,
+    /// How the function scales; absent when its labels no longer parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_policy: Option<ScalePolicySummary>,
+    /// The autoscaler's last decision; absent before its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingDecision>,
+}
+
+/// The effective scale policy of a function (skyfri's extension of FunctionStatus).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalePolicySummary {
+    /// Replicas kept while the function is in use.
+    pub min: u32,
+    pub max: u32,
+    /// `concurrency` or `rps`.
+    pub metric: String,
+    /// Metric value one replica can take.
+    pub target: f64,
+    /// Fraction of `target` the autoscaler aims at.
+    pub target_utilization: f64,
+    /// Whether the function goes to zero replicas once idle.
+    pub scale_to_zero: bool,
+    /// Time without traffic before it does, in seconds.
+    pub idle_before_zero_seconds: u64,
+}
+
+impl From<&ScalePolicy> for ScalePolicySummary {
+    fn from(p: &ScalePolicy) -> ScalePolicySummary {
+        ScalePolicySummary {
+            min: p.min,
+            max: p.max,
+            metric: match p.metric {
+                Metric::Concurrency => "concurrency",
+                Metric::Rps => "rps",
+            }
+            .into(),
+            target: p.target,
+            target_utilization: p.target_utilization,
+            scale_to_zero: p.scale_to_zero,
+            idle_before_zero_seconds: p.idle_before_zero.as_secs(),
+        }
+    }
+}
+
+/// The autoscaler's last decision for a function (skyfri's extension of FunctionStatus).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingDecision {
+    /// Replicas the autoscaler asked for.
+    pub desired: u32,
+    /// Whether it was in panic mode.
+    pub panic: bool,
+    /// Its computation, such as `stable: 12.30 concurrent over 60s / (1 x 0.7) -> 18`.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
 }
 
 fn api_resources(r: &Resources) -> Option<ApiResources> {
@@ -218,6 +282,38 @@ mod tests {
         assert_eq!(back.as_ref().map(|s| s.timeout_secs), Ok(5));
         assert_eq!(back.as_ref().map(|s| s.concurrency), Ok(3));
         assert_eq!(back.map(|s| s.limits.memory), Ok(Some(128 << 20)));
+    }
+
+    #[test]
+    fn status_without_skyfri_fields_parses_and_omits_them() {
+        let old = r#"{"name":"f","image":"i","namespace":"openfaas-fn","replicas":2,"availableReplicas":1,"invocationCount":3}"#;
+        let s: FunctionStatus = serde_json::from_str(old).expect("OpenFaaS JSON parses");
+        assert_eq!((s.replicas, s.available_replicas, s.in_flight), (2, 1, 0));
+        assert!(s.scaling.is_none() && s.scale_policy.is_none());
+        let v = serde_json::to_value(&s).expect("serialises");
+        assert!(v.get("scaling").is_none() && v.get("scalePolicy").is_none());
+        assert_eq!(v["availableReplicas"], 1);
+        assert_eq!(v["inFlight"], 0);
+
+        let policy = ScalePolicySummary::from(&ScalePolicy::for_concurrency(1));
+        assert_eq!(
+            (policy.metric.as_str(), policy.target),
+            ("concurrency", 1.0)
+        );
+        let with = FunctionStatus {
+            scaling: Some(ScalingDecision {
+                desired: 3,
+                reason: "stable".into(),
+                ..Default::default()
+            }),
+            scale_policy: Some(policy),
+            ..s
+        };
+        let v = serde_json::to_value(&with).expect("serialises");
+        assert_eq!(v["scaling"]["desired"], 3);
+        assert_eq!(v["scalePolicy"]["scaleToZero"], false);
+        let back: FunctionStatus = serde_json::from_value(v).expect("parses back");
+        assert_eq!(back, with);
     }
 
     #[test]

@@ -167,8 +167,7 @@ fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
     };
     let decision = s.kpa.decide(now, status.available);
     let previous = state.decisions.get(name);
-    if previous.as_ref().map(|p| (p.desired, p.panic)) != Some((decision.desired, decision.panic))
-    {
+    if previous.as_ref().map(|p| (p.desired, p.panic)) != Some((decision.desired, decision.panic)) {
         tracing::info!(function = %name, desired = decision.desired, ready = status.available, reason = %decision.reason, "scaling decision");
     }
     state.decisions.set(
@@ -181,17 +180,23 @@ fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
         },
     );
     // A call waiting at zero has already asked for a replica; never undo that here.
-    let activating = decision.desired == 0 && s.live.router.waiting() > 0;
-    if decision.desired == status.desired || activating {
+    if decision.desired == 0 && s.live.router.waiting() > 0 {
         return;
     }
+    // Also when unchanged: a manual scale or an activation may have moved the count.
     state.metrics.set_replicas(name, decision.desired);
+    if decision.desired == status.desired {
+        return;
+    }
     let provider = Arc::clone(&state.provider);
     let name = name.to_string();
     let desired = decision.desired;
+    let router = Arc::clone(&s.live.router);
     tokio::spawn(async move {
-        if let Err(e) = provider.scale(&name, desired).await {
-            tracing::error!(function = %name, desired, error = %e, "scaling failed");
+        match provider.scale(&name, desired).await {
+            // Replicas made from stem cells are ready now: let waiting calls take them.
+            Ok(()) => router.wake(),
+            Err(e) => tracing::error!(function = %name, desired, error = %e, "scaling failed"),
         }
     });
 }

@@ -2,8 +2,8 @@
 //! (basic auth), the invoke proxy under `/function`, health and Prometheus metrics.
 
 pub mod api;
-pub mod autoscale;
 pub mod auth;
+pub mod autoscale;
 pub mod error;
 pub mod invoke;
 pub mod metrics;

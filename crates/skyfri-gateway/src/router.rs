@@ -60,6 +60,11 @@ impl Router {
         self.freed.notify_waiters();
     }
 
+    /// New replicas may be ready: waiting calls look again now.
+    pub fn wake(&self) {
+        self.freed.notify_waiters();
+    }
+
     /// Calls running now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

@@ -105,12 +105,18 @@ impl AppState {
         if !at_zero || live.activating.swap(true, Ordering::AcqRel) {
             return;
         }
+        // The gauge follows the desired count, as the autoscaler's decisions set it.
+        self.metrics.set_replicas(name, 1);
         let provider = Arc::clone(&self.provider);
         let live = Arc::clone(live);
         tokio::spawn(async move {
             let name = &live.deployment.spec.name;
-            if let Err(e) = provider.scale(name, 1).await {
-                tracing::error!(function = %name, error = %e, "could not scale up from zero");
+            match provider.scale(name, 1).await {
+                // The waiting calls look again now rather than at their next recheck.
+                Ok(()) => live.router.wake(),
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "could not scale up from zero")
+                }
             }
             live.activating.store(false, Ordering::Release);
         });

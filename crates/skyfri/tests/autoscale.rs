@@ -52,7 +52,11 @@ fn a_burst_from_zero_is_served_and_scales_back_to_zero() {
         "{metrics}"
     );
     let r = p.http("POST", "/function/sleeper", &[], b"");
-    assert_eq!(r.header("x-skyfri-cold-start"), None, "a warm call is not cold");
+    assert_eq!(
+        r.header("x-skyfri-cold-start"),
+        None,
+        "a warm call is not cold"
+    );
     wait_for_zero(&p, Duration::from_secs(60));
 
     // 200 concurrent calls of 50 ms each, at zero, at most 20 replicas.
@@ -89,12 +93,37 @@ fn a_burst_from_zero_is_served_and_scales_back_to_zero() {
     let took = started.elapsed();
     done.store(true, Ordering::Relaxed);
     let _ = watcher.join();
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     let peak = peak.load(Ordering::Relaxed);
-    assert!(peak > 1, "replicas did not rise (peak {peak}, burst took {took:?})");
+    assert!(
+        peak > 1,
+        "replicas did not rise (peak {peak}, burst took {took:?})"
+    );
     assert!(peak <= 20, "more replicas than max-scale: {peak}");
 
     wait_for_zero(&p, Duration::from_secs(90));
+    // The autoscaler explains itself: its last decision, and the policy it follows.
+    let v = p.admin("GET", "/system/function/sleeper", "").json();
+    let reason = v["scaling"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "no scaling decision: {v}");
+    assert!(v["scaling"]["desired"].is_u64(), "{v}");
+    assert_eq!(v["scalePolicy"]["max"], 20, "{v}");
+    assert_eq!(v["scalePolicy"]["scaleToZero"], true, "{v}");
+    assert_eq!(
+        (v["inFlight"].as_u64(), v["queued"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
     let described = p.cli(&["describe", "sleeper"], "").stdout;
     assert!(described.contains("Scaling:"), "{described}");
+    assert!(described.contains("Last decision:"), "{described}");
+    assert!(
+        described.contains("In flight:   0 (queued 0)"),
+        "{described}"
+    );
 }

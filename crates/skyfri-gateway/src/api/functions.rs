@@ -4,8 +4,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use chrono::SecondsFormat;
 use serde::Deserialize;
-use skyfri_core::openfaas::{FunctionDeployment, FunctionStatus};
+use skyfri_core::openfaas::{
+    FunctionDeployment, FunctionStatus, ScalePolicySummary, ScalingDecision,
+};
+use skyfri_core::scaling::ScalePolicy;
 use skyfri_core::{validate_name, Deployment};
 use skyfri_store::StoredFunction;
 
@@ -13,13 +17,30 @@ use crate::error::GatewayError;
 use crate::state::AppState;
 
 fn status_of(state: &AppState, stored: &StoredFunction) -> FunctionStatus {
-    let spec = &stored.deployment.spec;
+    let deployment = &stored.deployment;
+    let spec = &deployment.spec;
     let d = FunctionDeployment::from(spec);
     let live = state.provider.status(&spec.name);
-    let invocations = state
+    let (invocations, in_flight, queued) = state
         .live(&spec.name)
-        .map(|l| l.invocations.load(std::sync::atomic::Ordering::Relaxed))
-        .unwrap_or(0);
+        .map(|l| {
+            (
+                l.invocations.load(std::sync::atomic::Ordering::Relaxed),
+                l.router.in_flight() as u64,
+                l.router.waiting() as u64,
+            )
+        })
+        .unwrap_or_default();
+    // Deploys validate the policy; one that no longer parses is left out, not an error.
+    let scale_policy = ScalePolicy::from_spec(spec, deployment.template)
+        .ok()
+        .map(|p| ScalePolicySummary::from(&p));
+    let scaling = state.decisions.get(&spec.name).map(|l| ScalingDecision {
+        desired: l.desired,
+        panic: l.panic,
+        reason: l.reason,
+        at: l.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    });
     FunctionStatus {
         name: d.service,
         image: d.image,
@@ -34,9 +55,14 @@ fn status_of(state: &AppState, stored: &StoredFunction) -> FunctionStatus {
         requests: d.requests,
         read_only_root_filesystem: d.read_only_root_filesystem,
         invocation_count: invocations as f64,
-        replicas: u64::from(stored.deployment.replicas),
+        // The autoscaler changes the provider's count, not the stored one.
+        replicas: u64::from(live.map_or(deployment.replicas, |s| s.desired)),
         available_replicas: live.map(|s| u64::from(s.available)).unwrap_or(0),
         created_at: Some(stored.created_at.to_rfc3339()),
+        in_flight,
+        queued,
+        scale_policy,
+        scaling,
     }
 }
 

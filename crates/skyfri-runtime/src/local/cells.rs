@@ -20,12 +20,12 @@
 //! the pool's memory is bounded. A function whose sandbox needs what a cell cannot get
 //! later (secrets, interpreter variables such as `PYTHONPATH`) starts from scratch.
 //!
-//! Cells need the sandbox and root (for the mounts). The one thing a specialised cell
-//! keeps from before is its kernel hostname (`cell-…`, the same random part as its
-//! instance name); `HOSTNAME` in its environment is the replica's.
+//! Cells need the sandbox and root (for the mounts, and to rename the cell's host: its
+//! kernel hostname becomes the replica's instance name, as `HOSTNAME` in its environment).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -165,6 +165,8 @@ pub struct Cells {
     /// How many cells to keep of each shape.
     wanted: Mutex<HashMap<Shape, usize>>,
     refill: Notify,
+    /// Replicas made from cells since the start.
+    used: AtomicU64,
     stop: watch::Sender<bool>,
     refiller: Mutex<Option<JoinHandle<()>>>,
 }
@@ -211,6 +213,7 @@ impl Cells {
             idle: Mutex::new(HashMap::new()),
             wanted: Mutex::new(wanted),
             refill: Notify::new(),
+            used: AtomicU64::new(0),
             stop: watch::channel(false).0,
             refiller: Mutex::new(None),
         });
@@ -230,6 +233,11 @@ impl Cells {
             *out.entry(shape.runtime).or_insert(0) += cells.len();
         }
         out
+    }
+
+    /// Replicas made from cells since the start.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
     }
 
     /// A replica of `launch` made from a cell, or `None` when there is no cell for it (the
@@ -319,6 +327,9 @@ impl Cells {
             std::fs::rename(&cell.dir, &dir)
                 .map_err(|e| format!("renaming the run directory: {e}"))?;
             cell.dir = dir.clone();
+            if let Some(pid) = cell.child.id() {
+                set_hostname(pid, &instance).map_err(|e| format!("setting the hostname: {e}"))?;
+            }
             if let Some(group) = &mut cell.group {
                 group
                     .rename(&self.isolation.cgroups, &instance, launch.limits)
@@ -377,6 +388,7 @@ impl Cells {
             },
         );
         let _ = owner.set((Arc::downgrade(&replica), Arc::clone(logs)));
+        self.used.fetch_add(1, Ordering::Relaxed);
         Ok(replica)
     }
 
@@ -564,6 +576,37 @@ fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             Some((replica, logs)) => replica.record(logs, text),
             None => tracing::debug!(cell = %id, "{text}"),
         }
+    })
+}
+
+/// Sets the kernel hostname of the cell whose bubblewrap is `pid` to the replica's name.
+/// The sandboxed processes are bubblewrap's children, in the cell's UTS namespace; a
+/// thread of our own joins that namespace just for this (a thread may, unlike for mount
+/// namespaces), then ends.
+fn set_hostname(pid: u32, hostname: &str) -> std::io::Result<()> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let inner = children.split_whitespace().next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the sandbox has no process")
+    })?;
+    let ns = std::fs::File::open(format!("/proc/{inner}/ns/uts"))?;
+    let name = hostname.as_bytes().to_vec();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a namespace descriptor we opened, then sethostname with a
+                // valid buffer and length; both only affect this short-lived thread's view.
+                unsafe {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUTS) != 0
+                        || libc::sethostname(name.as_ptr().cast(), name.len()) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hostname thread panicked")))
     })
 }
 

@@ -422,7 +422,11 @@ impl Provider for LocalProvider {
                 .map(|(runtime, n)| (runtime.name(), n))
                 .collect::<std::collections::BTreeMap<_, _>>()
         });
-        serde_json::json!({ "isolation": self.isolation.report(), "stemCells": cells })
+        serde_json::json!({
+            "isolation": self.isolation.report(),
+            "stemCells": cells,
+            "stemCellsUsed": self.cells.as_ref().map(|c| c.used()),
+        })
     }
 
     fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {

@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use hyper::Method;
-use skyfri_core::openfaas::FunctionStatus;
+use skyfri_core::openfaas::{FunctionStatus, ScalePolicySummary, ScalingDecision};
 
 use crate::client::GatewayArgs;
 
@@ -33,6 +34,13 @@ impl Describe {
             "Replicas:    {}/{} available",
             f.available_replicas, f.replicas
         );
+        println!("In flight:   {} (queued {})", f.in_flight, f.queued);
+        if let Some(p) = &f.scale_policy {
+            println!("Scaling:     {}", policy_line(p));
+        }
+        if let Some(d) = &f.scaling {
+            println!("Last decision: {}", decision_line(d, Utc::now()));
+        }
         println!("Invocations: {}", f.invocation_count);
         println!("URL:         {}/function/{}", gw.url, f.name);
         if let Some(p) = &f.env_process {
@@ -55,5 +63,99 @@ impl Describe {
             println!("Created:     {c}");
         }
         Ok(())
+    }
+}
+
+/// `1 to 20 replicas, concurrency target 1 per replica (aiming at 70%), to zero after 3s idle`.
+fn policy_line(p: &ScalePolicySummary) -> String {
+    let zero = if p.scale_to_zero {
+        format!(
+            "to zero after {} idle",
+            duration(p.idle_before_zero_seconds)
+        )
+    } else {
+        "never to zero".into()
+    };
+    format!(
+        "{} to {} replicas, {} target {} per replica (aiming at {}%), {zero}",
+        p.min,
+        p.max,
+        p.metric,
+        p.target,
+        (p.target_utilization * 100.0).round()
+    )
+}
+
+/// `3 replicas, 12s ago, panicking: stable: ... -> 3`.
+fn decision_line(d: &ScalingDecision, now: DateTime<Utc>) -> String {
+    let ago = DateTime::parse_from_rfc3339(&d.at)
+        .map(|at| {
+            let secs = (now - at.with_timezone(&Utc)).num_seconds().max(0);
+            format!("{} ago", duration(secs.unsigned_abs()))
+        })
+        .unwrap_or_else(|_| format!("at {}", d.at));
+    let replicas = if d.desired == 1 {
+        "replica"
+    } else {
+        "replicas"
+    };
+    let panic = if d.panic { ", panicking" } else { "" };
+    format!("{} {replicas}, {ago}{panic}: {}", d.desired, d.reason)
+}
+
+/// Whole seconds as `45s`, `15m`, `1m30s`, `2h`, `1h5m`.
+fn duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let d: Vec<_> = [0, 45, 60, 90, 900, 3600, 3900].map(duration).into();
+        assert_eq!(d, ["0s", "45s", "1m", "1m30s", "15m", "1h", "1h5m"]);
+    }
+
+    #[test]
+    fn lines() {
+        let p = ScalePolicySummary {
+            min: 1,
+            max: 20,
+            metric: "concurrency".into(),
+            target: 1.0,
+            target_utilization: 0.7,
+            scale_to_zero: true,
+            idle_before_zero_seconds: 3,
+        };
+        assert_eq!(
+            policy_line(&p),
+            "1 to 20 replicas, concurrency target 1 per replica (aiming at 70%), to zero after 3s idle"
+        );
+        let d = ScalingDecision {
+            desired: 3,
+            panic: true,
+            reason: "panic: 2.00 concurrent -> 3".into(),
+            at: "2024-05-01T10:00:00.000Z".into(),
+        };
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:01:12Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        assert_eq!(
+            decision_line(&d, now),
+            "3 replicas, 1m12s ago, panicking: panic: 2.00 concurrent -> 3"
+        );
     }
 }
