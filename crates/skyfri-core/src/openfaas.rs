@@ -130,7 +130,7 @@ impl From<&ScalePolicy> for ScalePolicySummary {
             target: p.target,
             target_utilization: p.target_utilization,
             scale_to_zero: p.scale_to_zero,
-            idle_before_zero_seconds: p.idle_before_zero.as_secs(),
+            idle_before_zero_seconds: p.time_to_zero().as_secs(),
         }
     }
 }

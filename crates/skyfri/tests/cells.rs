@@ -136,3 +136,21 @@ fn functions_at_zero_start_from_stem_cells_with_their_own_environment() {
         p.logs()
     );
 }
+
+#[test]
+fn a_handler_that_cannot_load_fails_its_deploy_even_at_zero() {
+    let p = Platform::start();
+    let out = p.cli_in(
+        &fixtures().join("cells"),
+        &["deploy", "-f", "broken.yml"],
+        "",
+    );
+    assert!(!out.ok, "a broken handler deployed: {}", out.stdout);
+    assert!(
+        out.stderr.contains("no_such_module_anywhere"),
+        "the deploy error does not show the import error: {}",
+        out.stderr
+    );
+    let r = p.admin("GET", "/system/function/broken", "");
+    assert_eq!(r.status, 404, "half-deployed: {}", r.text());
+}

@@ -21,7 +21,7 @@
 //!                  and only goes up
 //! scale-down delay: the highest count decided within the delay
 //! then clamped to [min, max] (min at least 1), and 0 only for a scale_to_zero function
-//!   that has seen no traffic for idle_before_zero
+//!   that has seen no traffic for idle_before_zero + scale-down delay
 //! ```
 //!
 //! # Averages
@@ -38,7 +38,8 @@
 //! # Scale to zero
 //!
 //! Knative goes to zero after a stable window without traffic plus a grace period; skyfri
-//! uses `idle_before_zero` (OpenFaaS's `zero-duration`) measured from the last non-zero
+//! uses `idle_before_zero` (OpenFaaS's `zero-duration`) plus the scale-down delay (which in
+//! Knative holds the last replica too), measured from the last non-zero
 //! observation (or [`Autoscaler::mark_active`]). A function at zero stays there until
 //! traffic arrives; a policy whose initial replica count is 0 starts there.
 
@@ -137,7 +138,11 @@ impl Autoscaler {
     /// last second, or requests in the last second. Negative and non-finite values count
     /// as 0.
     pub fn record(&mut self, now: Instant, value: f64) {
-        let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
+        let value = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
         if value > 0.0 {
             self.mark_active(now);
         }
@@ -283,8 +288,14 @@ impl Autoscaler {
         if !p.scale_down_delay.is_zero() {
             self.delayed.push_back((now, desired));
             let delay = p.scale_down_delay;
-            self.delayed.retain(|&(t, _)| now.saturating_duration_since(t) < delay);
-            let held = self.delayed.iter().map(|&(_, n)| n).max().unwrap_or(desired);
+            self.delayed
+                .retain(|&(t, _)| now.saturating_duration_since(t) < delay);
+            let held = self
+                .delayed
+                .iter()
+                .map(|&(_, n)| n)
+                .max()
+                .unwrap_or(desired);
             if held > desired {
                 reason.push_str(&format!(
                     ", held at {held} by the scale-down delay of {}",
@@ -309,9 +320,9 @@ impl Autoscaler {
         if p.scale_to_zero {
             let idle = match self.last_traffic {
                 None => Some("no traffic yet".to_string()),
-                Some(t) if now.saturating_duration_since(t) >= p.idle_before_zero => Some(
-                    format!("no traffic for {}", fmt_duration(p.idle_before_zero)),
-                ),
+                Some(t) if now.saturating_duration_since(t) >= p.time_to_zero() => {
+                    Some(format!("no traffic for {}", fmt_duration(p.time_to_zero())))
+                }
                 Some(_) => None,
             };
             if let Some(idle) = idle {
@@ -323,7 +334,7 @@ impl Autoscaler {
         }
 
         let excess_burst_capacity = match p.target_burst_capacity {
-            b if b == 0.0 => 0.0,
+            0.0 => 0.0,
             b if b < 0.0 => -1.0,
             b => (f64::from(ready) * p.target - b - panic).floor(),
         };
@@ -376,8 +387,15 @@ impl Autoscaler {
     }
 }
 
+/// `ceil(x)`, at least 0: never -0 (which `ceil` of a tiny negative gives, and which the
+/// reasons would print as "-> -0"), nor NaN.
 fn ceil(x: f64) -> f64 {
-    (x - EPSILON).ceil().max(0.0)
+    let n = (x - EPSILON).ceil();
+    if n > 0.0 {
+        n
+    } else {
+        0.0
+    }
 }
 
 fn to_count(n: f64) -> u32 {

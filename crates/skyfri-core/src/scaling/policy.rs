@@ -259,7 +259,9 @@ impl ScalePolicy {
         match merge(of_max, kn_max)? {
             Some((max, f)) => {
                 if max < p.min {
-                    let by = min.as_ref().map_or(String::new(), |(_, m)| format!(" ({m})"));
+                    let by = min
+                        .as_ref()
+                        .map_or(String::new(), |(_, m)| format!(" ({m})"));
                     return Err(f.err(format!(
                         "{:?} is less than the minimum of {}{by}",
                         f.value, p.min
@@ -318,6 +320,12 @@ impl ScalePolicy {
         } else {
             self.min.max(self.initial).min(self.max.max(1))
         }
+    }
+
+    /// Time without traffic before a `scale_to_zero` function goes to zero: the idle time,
+    /// plus the scale-down delay, which holds the last replica as it holds any other.
+    pub fn time_to_zero(&self) -> Duration {
+        self.idle_before_zero + self.scale_down_delay
     }
 
     /// The per-replica value the autoscaler aims at: `max(0.01, target x utilisation)`.

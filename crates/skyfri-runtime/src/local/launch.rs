@@ -379,3 +379,28 @@ fn exec_prefixed(command: &str) -> String {
         command.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exec_prefixed;
+
+    #[test]
+    fn plain_server_commands_replace_the_shell() {
+        assert_eq!(exec_prefixed("python3 server.py"), "exec python3 server.py");
+        assert_eq!(
+            exec_prefixed("node 'my server.js' --port=$PORT"),
+            "exec node 'my server.js' --port=$PORT"
+        );
+        for as_written in [
+            "cd app && python3 server.py",
+            "python3 a.py; python3 b.py",
+            "PORT=9000 python3 server.py",
+            "exec python3 server.py",
+            "(python3 server.py)",
+            "python3 server.py | tee log",
+            "python3 server.py &",
+        ] {
+            assert_eq!(exec_prefixed(as_written), as_written);
+        }
+    }
+}

@@ -278,7 +278,11 @@ impl Provider for LocalProvider {
         let _guard = lock.lock().await;
         self.admit(name, launch.requests_memory, d.replicas)?;
 
-        let new = self.start_replicas(&launch, d.replicas).await?;
+        // A function deployed at zero still starts once, so that a handler that cannot
+        // load fails its deploy (as a Knative revision that never gets ready), not its
+        // first call.
+        let trial = d.replicas == 0;
+        let mut new = self.start_replicas(&launch, d.replicas.max(1)).await?;
         if !new.is_empty() {
             if let Err(reason) = wait_ready(&new, launch.initial_delay).await {
                 let output = new
@@ -293,6 +297,9 @@ impl Provider for LocalProvider {
                     output,
                 });
             }
+        }
+        if trial {
+            self.retire(std::mem::take(&mut new));
         }
         let old = {
             let mut functions = self
