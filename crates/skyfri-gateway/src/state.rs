@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use skyfri_core::{Deployment, Template};
+use skyfri_core::Deployment;
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
@@ -37,9 +37,9 @@ pub struct Live {
 /// Per-replica concurrency of a deployment: its own setting, else one call at a time for
 /// the templates whose replica runs one handler call at a time.
 fn capacity(d: &Deployment) -> u32 {
-    match (d.spec.concurrency, d.template) {
-        (0, Template::Python3 | Template::Python3Http | Template::Exec) => 1,
-        (n, _) => n,
+    match d.spec.concurrency {
+        0 => d.template.default_concurrency(),
+        n => n,
     }
 }
 
