@@ -284,6 +284,35 @@ impl Cells {
         mounts::detach(&self.mounts_dir);
     }
 
+    /// For a provider dropped without [`Cells::shutdown`] (tests, error paths): stops
+    /// refilling, kills the idle cells and lets go of the mounts, without waiting.
+    pub fn abandon(&self) {
+        let _ = self.stop.send(true);
+        let all: Vec<Cell> = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .flat_map(|(_, cells)| cells)
+            .collect();
+        for mut cell in all {
+            if let Some(pid) = cell.child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) of the process group we created for the cell.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            let _ = cell.child.try_wait();
+            if let Some(group) = &cell.group {
+                group.kill_all();
+                group.remove();
+            }
+            MountPoint(cell.mount.clone()).clear();
+            let _ = std::fs::remove_dir_all(&cell.dir);
+        }
+        mounts::detach(&self.mounts_dir);
+    }
+
     fn take(&self, shape: Shape) -> Option<Cell> {
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

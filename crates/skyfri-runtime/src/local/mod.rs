@@ -213,6 +213,14 @@ impl LocalProvider {
     }
 }
 
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        if let Some(cells) = &self.cells {
+            cells.abandon();
+        }
+    }
+}
+
 /// Waits until one of `replicas` is ready; if none becomes ready in time or all of them
 /// exited before becoming ready, says why.
 async fn wait_ready(replicas: &[Arc<Replica>], initial_delay: Duration) -> Result<(), String> {
