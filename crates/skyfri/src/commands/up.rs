@@ -153,7 +153,10 @@ impl Up {
         let mut server = tokio::spawn(skyfri_gateway::serve(listener, state.clone(), async move {
             let _ = graceful.wait_for(|s| *s).await;
         }));
-        tokio::spawn(skyfri_gateway::autoscale::run(state.clone(), stop_rx.clone()));
+        tokio::spawn(skyfri_gateway::autoscale::run(
+            state.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stopping.send(true);
