@@ -14,8 +14,12 @@ use tokio::sync::watch;
 
 use crate::state::{AppState, Live};
 
-/// Load samples per second (concurrency is averaged over them).
+/// How often waiting calls are sampled (they are averaged over each second).
 const SAMPLE: Duration = Duration::from_millis(100);
+/// While calls wait for capacity, decisions come this often instead of every [`DECIDE`]:
+/// a burst at zero or beyond the replicas gets its replicas now, not at the next tick (the
+/// activator "pokes" Knative's autoscaler the same way).
+const POKE: Duration = Duration::from_millis(250);
 /// Knative's metric resolution.
 const RECORD: Duration = Duration::from_secs(1);
 /// Knative's decision interval.
@@ -64,8 +68,12 @@ struct Scaler {
     live: Arc<Live>,
     policy: ScalePolicy,
     kpa: Autoscaler,
-    samples: Vec<f64>,
+    /// Calls waiting, sampled since the last record.
+    waiting: Vec<f64>,
     started: u64,
+    busy: f64,
+    recorded: Instant,
+    decided: Instant,
 }
 
 impl Scaler {
@@ -79,36 +87,58 @@ impl Scaler {
                 return None;
             }
         };
-        let started = live.router.started();
         Some(Scaler {
             kpa: Autoscaler::new(policy.clone(), now),
             policy,
-            samples: Vec::with_capacity(10),
-            started,
+            waiting: Vec::with_capacity(10),
+            started: live.router.started(),
+            busy: live.router.busy_seconds(),
+            recorded: now,
+            decided: now,
             live,
         })
     }
 
-    fn sample(&mut self) {
-        let r = &self.live.router;
-        // Waiting calls are demand too: they are why a function at zero must come up.
-        self.samples.push((r.in_flight() + r.waiting()) as f64);
+    /// The function was redeployed or scaled: same router, maybe a new policy.
+    fn follow(&mut self, live: Arc<Live>) {
+        let d = &live.deployment;
+        match ScalePolicy::from_spec(&d.spec, d.template) {
+            Ok(policy) if policy != self.policy => {
+                self.kpa.update(policy.clone());
+                self.policy = policy;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(function = %d.spec.name, error = %e, "policy unchanged"),
+        }
+        self.live = live;
     }
 
+    fn sample(&mut self) {
+        // Waiting calls are demand too: they are why a function at zero must come up.
+        self.waiting.push(self.live.router.waiting() as f64);
+    }
+
+    /// Records the load since the last record: the average concurrency (calls in flight,
+    /// time-weighted, plus calls waiting), or the requests per second.
     fn record(&mut self, now: Instant) {
-        let value = match self.policy.metric {
-            Metric::Concurrency => {
-                let n = self.samples.len().max(1) as f64;
-                self.samples.iter().sum::<f64>() / n
-            }
-            Metric::Rps => {
-                let started = self.live.router.started();
-                let rate = started.saturating_sub(self.started) as f64;
-                self.started = started;
-                rate
-            }
+        let r = &self.live.router;
+        let elapsed = now.saturating_duration_since(self.recorded).as_secs_f64();
+        let (started, busy) = (r.started(), r.busy_seconds());
+        let calls = started.saturating_sub(self.started) as f64;
+        let waiting = self.waiting.iter().sum::<f64>() / self.waiting.len().max(1) as f64;
+        let value = match (self.policy.metric, elapsed > 0.0) {
+            (_, false) => waiting,
+            (Metric::Concurrency, true) => (busy - self.busy) / elapsed + waiting,
+            (Metric::Rps, true) => calls / elapsed,
         };
-        self.samples.clear();
+        if calls > 0.0 {
+            // A call shorter than a sample is still traffic.
+            self.kpa.mark_active(now);
+        }
+        self.started = started;
+        self.busy = busy;
+        self.recorded = now;
+        self.waiting.clear();
         self.kpa.record(now, value);
     }
 }
@@ -118,7 +148,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut scalers: HashMap<String, Scaler> = HashMap::new();
     let mut ticker = tokio::time::interval(SAMPLE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (mut last_record, mut last_decide) = (Instant::now(), Instant::now());
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -126,36 +155,34 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let now = Instant::now();
         sync(&state, &mut scalers, now);
-        for s in scalers.values_mut() {
+        for (name, s) in &mut scalers {
             s.sample();
-        }
-        if now.duration_since(last_record) >= RECORD {
-            last_record = now;
-            for s in scalers.values_mut() {
+            let poked = s.live.router.waiting() > 0 && now.duration_since(s.decided) >= POKE;
+            if now.duration_since(s.recorded) >= RECORD || poked {
                 s.record(now);
             }
-        }
-        if now.duration_since(last_decide) >= DECIDE {
-            last_decide = now;
-            for (name, s) in &mut scalers {
+            if now.duration_since(s.decided) >= DECIDE || poked {
+                s.decided = now;
                 decide(&state, name, s, now);
             }
         }
     }
 }
 
-/// Follows deploys and removals: a new deployment gets a fresh scaler.
+/// Follows deploys, scales and removals. A function keeps its scaler (and the load it has
+/// seen) across updates of its deployment; only the policy is replaced.
 fn sync(state: &AppState, scalers: &mut HashMap<String, Scaler>, now: Instant) {
     let live = state.all_live();
-    scalers.retain(|name, s| {
-        live.iter()
-            .any(|l| &l.deployment.spec.name == name && Arc::ptr_eq(l, &s.live))
-    });
+    scalers.retain(|name, _| live.iter().any(|l| &l.deployment.spec.name == name));
     for l in live {
         let name = &l.deployment.spec.name;
-        if !scalers.contains_key(name) {
-            if let Some(s) = Scaler::new(Arc::clone(&l), now) {
-                scalers.insert(name.clone(), s);
+        match scalers.get_mut(name) {
+            Some(s) if Arc::ptr_eq(&s.live, &l) => {}
+            Some(s) => s.follow(l),
+            None => {
+                if let Some(s) = Scaler::new(Arc::clone(&l), now) {
+                    scalers.insert(name.clone(), s);
+                }
             }
         }
     }

@@ -26,8 +26,8 @@ pub enum Busy {
 
 /// The load picture of one function, shared by its calls and the autoscaler.
 pub struct Router {
-    /// Calls in flight per replica.
-    slots: Mutex<HashMap<Endpoint, u32>>,
+    /// Calls in flight per replica, and their time integral.
+    slots: Mutex<Slots>,
     freed: Notify,
     /// Per replica, 0 = unlimited.
     capacity: AtomicU32,
@@ -42,7 +42,10 @@ pub struct Router {
 impl Router {
     pub fn new(capacity: u32, queue_limit: usize) -> Router {
         Router {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots {
+                load: HashMap::new(),
+                busy: BusyTime::default(),
+            }),
             freed: Notify::new(),
             capacity: AtomicU32::new(capacity),
             queue_limit: AtomicUsize::new(queue_limit),
@@ -63,6 +66,15 @@ impl Router {
     /// New replicas may be ready: waiting calls look again now.
     pub fn wake(&self) {
         self.freed.notify_waiters();
+    }
+
+    /// Seconds of calls in flight since the router was made (the integral over time of
+    /// the calls in flight): the autoscaler's average concurrency over an interval is its
+    /// increase divided by the interval, which counts calls shorter than any sampling
+    /// period, as Knative's queue-proxy does.
+    pub fn busy_seconds(&self) -> f64 {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.busy.at(Instant::now())
     }
 
     /// Calls running now.
@@ -133,10 +145,11 @@ impl Router {
         // Least loaded first; among equals, rotate so replicas share the work.
         let (_, endpoint) = (0..endpoints.len())
             .map(|i| &endpoints[(i + offset) % endpoints.len()])
-            .map(|e| (slots.get(e).copied().unwrap_or(0), e))
+            .map(|e| (slots.load.get(e).copied().unwrap_or(0), e))
             .filter(|(load, _)| capacity == 0 || *load < capacity)
             .min_by_key(|(load, _)| *load)?;
-        *slots.entry(endpoint.clone()).or_insert(0) += 1;
+        *slots.load.entry(endpoint.clone()).or_insert(0) += 1;
+        slots.busy.change(Instant::now(), 1);
         drop(slots);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -150,15 +163,46 @@ impl Router {
     fn release(&self, endpoint: &Endpoint) {
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(load) = slots.get_mut(endpoint) {
+            if let Some(load) = slots.load.get_mut(endpoint) {
                 *load = load.saturating_sub(1);
                 if *load == 0 {
-                    slots.remove(endpoint);
+                    slots.load.remove(endpoint);
                 }
+                slots.busy.change(Instant::now(), -1);
             }
         }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
+    }
+}
+
+struct Slots {
+    load: HashMap<Endpoint, u32>,
+    busy: BusyTime,
+}
+
+/// The time integral of the calls in flight.
+#[derive(Default)]
+struct BusyTime {
+    /// When `level` last changed; `None` before the first call.
+    since: Option<Instant>,
+    level: u32,
+    /// Call-seconds up to `since`.
+    area: f64,
+}
+
+impl BusyTime {
+    fn at(&self, now: Instant) -> f64 {
+        let running = self.since.map_or(0.0, |t| {
+            now.saturating_duration_since(t).as_secs_f64() * f64::from(self.level)
+        });
+        self.area + running
+    }
+
+    fn change(&mut self, now: Instant, by: i32) {
+        self.area = self.at(now);
+        self.since = Some(now);
+        self.level = self.level.saturating_add_signed(by);
     }
 }
 
@@ -294,6 +338,21 @@ mod tests {
             )
             .await;
         assert!(lease.is_ok_and(|l| l.cold()));
+    }
+
+    #[test]
+    fn busy_seconds_integrate_calls_in_flight() {
+        let t0 = Instant::now();
+        let mut b = BusyTime::default();
+        assert_eq!(b.at(t0), 0.0);
+        b.change(t0, 1);
+        b.change(t0 + Duration::from_millis(500), 1);
+        // One call for 0.5 s, then two for 0.25 s.
+        let at = b.at(t0 + Duration::from_millis(750));
+        assert!((at - 1.0).abs() < 1e-9, "{at}");
+        b.change(t0 + Duration::from_millis(750), -2);
+        let later = b.at(t0 + Duration::from_secs(10));
+        assert!((later - 1.0).abs() < 1e-9, "{later}");
     }
 
     #[tokio::test]

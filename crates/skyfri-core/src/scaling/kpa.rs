@@ -309,6 +309,7 @@ impl Autoscaler {
 
         let floor = p.min.max(1);
         let ceiling = p.max.max(floor);
+        let unbounded = reason.len();
         if desired < floor {
             reason.push_str(&format!(", raised to the minimum of {floor}"));
             desired = floor;
@@ -326,6 +327,8 @@ impl Autoscaler {
                 Some(_) => None,
             };
             if let Some(idle) = idle {
+                // The bounds hold while the function is in use; they do not explain zero.
+                reason.truncate(unbounded);
                 reason.push_str(&format!(", {idle}: scale to zero"));
                 desired = 0;
                 self.panic_since = None;

@@ -251,7 +251,11 @@ impl Cells {
         let shape = Shape::of(launch)?;
         let cell = self.take(shape)?;
         let id = cell.id.clone();
-        match self.specialise(cell, launch, logs).await {
+        let made = self.specialise(cell, launch, logs).await;
+        // Refill after, not during: on a small machine the next cell's interpreter boot
+        // would compete with this specialisation for the CPU.
+        self.refill.notify_one();
+        match made {
             Ok(replica) => Some(replica),
             Err(e) => {
                 tracing::warn!(function = %launch.function, cell = %id, error = %e, "stem cell not specialised; starting from scratch");
@@ -332,8 +336,8 @@ impl Cells {
             if !wanted.contains_key(&shape) && wanted.len() < MAX_SHAPES {
                 wanted.insert(shape, 1);
             }
+            self.refill.notify_one();
         }
-        self.refill.notify_one();
         found
     }
 

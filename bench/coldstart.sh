@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Cold starts and a burst from zero, measured (issue 4's bench):
+#  1. reference: wall time of `python3 -c pass` and `node -e 0`, N runs each;
+#  2. skyfri cold starts: a trivial python3 and a trivial node function, scaled to zero before
+#     every sample (stem-cell pool refilled), one call timed to its first byte, then the same
+#     call warm;
+#  3. a burst of 500 concurrent calls on a python3 function at zero (sleeps 50 ms, max 20
+#     replicas): errors, completion time against the ideal ceil(500/20) x 50 ms, peak replicas.
+# Budgets (DESIGN): cold start python3 p50 <= 5 ms, p99 <= 20 ms; node p50 <= 15 ms; burst
+# errors 0. Prints a markdown table and writes it to bench/out/coldstart.md. The timing itself
+# is bench/coldstart.py (python3 standard library, raw sockets, perf_counter_ns).
+#
+# Knobs (env): BENCH_COLD_SAMPLES (200) per runtime, BENCH_REF_SAMPLES (= cold samples) runs
+# of each interpreter, BENCH_COLD_CELLS (1) idle stem cells of the runtime to wait for before
+# each cold sample, BENCH_BURST (500) concurrent calls, BENCH_READY_TIMEOUT (180) seconds
+# for skyfri to come up, BENCH_STRICT=1 to exit 1 when a budget is missed, BENCH_SKYFRI_BIN
+# to use a prebuilt skyfri, SKYFRI_LOG (info: it logs scaling decisions, not calls) skyfri's log filter.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+COLD_SAMPLES="${BENCH_COLD_SAMPLES:-200}"
+REF_SAMPLES="${BENCH_REF_SAMPLES:-$COLD_SAMPLES}"
+BURST="${BENCH_BURST:-500}"
+READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
+COLD_CELLS="${BENCH_COLD_CELLS:-1}"
+STRICT="${BENCH_STRICT:-0}"
+for v in "$COLD_SAMPLES" "$REF_SAMPLES" "$BURST" "$READY_TIMEOUT" "$COLD_CELLS"; do
+  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
+done
+[ "$COLD_SAMPLES" -le 10000 ] && [ "$REF_SAMPLES" -le 10000 ] || { echo "bench: at most 10000 samples" >&2; exit 2; }
+[ "$BURST" -le 5000 ] || { echo "bench: BENCH_BURST must be 1..5000" >&2; exit 2; }
+BURST_MAX=20        # com.openfaas.scale.max of `burst`; the ideal is computed from it
+BURST_SLEEP_MS=50   # what `burst` sleeps per call
+
+# ---------------------------------------------------------------- prerequisites
+if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, node, bwrap
+PYTHON=/usr/bin/python3
+NODE="$(command -v node || true)"
+[ -x "$PYTHON" ] && [ -n "$NODE" ] || { echo "bench: /usr/bin/python3 and node are needed" >&2; exit 1; }
+NODE="$(realpath "$NODE")"
+
+if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
+  SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"
+else
+  echo "bench: building release skyfri"
+  cargo build --release -p skyfri --bin skyfri
+  TARGET_DIR="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
+  SKYFRI="$TARGET_DIR/release/skyfri"
+fi
+[ -x "$SKYFRI" ] || { echo "bench: skyfri binary not found: $SKYFRI" >&2; exit 1; }
+
+# ---------------------------------------------------------------- skyfri and the stack
+source "$ROOT/bench/lib.sh"
+# 500 connections in the client and as many in the gateway (plus its replicas' sockets).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
+
+PORT="$(free_port)"
+URL="http://127.0.0.1:$PORT"
+PASSWORD="bench-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
+mkdir -p "$WORK/stack/cold-py" "$WORK/stack/cold-node" "$WORK/stack/burst" "$WORK/data"
+cat >"$WORK/stack/cold-py/handler.py" <<'PY'
+def handle(req):
+    return "ok"
+PY
+cat >"$WORK/stack/cold-node/handler.js" <<'JS'
+'use strict';
+
+module.exports = async (event, context) => context.status(200).succeed('ok');
+JS
+cat >"$WORK/stack/burst/handler.py" <<PY
+import time
+
+
+def handle(req):
+    time.sleep($BURST_SLEEP_MS / 1000)
+    return "ok"
+PY
+# Scale-to-zero after an hour of idleness only: between samples the bench scales to zero
+# itself, and the autoscaler must not take replicas away (or add them) in between.
+LABELS='      com.openfaas.scale.min: "0"
+      com.openfaas.scale.zero-duration: "1h"'
+ANNOTATIONS='    annotations:
+      autoscaling.knative.dev/initial-scale: "0"'
+cat >"$WORK/stack/stack.yml" <<YML
+version: 1.0
+provider:
+  name: openfaas
+  gateway: $URL
+functions:
+  cold-py:
+    lang: python3
+    handler: ./cold-py
+    image: skyfri-bench/cold-py:latest
+    labels:
+$LABELS
+$ANNOTATIONS
+  cold-node:
+    lang: node
+    handler: ./cold-node
+    image: skyfri-bench/cold-node:latest
+    labels:
+$LABELS
+$ANNOTATIONS
+  burst:
+    lang: python3
+    handler: ./burst
+    image: skyfri-bench/burst:latest
+    labels:
+$LABELS
+      com.openfaas.scale.max: "$BURST_MAX"
+$ANNOTATIONS
+YML
+
+SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-info}" \
+  "$SKYFRI" up --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" >"$WORK/skyfri.log" 2>&1 &
+PIDS+=($!)
+SKY_PID=$!
+
+fail() {   # fail MESSAGE: the message and the tail of skyfri's log, exit 1 (cleanup stops skyfri)
+  echo "bench: $1" >&2
+  echo "bench: tail of skyfri's log:" >&2
+  tail -n 40 "$WORK/skyfri.log" >&2 || true
+  exit 1
+}
+
+deadline=$((SECONDS + READY_TIMEOUT))
+until grep -qx ready "$WORK/skyfri.log" 2>/dev/null; do
+  kill -0 "$SKY_PID" 2>/dev/null || fail "skyfri exited before it was ready"
+  [ "$SECONDS" -lt "$deadline" ] || fail "skyfri not ready within ${READY_TIMEOUT}s"
+  sleep 0.1
+done
+echo "bench: skyfri ready on $URL; deploying cold-py, cold-node, burst"
+(cd "$WORK/stack" && SKYFRI_PASSWORD="$PASSWORD" timeout 300 "$SKYFRI" deploy -f stack.yml --gateway "$URL") \
+  >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log" >&2; fail "deploy failed"; }
+
+# ---------------------------------------------------------------- measure
+set +e
+SKYFRI_PASSWORD="$PASSWORD" BENCH_COLD_SAMPLES="$COLD_SAMPLES" BENCH_REF_SAMPLES="$REF_SAMPLES" \
+  BENCH_COLD_CELLS="$COLD_CELLS" BENCH_BURST="$BURST" BENCH_BURST_MAX="$BURST_MAX" BENCH_BURST_SLEEP_MS="$BURST_SLEEP_MS" BENCH_NODE="$NODE" \
+  timeout 1800 "$PYTHON" "$ROOT/bench/coldstart.py" "$URL" "$WORK"
+rc=$?
+set -e
+mkdir -p bench/out
+cp "$WORK/skyfri.log" bench/out/coldstart-skyfri.log
+kill -0 "$SKY_PID" 2>/dev/null || fail "skyfri died during the run"
+[ "$rc" = 0 ] || fail "measurement failed (exit $rc)"
+
+# ---------------------------------------------------------------- report
+WARNINGS="$(grep -cE ' (WARN|ERROR) ' "$WORK/skyfri.log" || true)"
+{
+  echo "## skyfri cold-start benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
+  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "Isolation: $(grep -m1 '^isolation:' "$WORK/skyfri.log" | sed 's/^isolation: //' || true)."
+  echo "Interpreters: $("$PYTHON" --version 2>&1), node $("$NODE" --version)."
+  echo
+  cat "$WORK/report.md"
+  echo
+  echo "skyfri log: $WARNINGS warning/error lines (filter ${SKYFRI_LOG:-info})."
+} >"$WORK/full.md"
+echo
+cat "$WORK/full.md"
+echo
+echo "bench: tail of skyfri's log:"
+grep -vE 'api::(artefacts|functions): (built|deployed)' "$WORK/skyfri.log" | tail -n 6
+if [ "$WARNINGS" != 0 ]; then
+  echo
+  echo "bench: last warnings/errors in skyfri's log:"
+  grep -E ' (WARN|ERROR) ' "$WORK/skyfri.log" | tail -n 10
+fi
+mkdir -p bench/out
+cp "$WORK/full.md" bench/out/coldstart.md
+cp "$WORK/skyfri.log" bench/out/coldstart-skyfri.log
+echo
+echo "bench: wrote bench/out/coldstart.md (skyfri's log: bench/out/coldstart-skyfri.log)"
+if [ "$STRICT" = 1 ] && [ "$(cat "$WORK/verdict")" != PASS ]; then exit 1; fi
+exit 0
