@@ -1,0 +1,213 @@
+//! skyfri-queue: durable, at-least-once async invocations. [`Queue`] is what the gateway
+//! talks to; `embedded` keeps calls in the data dir (the default), `jetstream` in NATS
+//! JetStream (`skyfri up --queue nats://HOST:PORT`), so that several gateways share one queue.
+//!
+//! # The life of a call
+//!
+//! ```text
+//! enqueue ──▶ queued ──next──▶ running ──finish(Done)──▶ done
+//!               ▲                 │  └──finish(Dead)───▶ dead ──redrive──▶ queued
+//!               └──(due again)── retrying ◀─finish(Retry)┘
+//! queued / retrying ──cancel──▶ cancelled
+//! running whose worker died (its lease lapsed) ──▶ queued again (at least once)
+//! ```
+//!
+//! A call is accepted (the caller gets 202) only once [`Queue::enqueue`] has returned: by then
+//! it is durable. Its id is the caller's `X-Call-Id` or a new one; enqueuing an id that is
+//! already known adds nothing ([`Enqueued::Duplicate`]), so a retried POST runs once.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One async invocation, as the caller made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncCall {
+    pub id: String,
+    pub function: String,
+    pub method: String,
+    /// The path after `/async-function/NAME`, starting with `/` (`/` when none).
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// In arrival order; names as received.
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "body_base64")]
+    pub body: Bytes,
+    /// `X-Callback-Url`: where the result is POSTed.
+    pub callback_url: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum CallState {
+    Queued,
+    /// A worker has it (attempt 1 is the first run).
+    Running {
+        attempt: u32,
+    },
+    /// Failed `attempt` times with a retryable outcome; runs again at `next_at`.
+    Retrying {
+        attempt: u32,
+        next_at: DateTime<Utc>,
+        last_status: u16,
+        last_error: Option<String>,
+    },
+    /// Ran; `status` is the function's (a 4xx that is not retryable ends here too).
+    Done {
+        attempt: u32,
+        status: u16,
+        duration_ms: u64,
+    },
+    /// Out of attempts, or failed in a way retries cannot fix: the dead-letter list.
+    Dead {
+        attempt: u32,
+        status: u16,
+        reason: String,
+    },
+    Cancelled,
+}
+
+/// A call and where it stands: what `GET /async-function/CALL-ID` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub call: AsyncCall,
+    #[serde(flatten)]
+    pub state: CallState,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    New,
+    /// The id was known: nothing was added.
+    Duplicate,
+}
+
+/// A call handed to a worker. The worker must report with [`Queue::finish`]; until then it
+/// keeps the lease alive with [`Queue::heartbeat`] (a lease that lapses, because the worker
+/// or the whole gateway died, makes the call due again).
+#[derive(Debug)]
+pub struct Delivery {
+    pub call: AsyncCall,
+    /// 1 for the first run.
+    pub attempt: u32,
+    /// Backend data identifying the lease (a row version, a JetStream message).
+    pub token: DeliveryToken,
+}
+
+/// Opaque to callers.
+#[derive(Debug)]
+pub struct DeliveryToken(pub Box<dyn std::any::Any + Send + Sync>);
+
+/// How a run ended, as the worker decided from the function's answer and the retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    Done {
+        status: u16,
+        duration: Duration,
+    },
+    /// Run again after `after`.
+    Retry {
+        after: Duration,
+        status: u16,
+        error: Option<String>,
+    },
+    Dead {
+        status: u16,
+        reason: String,
+    },
+}
+
+/// What [`Queue::cancel`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    Cancelled,
+    NotFound,
+    /// Running or finished: too late to cancel.
+    TooLate(CallState),
+}
+
+/// Which calls to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub function: Option<String>,
+    /// `queued`, `running`, `retrying`, `done`, `dead`, `cancelled`.
+    pub state: Option<String>,
+    pub limit: usize,
+}
+
+/// Per function: calls waiting (queued or retrying) and the age of the oldest, for metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Depth {
+    pub function: String,
+    pub waiting: u64,
+    pub oldest: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue: {0}")]
+    Backend(String),
+    #[error("queue: call {0:?} is not known")]
+    NotFound(String),
+    #[error("queue: the queue is shutting down")]
+    Closed,
+}
+
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// `embedded` or `jetstream`, for logs and `/system/info`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores `call` durably; returns once it would survive a crash.
+    async fn enqueue(&self, call: AsyncCall) -> Result<Enqueued, QueueError>;
+
+    /// Waits for the next due call of `function` and leases it to the caller for `lease`.
+    /// Returns [`QueueError::Closed`] at shutdown.
+    async fn next(&self, function: &str, lease: Duration) -> Result<Delivery, QueueError>;
+
+    /// The worker is still on it: extends the lease by `lease` from now.
+    async fn heartbeat(&self, delivery: &Delivery, lease: Duration) -> Result<(), QueueError>;
+
+    /// Records how the run ended.
+    async fn finish(&self, delivery: Delivery, finished: Finished) -> Result<(), QueueError>;
+
+    async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError>;
+
+    async fn get(&self, id: &str) -> Result<Option<CallRecord>, QueueError>;
+
+    /// Newest first.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<CallRecord>, QueueError>;
+
+    /// Puts a dead call back in the queue as new (attempt 1). `false` when it is not dead.
+    async fn redrive(&self, id: &str) -> Result<bool, QueueError>;
+
+    /// Waiting calls per function.
+    async fn depth(&self) -> Result<Vec<Depth>, QueueError>;
+}
+
+/// Bodies travel as base64 in JSON (the embedded store's records, JetStream headers aside).
+mod body_base64 {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(body))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
