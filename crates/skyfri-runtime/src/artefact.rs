@@ -57,7 +57,8 @@ impl ArtefactStore {
             .root
             .join(format!(".staging-{hex}-{}", rand::random::<u32>()));
         let result = assemble(template, &files, &staging)
-            .and_then(|()| install_dependencies(template, &staging));
+            .and_then(|()| install_dependencies(template, &staging))
+            .and_then(|()| precompile(template, &staging));
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -231,6 +232,45 @@ fn install_dependencies(_template: Template, _staging: &Path) -> Result<(), Runt
     Ok(())
 }
 
+/// Compiles a Python handler (and whatever Python sits beside it) to bytecode at build,
+/// which takes the compile off every cold start. `unchecked-hash` pycs are used without
+/// comparing them to their source: the artefact never changes. A file that does not compile
+/// fails the build, naming it.
+fn precompile(template: Template, staging: &Path) -> Result<(), RuntimeError> {
+    if !matches!(template, Template::Python3 | Template::Python3Http) {
+        return Ok(());
+    }
+    let Some(python) = crate::local::Interpreters::resolve().python else {
+        return Ok(());
+    };
+    let dir = staging.join(FUNCTION_DIR);
+    let out = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "unchecked-hash",
+        ])
+        .arg(&dir)
+        .env_clear()
+        .output()
+        .map_err(|e| RuntimeError::io(format!("running {}", python.display()), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("{}/", dir.display());
+    Err(RuntimeError::Invalid(format!(
+        "the handler does not compile:\n{}",
+        text.replace(&prefix, "").trim()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +303,48 @@ mod tests {
         assert!(store.path("sha256:../../etc").is_none());
         assert!(store.path(&a.replace("sha256:", "md5:")).is_none());
         assert!(store.path(&format!("sha256:{}", "0".repeat(64))).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn python_is_compiled_at_build_and_a_syntax_error_fails_it(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if crate::local::Interpreters::resolve().python.is_none() {
+            eprintln!("SKIPPED: no python3 on this host");
+            return Ok(());
+        }
+        let store_dir = tempfile::tempdir()?;
+        let src = tempfile::tempdir()?;
+        fs::write(
+            src.path().join("handler.py"),
+            "def handle(req):\n    return req\n",
+        )?;
+        let store = ArtefactStore::open(store_dir.path().join("a"))?;
+        let id = store.build(Template::Python3, src.path())?;
+        let cache = store
+            .path(&id)
+            .ok_or("artefact missing")?
+            .join("function/__pycache__");
+        assert!(
+            fs::read_dir(&cache)?.count() > 0,
+            "no bytecode in {}",
+            cache.display()
+        );
+
+        fs::write(
+            src.path().join("handler.py"),
+            "def handle(req)\n    return req\n",
+        )?;
+        let err = store
+            .build(Template::Python3, src.path())
+            .err()
+            .ok_or("built")?;
+        let text = err.to_string();
+        assert!(
+            text.contains("does not compile") && text.contains("handler.py"),
+            "{text}"
+        );
+        assert!(!text.contains(".staging"), "staging paths leak: {text}");
         Ok(())
     }
 }

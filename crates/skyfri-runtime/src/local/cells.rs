@@ -251,7 +251,9 @@ impl Cells {
         let shape = Shape::of(launch)?;
         let cell = self.take(shape)?;
         let id = cell.id.clone();
+        let started = Instant::now();
         let made = self.specialise(cell, launch, logs).await;
+        tracing::debug!(function = %launch.function, cell = %id, took_us = started.elapsed().as_micros() as u64, ok = made.is_ok(), "specialised a stem cell");
         // Refill after, not during: on a small machine the next cell's interpreter boot
         // would compete with this specialisation for the CPU.
         self.refill.notify_one();

@@ -12,6 +12,7 @@ mod sandbox;
 mod supervisor;
 
 pub use isolation::{Isolation, Mode as IsolationMode, Report as IsolationReport};
+pub(crate) use launch::Interpreters;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use tokio::sync::broadcast;
 use crate::artefact::ArtefactStore;
 use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
 use cells::Cells;
-use launch::{Interpreters, Launch};
+use launch::Launch;
 use logs::LogStore;
 use supervisor::Replica;
 
