@@ -274,12 +274,14 @@ async fn killed_replica_is_restarted() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn syntax_error_fails_deploy() -> Result {
+async fn import_error_fails_deploy() -> Result {
+    // A syntax error fails the build already (artefact.rs); this one compiles and fails
+    // when the replica imports it.
     let env = env()?;
     let d = env.function(
         "broken",
         Template::Python3,
-        &[("handler.py", "def handle(req)\n    return req\n")],
+        &[("handler.py", "raise RuntimeError('broken at import')\n")],
         None,
     )?;
     let err = env
@@ -289,9 +291,9 @@ async fn syntax_error_fails_deploy() -> Result {
         .err()
         .ok_or("deploy succeeded")?;
     let msg = err.to_string();
-    assert!(msg.contains("SyntaxError"), "{msg}");
+    assert!(msg.contains("broken at import"), "{msg}");
     assert!(env.provider.status("broken").is_none());
-    wait_for_log(&env.provider, "broken", "SyntaxError").await?;
+    wait_for_log(&env.provider, "broken", "broken at import").await?;
     env.provider.shutdown().await;
     Ok(())
 }

@@ -16,6 +16,20 @@ function loadHandler() {
   handler = require(path.join(process.cwd(), 'handler.js'));
 }
 
+// The first require() from a directory pays for module resolution and compilation set-up:
+// a stem cell pays it before a function waits, on a throwaway module in its private /tmp.
+function warmUpRequire() {
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'skyfri-warm-up-'));
+  const file = path.join(dir, 'handler.js');
+  try {
+    fs.writeFileSync(file, 'module.exports = async (event, context) => event;\n');
+    require(file);
+    delete require.cache[file];
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function specialise(res, raw) {
   if (!cell) {
     send(res, 409, {}, 'already specialised');
@@ -239,7 +253,9 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 10 * 60 * 1000;
 server.headersTimeout = 11 * 60 * 1000;
 
-if (!cell) {
+if (cell) {
+  warmUpRequire();
+} else {
   loadHandler();
 }
 const socketPath = process.env.SKYFRI_SOCKET;
