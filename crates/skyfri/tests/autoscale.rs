@@ -106,7 +106,17 @@ fn a_burst_from_zero_is_served_and_scales_back_to_zero() {
     );
     assert!(peak <= 20, "more replicas than max-scale: {peak}");
 
+    let said = p.http("POST", "/function/sleeper", &[], b"say");
+    assert_eq!(said.status, 200, "{}", said.text());
     wait_for_zero(&p, Duration::from_secs(90));
+    // Logs stay readable at zero.
+    let logs = p.cli(&["logs", "sleeper"], "");
+    assert!(
+        logs.ok && logs.stdout.contains("said by sleeper-"),
+        "logs at zero: {} {}",
+        logs.stdout,
+        logs.stderr
+    );
     // The autoscaler explains itself: its last decision, and the policy it follows.
     let v = p.admin("GET", "/system/function/sleeper", "").json();
     let reason = v["scaling"]["reason"].as_str().unwrap_or_default();
