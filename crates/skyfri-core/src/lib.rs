@@ -5,9 +5,11 @@ pub mod function;
 pub mod manifest;
 pub mod openfaas;
 pub mod quantity;
+pub mod retry;
 pub mod scaling;
 
 pub use function::{
     validate_name, validate_secret_name, Deployment, FunctionSpec, Resources, Template,
 };
+pub use retry::RetryPolicy;
 pub use scaling::{Autoscaler, Decision, Metric, ScalePolicy};

@@ -264,6 +264,7 @@ impl FunctionDeployment {
         spec.read_only_root_filesystem = self.read_only_root_filesystem;
         // The template (known once the image is resolved) does not change validity.
         ScalePolicy::from_spec(&spec, Template::Http)?;
+        crate::retry::validate(&spec).map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }
@@ -339,6 +340,11 @@ mod tests {
         .is_err());
         assert!(d(|d| d.secrets = vec!["ok".into(), "../x".into()])
             .is_err_and(|e| e.starts_with("secrets[1]: ")));
+        assert!(d(|d| {
+            d.annotations
+                .insert("com.openfaas.retry.attempts".into(), "0".into());
+        })
+        .is_err_and(|e| e.starts_with("annotations.com.openfaas.retry.attempts: ")));
         assert_eq!(parse_duration_secs("2m"), Some(120));
         assert_eq!(parse_duration_secs("1.5s"), Some(2));
     }

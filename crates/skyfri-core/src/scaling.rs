@@ -31,6 +31,7 @@
 //! | `idle_before_zero`: time without traffic before zero | `zero-duration`, at least 1s | `scale-to-zero-pod-retention-period`, 0 to 1h: the stable window plus this | 15 min (OpenFaaS Pro) |
 //! | `target_burst_capacity` | | `target-burst-capacity`, 0 or more, -1 = unlimited | 211 |
 //! | `container_concurrency` (0 = unlimited) | annotation or label `com.openfaas.max_inflight` | `spec.template.spec.containerConcurrency` | per template: python3, python3-http, exec: 1; node, http: 0 |
+//! | `queue_size`: calls waiting for capacity | annotation or label `com.skyfri.queue-size`, at least 1 | | 1000 |
 //! | (class) | | `class`: only `kpa.autoscaling.knative.dev`; `hpa` is refused | kpa |
 //!
 //! Durations are seconds (`30`) or Go durations (`30s`, `15m`, `1m30s`). Booleans are
@@ -55,5 +56,5 @@ mod tests;
 pub use kpa::{Autoscaler, Decision};
 pub use policy::{
     Metric, Place, PolicyError, ScalePolicy, DEFAULT_CONCURRENCY_TARGET, DEFAULT_MAX_SCALE,
-    DEFAULT_MIN_SCALE, DEFAULT_RPS_TARGET, UNLIMITED_MAX_SCALE,
+    DEFAULT_MIN_SCALE, DEFAULT_QUEUE_SIZE, DEFAULT_RPS_TARGET, QUEUE_SIZE_KEY, UNLIMITED_MAX_SCALE,
 };

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use skyfri_runtime::Endpoint;
 use tokio::sync::Notify;
 
-/// Calls that may wait for capacity per function unless `com.skyfri.queue-size` says otherwise.
-pub const DEFAULT_QUEUE: usize = 1000;
 /// How often a waiting call looks again for a ready replica (a new replica does not notify).
 const RECHECK: Duration = Duration::from_millis(2);
 

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use skyfri_core::Deployment;
+use skyfri_core::scaling::DEFAULT_QUEUE_SIZE;
+pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
+use skyfri_core::{Deployment, ScalePolicy};
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
 use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
-use crate::router::{Router, DEFAULT_QUEUE};
+use crate::router::Router;
 use crate::upstream::{self, UpstreamClient};
 
 /// Gateway settings.
@@ -43,16 +45,10 @@ fn capacity(d: &Deployment) -> u32 {
     }
 }
 
+/// Calls that may wait for a replica with room (`com.skyfri.queue-size`, validated at deploy).
 fn queue_limit(d: &Deployment) -> usize {
-    d.spec
-        .annotations
-        .get(QUEUE_ANNOTATION)
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_QUEUE)
+    ScalePolicy::from_spec(&d.spec, d.template).map_or(DEFAULT_QUEUE_SIZE, |p| p.queue_size)
 }
-
-/// Calls that may wait for a replica with room.
-pub const QUEUE_ANNOTATION: &str = "com.skyfri.queue-size";
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

@@ -9,6 +9,7 @@ use serde_yaml_ng::Value;
 use super::yaml::{strings, yaml_error, Ctx, Doc, Ordered, Scalar};
 use super::{place_field, Manifest, ManifestError, ManifestFunction};
 use crate::function::{validate_name, FunctionSpec, Template};
+use crate::retry;
 use crate::scaling::{Place, ScalePolicy};
 
 const API_VERSION: &str = "serving.knative.dev/v1";
@@ -199,14 +200,17 @@ fn service_function(ctx: &Ctx<'_>, s: Service) -> Result<ManifestFunction, Manif
         spec.concurrency = c;
     }
     // Knative Services run images, not templates: the template does not change validity.
-    ScalePolicy::parse(&spec, Template::Http).map_err(|e| {
-        let mut path: Vec<&str> = Vec::new();
-        if in_template.contains(&(e.place, e.key.clone())) {
-            path.extend(["spec", "template"]);
-        }
-        path.extend(["metadata", place_field(e.place), &e.key]);
-        ctx.err(&path, e.message)
-    })?;
+    ScalePolicy::parse(&spec, Template::Http)
+        .map(|_| ())
+        .and_then(|()| retry::validate(&spec))
+        .map_err(|e| {
+            let mut path: Vec<&str> = Vec::new();
+            if in_template.contains(&(e.place, e.key.clone())) {
+                path.extend(["spec", "template"]);
+            }
+            path.extend(["metadata", place_field(e.place), &e.key]);
+            ctx.err(&path, e.message)
+        })?;
     if let Some(t) = revision.timeout_seconds {
         if t == 0 {
             return Err(ctx.err(

@@ -8,6 +8,7 @@ use serde_yaml_ng::Value;
 use super::yaml::{strings, yaml_error, Ctx, Doc, Ordered, Scalar};
 use super::{place_field, Manifest, ManifestError, ManifestFunction};
 use crate::function::{validate_name, validate_secret_name, FunctionSpec, Template};
+use crate::retry;
 use crate::scaling::ScalePolicy;
 
 /// The label or annotation that caps in-flight requests per replica.
@@ -215,12 +216,15 @@ fn function(
         }
     }
 
-    ScalePolicy::parse(&spec, template.unwrap_or(Template::Http)).map_err(|e| {
-        let mut path = at(&[]);
-        path.push(place_field(e.place));
-        path.push(&e.key);
-        ctx.err(&path, e.message)
-    })?;
+    ScalePolicy::parse(&spec, template.unwrap_or(Template::Http))
+        .map(|_| ())
+        .and_then(|()| retry::validate(&spec))
+        .map_err(|e| {
+            let mut path = at(&[]);
+            path.push(place_field(e.place));
+            path.push(&e.key);
+            ctx.err(&path, e.message)
+        })?;
 
     spec.secrets = f.secrets.unwrap_or_default();
     for secret in &spec.secrets {

@@ -350,6 +350,27 @@ fn bad_files() {
             "not a number",
         ),
         (
+            stack("    image: x\n    annotations:\n      com.openfaas.retry.codes: \"429,oops\"\n"),
+            Some(6),
+            "functions.vipps-processor.annotations.com.openfaas.retry.codes",
+            "\"oops\" in \"429,oops\" is not an HTTP error status",
+        ),
+        (
+            stack("    image: x\n    labels:\n      com.skyfri.async.concurrency: \"0\"\n"),
+            Some(6),
+            "functions.vipps-processor.labels.com.skyfri.async.concurrency",
+            "from 1 to 1000",
+        ),
+        (
+            KNATIVE.replace(
+                "        autoscaling.knative.dev/target: \"10\"\n",
+                "        autoscaling.knative.dev/target: \"10\"\n        com.openfaas.retry.max_wait: \"1s\"\n        com.openfaas.retry.min_wait: \"5s\"\n",
+            ),
+            Some(11),
+            "spec.template.metadata.annotations.com.openfaas.retry.max_wait",
+            "shorter than the minimum wait",
+        ),
+        (
             stack("    image: x\n    secrets:\n      - ../etc/passwd\n"),
             Some(5),
             "functions.vipps-processor.secrets",

@@ -36,6 +36,8 @@ pub const UNLIMITED_MAX_SCALE: u32 = 100;
 pub const DEFAULT_CONCURRENCY_TARGET: f64 = 100.0;
 /// Requests-per-second target per replica (Knative's default).
 pub const DEFAULT_RPS_TARGET: f64 = 200.0;
+/// Calls that may wait for capacity per function, unless `com.skyfri.queue-size` says.
+pub const DEFAULT_QUEUE_SIZE: usize = 1000;
 
 const DEFAULT_INITIAL_SCALE: u32 = 1;
 const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
@@ -87,6 +89,8 @@ pub struct ScalePolicy {
     pub target_burst_capacity: f64,
     /// Calls one replica takes at once, 0 = unlimited.
     pub container_concurrency: u32,
+    /// Calls that may wait for a replica with room before callers get 429.
+    pub queue_size: usize,
 }
 
 impl Default for ScalePolicy {
@@ -117,6 +121,7 @@ impl ScalePolicy {
             idle_before_zero: DEFAULT_IDLE_BEFORE_ZERO,
             target_burst_capacity: DEFAULT_TARGET_BURST_CAPACITY,
             container_concurrency,
+            queue_size: DEFAULT_QUEUE_SIZE,
         }
     }
 
@@ -212,6 +217,19 @@ impl ScalePolicy {
                 )));
             }
             p.target_burst_capacity = v;
+        }
+
+        if let Some(f) = keys.get(&[QUEUE_SIZE_KEY])? {
+            p.queue_size = match f.value.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(f.err(format!(
+                        "{:?} is not a queue size: use a whole number, at least 1 (a call at \
+                         zero waits in it for its replica)",
+                        f.value
+                    )))
+                }
+            };
         }
 
         // Replica bounds and scale to zero.
@@ -357,6 +375,9 @@ const OF_TYPE: &str = "com.openfaas.scale.type";
 const OF_TARGET_PROPORTION: &str = "com.openfaas.scale.target-proportion";
 const OF_ZERO: &str = "com.openfaas.scale.zero";
 const OF_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+
+/// The key that sets [`ScalePolicy::queue_size`].
+pub const QUEUE_SIZE_KEY: &str = "com.skyfri.queue-size";
 
 const KN_CLASS: &str = "autoscaling.knative.dev/class";
 const KN_METRIC: &str = "autoscaling.knative.dev/metric";

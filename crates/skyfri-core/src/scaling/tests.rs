@@ -948,6 +948,7 @@ fn policy_from_labels_and_annotations() {
                 idle_before_zero: Duration::from_secs(15 * 60),
                 target_burst_capacity: 211.0,
                 container_concurrency: 0,
+                queue_size: 1000,
             },
         },
         PolicyCase {
@@ -1572,6 +1573,14 @@ fn policy_errors_name_the_key() {
             L,
             "com.openfaas.scale.max",
             "the maximum must be at least 1",
+        ),
+        // The wait queue.
+        bad(
+            &[],
+            &[("com.skyfri.queue-size", "0")],
+            A,
+            "com.skyfri.queue-size",
+            "\"0\" is not a queue size",
         ),
         // Replica counts.
         bad(
