@@ -53,7 +53,7 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use kpa::{Autoscaler, Decision};
+pub use kpa::{fmt_duration, Autoscaler, Decision};
 pub use policy::{
     Metric, Place, PolicyError, ScalePolicy, DEFAULT_CONCURRENCY_TARGET, DEFAULT_MAX_SCALE,
     DEFAULT_MIN_SCALE, DEFAULT_QUEUE_SIZE, DEFAULT_RPS_TARGET, QUEUE_SIZE_KEY, UNLIMITED_MAX_SCALE,

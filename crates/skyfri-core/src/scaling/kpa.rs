@@ -410,7 +410,7 @@ fn to_count(n: f64) -> u32 {
 }
 
 /// `90s` -> `1m30s`, `6s`, `15m`, `500ms`.
-pub(crate) fn fmt_duration(d: Duration) -> String {
+pub fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs == 0 {
         return if d.is_zero() {

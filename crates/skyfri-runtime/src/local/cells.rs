@@ -277,13 +277,7 @@ impl Cells {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let all: Vec<Cell> = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .flat_map(|(_, cells)| cells)
-            .collect();
+        let all = self.take_all();
         for cell in all {
             cell.discard().await;
         }
@@ -294,13 +288,7 @@ impl Cells {
     /// refilling, kills the idle cells and lets go of the mounts, without waiting.
     pub fn abandon(&self) {
         let _ = self.stop.send(true);
-        let all: Vec<Cell> = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .flat_map(|(_, cells)| cells)
-            .collect();
+        let all = self.take_all();
         for mut cell in all {
             if let Some(pid) = cell.child.id().and_then(|p| i32::try_from(p).ok()) {
                 // SAFETY: kill(2) of the process group we created for the cell.
@@ -317,6 +305,15 @@ impl Cells {
             let _ = std::fs::remove_dir_all(&cell.dir);
         }
         mounts::detach(&self.mounts_dir);
+    }
+
+    fn take_all(&self) -> Vec<Cell> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .flat_map(|(_, cells)| cells)
+            .collect()
     }
 
     fn take(&self, shape: Shape) -> Option<Cell> {

@@ -105,18 +105,7 @@ fn decision_line(d: &ScalingDecision, now: DateTime<Utc>) -> String {
 
 /// Whole seconds as `45s`, `15m`, `1m30s`, `2h`, `1h5m`.
 fn duration(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+    skyfri_core::scaling::fmt_duration(std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
