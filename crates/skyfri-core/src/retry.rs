@@ -325,6 +325,9 @@ mod tests {
         s
     }
 
+    /// Annotations or labels.
+    type Keys<'a> = &'a [(&'a str, &'a str)];
+
     const S: fn(u64) -> Duration = Duration::from_secs;
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -343,7 +346,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], RetryPolicy)] = &[
+        let cases: &[(Keys, Keys, RetryPolicy)] = &[
             (
                 &[(ATTEMPTS, "3"), (MIN_WAIT, "100ms"), (MAX_WAIT, "1s")],
                 &[],
@@ -402,7 +405,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], &str, &str)] = &[
+        let cases: &[(Keys, Keys, &str, &str)] = &[
             (
                 &[(ATTEMPTS, "0")],
                 &[],

@@ -1,5 +1,7 @@
 //! The invoke path: `/function/NAME[/path]` for any method, proxied to a ready replica with
-//! method, path suffix, query, headers and body intact; the response streams back.
+//! method, path suffix, query, headers and body intact; the response streams back. The async
+//! workers (`crate::async_calls`) send their calls through [`forward`] too, so that both get
+//! the same replica choice, activation from zero, concurrency limits and timeouts.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,7 +21,7 @@ use crate::router::{Busy, Lease};
 use crate::state::{AppState, Live, QUEUE_ANNOTATION};
 use crate::upstream;
 
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -30,7 +32,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (k, v) in from {
         if !HOP_BY_HOP.contains(&k.as_str()) && k != "host" {
             to.append(k.clone(), v.clone());
@@ -40,11 +42,43 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Splits `/function/NAME/rest` into the name and the path suffix (at least "/").
 fn split_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/function/")?;
+    split_under("/function/", path)
+}
+
+/// Splits `PREFIX NAME/rest` into the name and the path suffix (at least "/").
+pub(crate) fn split_under<'a>(prefix: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(prefix)?;
     match rest.find('/') {
         Some(i) => Some((&rest[..i], &rest[i..])),
         None => Some((rest, "/")),
     }
+}
+
+/// The function a path segment names: `name.namespace` is OpenFaaS's way to address a
+/// namespace; there is one.
+pub(crate) fn function_name(segment: &str) -> &str {
+    segment
+        .strip_suffix(skyfri_core::function::DEFAULT_NAMESPACE)
+        .and_then(|s| s.strip_suffix('.'))
+        .unwrap_or(segment)
+}
+
+/// Now, as `X-Start-Time` gives it: Unix nanoseconds.
+pub(crate) fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// One call as it is sent to a replica.
+pub struct Outgoing {
+    pub method: Method,
+    /// The path after the function's name, starting with `/`.
+    pub suffix: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
@@ -52,11 +86,7 @@ pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     let Some((name, _)) = split_path(req.uri().path()) else {
         return GatewayError::not_found("no such route").into_response();
     };
-    // `name.namespace` is OpenFaaS's way to address a namespace; there is one.
-    let name = name
-        .strip_suffix(&format!(".{}", skyfri_core::function::DEFAULT_NAMESPACE))
-        .unwrap_or(name)
-        .to_string();
+    let name = function_name(name).to_string();
     let Some(live) = state.live(&name) else {
         return GatewayError::not_found(format!(
             "function {name:?} is not deployed (see `skyfri ls`)"
@@ -68,20 +98,18 @@ pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
         .get("x-call-id")
         .cloned()
         .unwrap_or_else(|| header_value(&uuid::Uuid::new_v4().to_string()));
-    let start_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let start_ns = unix_nanos();
 
-    let result = forward(&state, &live, req, &call_id, start_ns).await;
+    let result = match outgoing(&state, req).await {
+        Ok(call) => forward(&state, &live, call, &call_id, start_ns).await,
+        Err(e) => Err(e),
+    };
     let mut response = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    let elapsed = start.elapsed().as_secs_f64();
     let code = response.status().as_u16();
-    live.invocations.fetch_add(1, Ordering::Relaxed);
-    state.metrics.observe_call(&name, code, elapsed);
+    let elapsed = record(&state, &live, code, start);
     let h = response.headers_mut();
     h.insert(HeaderName::from_static("x-call-id"), call_id);
     h.insert(
@@ -96,8 +124,54 @@ pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     response
 }
 
-fn header_value(s: &str) -> HeaderValue {
+/// Counts a call of `live` that ended with `code`, as invocations and in the metrics;
+/// returns its duration in seconds.
+pub(crate) fn record(state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
+    let elapsed = start.elapsed().as_secs_f64();
+    live.invocations.fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .observe_call(&live.deployment.spec.name, code, elapsed);
+    elapsed
+}
+
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Reads a request body whole, up to the gateway's limit (413 beyond it).
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, GatewayError> {
+    Ok(Limited::new(body, state.max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::Caller {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "request body is larger than the limit of {} bytes",
+                        state.max_body
+                    ),
+                }
+            } else {
+                GatewayError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
+/// A `/function/NAME[/path]` request as the call to send on.
+async fn outgoing(state: &AppState, req: Request) -> Result<Outgoing, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(state, body).await?;
+    let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
+    Ok(Outgoing {
+        method: parts.method,
+        suffix: suffix.to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// A replica with room for the call, waiting (bounded) for capacity or for a replica to
@@ -132,41 +206,24 @@ async fn lease(
         })
 }
 
-async fn forward(
+/// Sends one call to a replica of `live` with room for it: waits (bounded by the function's
+/// timeout) for capacity, activating a function at zero, then for the answer (bounded
+/// likewise). The response's body holds the replica's slot until it has been read or dropped.
+pub async fn forward(
     state: &AppState,
     live: &Arc<Live>,
-    req: Request,
+    call: Outgoing,
     call_id: &HeaderValue,
     start_ns: u128,
 ) -> Result<Response, GatewayError> {
     let spec = &live.deployment.spec;
-    let (parts, body) = req.into_parts();
-    let body = Limited::new(body, state.max_body)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::Caller {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: format!(
-                        "request body is larger than the limit of {} bytes",
-                        state.max_body
-                    ),
-                }
-            } else {
-                GatewayError::bad_request(format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
-
     // The call may wait for capacity as long as it may run.
     let timeout = Duration::from_secs(spec.timeout_secs);
     let lease = lease(state, live, Instant::now() + timeout).await?;
     let endpoint = lease.endpoint().clone();
-    let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{suffix}?{q}"),
-        None => suffix.to_string(),
+    let path_and_query = match &call.query {
+        Some(q) => format!("{}?{q}", call.suffix),
+        None => call.suffix.clone(),
     };
     let uri = format!(
         "http://{}{}",
@@ -174,18 +231,18 @@ async fn forward(
         path_and_query
     );
     let mut upstream_req = hyper::Request::builder()
-        .method(parts.method.clone())
+        .method(call.method)
         .uri(uri)
-        .body(Full::<Bytes>::new(body))
+        .body(Full::<Bytes>::new(call.body))
         .map_err(|e| GatewayError::bad_request(format!("invalid request: {e}")))?;
     let headers = upstream_req.headers_mut();
-    copy_headers(&parts.headers, headers);
+    copy_headers(&call.headers, headers);
     headers.insert(HeaderName::from_static("x-call-id"), call_id.clone());
     headers.insert(
         HeaderName::from_static("x-start-time"),
         header_value(&start_ns.to_string()),
     );
-    if let Some(host) = parts.headers.get("host") {
+    if let Some(host) = call.headers.get("host") {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
 
@@ -267,6 +324,14 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Leased<B> {
 #[cfg(test)]
 mod tests {
     use super::split_path;
+
+    #[test]
+    fn names() {
+        use super::function_name;
+        assert_eq!(function_name("echo"), "echo");
+        assert_eq!(function_name("echo.openfaas-fn"), "echo");
+        assert_eq!(function_name("echoopenfaas-fn"), "echoopenfaas-fn");
+    }
 
     #[test]
     fn paths() {

@@ -1,7 +1,9 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
-//! (basic auth), the invoke proxy under `/function`, health and Prometheus metrics.
+//! (basic auth), the invoke proxy under `/function`, async calls under `/async-function`
+//! (run by the dispatchers of [`async_calls`]), health and Prometheus metrics.
 
 pub mod api;
+pub mod async_calls;
 pub mod auth;
 pub mod autoscale;
 pub mod error;
@@ -43,6 +45,15 @@ pub fn router(state: AppState) -> Router {
                 .put(api::secrets::update)
                 .delete(api::secrets::delete),
         )
+        .route("/system/async/calls", get(api::async_calls::list))
+        .route(
+            "/system/async/calls/{id}",
+            get(api::async_calls::get).delete(api::async_calls::cancel),
+        )
+        .route(
+            "/system/async/calls/{id}/redrive",
+            post(api::async_calls::redrive),
+        )
         .route("/system/info", get(api::system::info))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
@@ -61,6 +72,12 @@ pub fn router(state: AppState) -> Router {
         .route("/function/{name}", any(invoke::invoke))
         .route("/function/{name}/", any(invoke::invoke))
         .route("/function/{name}/{*rest}", any(invoke::invoke))
+        .route("/async-function/{name}", any(async_calls::accept::accept))
+        .route("/async-function/{name}/", any(async_calls::accept::accept))
+        .route(
+            "/async-function/{name}/{*rest}",
+            any(async_calls::accept::accept),
+        )
         .with_state(state)
 }
 

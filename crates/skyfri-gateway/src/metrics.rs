@@ -1,6 +1,8 @@
 //! Prometheus metrics with OpenFaaS's names, so existing dashboards and alerts work.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +19,13 @@ pub struct Metrics {
     seconds: Family<Labels, Histogram, fn() -> Histogram>,
     services: Family<Labels, Gauge<i64, AtomicI64>>,
     cold_starts: Family<Labels, Counter<u64, AtomicU64>>,
+    async_depth: Family<Labels, Gauge<i64, AtomicI64>>,
+    async_oldest: Family<Labels, Gauge<f64, AtomicU64>>,
+    async_accepted: Family<Labels, Counter<u64, AtomicU64>>,
+    async_calls: Family<Labels, Counter<u64, AtomicU64>>,
+    async_callbacks: Family<Labels, Counter<u64, AtomicU64>>,
+    /// Serialises refreshes of the queue gauges (clear, then set).
+    async_refresh: Mutex<()>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,12 +63,48 @@ impl Default for Metrics {
             "Replicas of a function",
             services.clone(),
         );
+        let async_depth = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        let async_oldest = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let async_accepted = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        let async_calls = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        let async_callbacks = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "gateway_async_queue_depth",
+            "Async calls waiting to run (queued or retrying)",
+            async_depth.clone(),
+        );
+        registry.register(
+            "gateway_async_queue_oldest_seconds",
+            "Age of the oldest async call waiting to run",
+            async_oldest.clone(),
+        );
+        registry.register(
+            "gateway_async_calls_accepted",
+            "Async calls accepted (stored; duplicates of a known X-Call-Id not counted)",
+            async_accepted.clone(),
+        );
+        registry.register(
+            "gateway_async_calls",
+            "Async runs by outcome: done, retried, dead, lost (lease lost to another worker)",
+            async_calls.clone(),
+        );
+        registry.register(
+            "gateway_async_callbacks",
+            "Async callbacks by result: delivered, failed (after all retries)",
+            async_callbacks.clone(),
+        );
         Metrics {
             registry,
             invocations,
             seconds,
             services,
             cold_starts,
+            async_depth,
+            async_oldest,
+            async_accepted,
+            async_calls,
+            async_callbacks,
+            async_refresh: Mutex::new(()),
         }
     }
 }
@@ -89,6 +134,52 @@ impl Metrics {
     pub fn forget(&self, function: &str) {
         self.services
             .remove(&vec![("function_name", function.to_string())]);
+    }
+
+    pub fn async_accepted(&self, function: &str) {
+        self.async_accepted
+            .get_or_create(&vec![("function_name", function.to_string())])
+            .inc();
+    }
+
+    /// One async run ended: `done`, `retried`, `dead` or `lost`.
+    pub fn async_outcome(&self, function: &str, outcome: &'static str) {
+        self.async_calls
+            .get_or_create(&vec![
+                ("function_name", function.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    /// One callback ended: `delivered` or `failed`.
+    pub fn async_callback(&self, function: &str, result: &'static str) {
+        self.async_callbacks
+            .get_or_create(&vec![
+                ("function_name", function.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Sets the queue gauges to `waiting` (function, calls, age of the oldest); functions
+    /// left out have none waiting.
+    pub fn set_async_depth(&self, waiting: &[(String, u64, Option<Duration>)]) {
+        let _one = self
+            .async_refresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.async_depth.clear();
+        self.async_oldest.clear();
+        for (function, calls, oldest) in waiting {
+            let labels = vec![("function_name", function.clone())];
+            self.async_depth
+                .get_or_create(&labels)
+                .set(i64::try_from(*calls).unwrap_or(i64::MAX));
+            self.async_oldest
+                .get_or_create(&labels)
+                .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
+        }
     }
 
     pub fn render(&self) -> String {

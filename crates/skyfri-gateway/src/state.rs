@@ -8,9 +8,11 @@ use std::sync::{Arc, RwLock};
 use skyfri_core::scaling::DEFAULT_QUEUE_SIZE;
 pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
 use skyfri_core::{Deployment, ScalePolicy};
+use skyfri_queue::Queue;
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
+use crate::async_calls::callback::Callbacks;
 use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -62,6 +64,11 @@ pub struct Inner {
     pub tmp_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub client: UpstreamClient,
+    /// Async calls, durable until they are done, dead or cancelled.
+    pub queue: Arc<dyn Queue>,
+    /// Posts async results to `X-Callback-Url`s: plain HTTP to any host, never the
+    /// replicas' unix sockets.
+    pub callbacks: Callbacks,
     pub decisions: Decisions,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
@@ -79,6 +86,7 @@ impl AppState {
         store: Arc<Store>,
         provider: Arc<dyn Provider>,
         artefacts: Arc<ArtefactStore>,
+        queue: Arc<dyn Queue>,
     ) -> AppState {
         AppState(Arc::new(Inner {
             store,
@@ -89,6 +97,8 @@ impl AppState {
             tmp_dir: config.tmp_dir,
             metrics: Metrics::default(),
             client: upstream::client(),
+            queue,
+            callbacks: Callbacks::default(),
             decisions: Decisions::default(),
             functions: RwLock::new(HashMap::new()),
         }))

@@ -16,6 +16,10 @@
 //! it is durable. Its id is the caller's `X-Call-Id` or a new one; enqueuing an id that is
 //! already known adds nothing ([`Enqueued::Duplicate`]), so a retried POST runs once.
 
+pub mod embedded;
+
+pub use embedded::{Durability, EmbeddedOptions, EmbeddedQueue};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +74,25 @@ pub enum CallState {
         reason: String,
     },
     Cancelled,
+}
+
+impl CallState {
+    /// Every state's [`CallState::name`], in the order of a call's life.
+    pub const NAMES: [&'static str; 6] =
+        ["queued", "running", "retrying", "done", "dead", "cancelled"];
+
+    /// The state's name as serialised (`"state": "retrying"`) and as [`ListFilter::state`]
+    /// takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CallState::Queued => "queued",
+            CallState::Running { .. } => "running",
+            CallState::Retrying { .. } => "retrying",
+            CallState::Done { .. } => "done",
+            CallState::Dead { .. } => "dead",
+            CallState::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// A call and where it stands: what `GET /async-function/CALL-ID` shows.
@@ -127,6 +150,8 @@ pub enum Finished {
 /// What [`Queue::cancel`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
+    /// It was queued or retrying and will not run (or it had been cancelled already:
+    /// cancelling is idempotent, like the `DELETE` it serves).
     Cancelled,
     NotFound,
     /// Running or finished: too late to cancel.
@@ -137,12 +162,18 @@ pub enum Cancelled {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub function: Option<String>,
-    /// `queued`, `running`, `retrying`, `done`, `dead`, `cancelled`.
+    /// One of [`CallState::NAMES`]; another name is [`QueueError::UnknownState`].
     pub state: Option<String>,
+    /// At most this many; 0 means [`ListFilter::DEFAULT_LIMIT`].
     pub limit: usize,
 }
 
-/// Per function: calls waiting (queued or retrying) and the age of the oldest, for metrics.
+impl ListFilter {
+    pub const DEFAULT_LIMIT: usize = 100;
+}
+
+/// Per function: calls waiting (queued or retrying) and the age of the oldest (since its
+/// `enqueued_at`), for metrics. Functions with no waiting call are left out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Depth {
     pub function: String,
@@ -156,6 +187,14 @@ pub enum QueueError {
     Backend(String),
     #[error("queue: call {0:?} is not known")]
     NotFound(String),
+    /// A heartbeat or finish for a delivery whose lease lapsed and whose call went to another
+    /// worker (or was otherwise settled): nothing was changed. The worker should stop working
+    /// on it and drop its result; the call's current holder reports instead.
+    #[error("queue: the lease on call {0:?} was lost (it lapsed and the call was handed out again); this result is dropped")]
+    LeaseLost(String),
+    /// A [`ListFilter::state`] that is not one of [`CallState::NAMES`] (a caller's mistake: 400).
+    #[error("queue: unknown call state {0:?}; use one of queued, running, retrying, done, dead, cancelled")]
+    UnknownState(String),
     #[error("queue: the queue is shutting down")]
     Closed,
 }
@@ -169,27 +208,41 @@ pub trait Queue: Send + Sync {
     async fn enqueue(&self, call: AsyncCall) -> Result<Enqueued, QueueError>;
 
     /// Waits for the next due call of `function` and leases it to the caller for `lease`.
-    /// Returns [`QueueError::Closed`] at shutdown.
+    /// A call whose lease lapsed (its worker died) is due again and comes back with the next
+    /// attempt number. Returns [`QueueError::Closed`] once [`Queue::close`] was called.
+    ///
+    /// Cancel-safe: dropping the future (e.g. in a `select!` with a shutdown signal) loses no
+    /// call; one it had just leased is handed out again.
     async fn next(&self, function: &str, lease: Duration) -> Result<Delivery, QueueError>;
 
     /// The worker is still on it: extends the lease by `lease` from now.
+    /// [`QueueError::LeaseLost`] when the call went to another worker meanwhile.
     async fn heartbeat(&self, delivery: &Delivery, lease: Duration) -> Result<(), QueueError>;
 
-    /// Records how the run ended.
+    /// Records how the run ended. [`QueueError::LeaseLost`] (and nothing recorded) when the
+    /// lease lapsed and the call went to another worker meanwhile; a lapsed lease that nobody
+    /// took over yet is still the worker's.
     async fn finish(&self, delivery: Delivery, finished: Finished) -> Result<(), QueueError>;
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError>;
 
     async fn get(&self, id: &str) -> Result<Option<CallRecord>, QueueError>;
 
-    /// Newest first.
+    /// Newest first: with a state filter, the calls that entered that state most recently
+    /// (the latest dead letters first); without, the calls enqueued most recently.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CallRecord>, QueueError>;
 
-    /// Puts a dead call back in the queue as new (attempt 1). `false` when it is not dead.
+    /// Puts a dead call back in the queue as new (attempt 1). `false` when it is not dead,
+    /// [`QueueError::NotFound`] when it is not known.
     async fn redrive(&self, id: &str) -> Result<bool, QueueError>;
 
     /// Waiting calls per function.
     async fn depth(&self) -> Result<Vec<Depth>, QueueError>;
+
+    /// Shutdown: [`Queue::next`] returns [`QueueError::Closed`] from now on (waiting ones
+    /// wake). Everything else keeps working, so that workers still running a call can
+    /// heartbeat and finish it, and late enqueues are still stored.
+    fn close(&self);
 }
 
 /// Bodies travel as base64 in JSON (the embedded store's records, JetStream headers aside).

@@ -1,6 +1,7 @@
 //! The OpenFaaS-compatible admin API under `/system`.
 
 pub mod artefacts;
+pub mod async_calls;
 pub mod functions;
 pub mod logs;
 pub mod secrets;

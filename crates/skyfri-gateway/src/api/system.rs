@@ -21,6 +21,7 @@ pub async fn info(State(state): State<AppState>) -> impl IntoResponse {
             "orchestration": "local",
             "version": version,
             "runtime": state.provider.info(),
+            "queue": { "backend": state.queue.backend() },
         },
         "version": version,
         "arch": std::env::consts::ARCH,
@@ -36,6 +37,18 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The queue gauges are read when scraped; a queue that cannot answer leaves the last
+    // values.
+    match state.queue.depth().await {
+        Ok(depths) => {
+            let waiting: Vec<_> = depths
+                .into_iter()
+                .map(|d| (d.function, d.waiting, d.oldest))
+                .collect();
+            state.metrics.set_async_depth(&waiting);
+        }
+        Err(e) => tracing::warn!(error = %e, "async queue depth not read"),
+    }
     (
         [(
             header::CONTENT_TYPE,

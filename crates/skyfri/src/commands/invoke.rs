@@ -1,4 +1,5 @@
-//! `skyfri invoke NAME`: call a function with the body from stdin.
+//! `skyfri invoke NAME`: call a function with the body from stdin; with `--async`, queue the
+//! call (`/async-function/NAME`) and print its id.
 
 use std::io::{Read, Write};
 
@@ -23,6 +24,15 @@ pub struct Invoke {
     /// Path after the function name.
     #[arg(long, default_value = "")]
     path: String,
+    /// Queue the call and print its id instead of waiting for the answer (see `skyfri async`).
+    #[arg(long = "async")]
+    is_async: bool,
+    /// With --async: where the result is POSTed once the call is done or dead.
+    #[arg(long, requires = "is_async")]
+    callback_url: Option<String>,
+    /// The call's X-Call-Id (with --async, a retried invoke with the same id runs once).
+    #[arg(long)]
+    call_id: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -45,7 +55,18 @@ impl Invoke {
                 .read_to_end(&mut body)
                 .context("reading the body from stdin")?;
         }
-        let mut path = format!("/function/{}", self.name);
+        if let Some(url) = &self.callback_url {
+            headers.push(("X-Callback-Url".to_string(), url.clone()));
+        }
+        if let Some(id) = &self.call_id {
+            headers.push(("X-Call-Id".to_string(), id.clone()));
+        }
+        let route = if self.is_async {
+            "async-function"
+        } else {
+            "function"
+        };
+        let mut path = format!("/{route}/{}", self.name);
         if !self.path.is_empty() {
             path.push('/');
             path.push_str(self.path.trim_start_matches('/'));
@@ -57,7 +78,25 @@ impl Invoke {
         let gw = self.gateway.connect(None)?;
         let res = gw.send(method, &path, &headers, Bytes::from(body)).await?;
         let status = res.status();
+        let call_id = res
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = res.into_body().collect().await?.to_bytes();
+        if self.is_async {
+            return match (status.as_u16(), call_id) {
+                (202, Some(id)) => {
+                    println!("{id}");
+                    Ok(())
+                }
+                _ => bail!(
+                    "{} was not queued: {status}: {}",
+                    self.name,
+                    crate::client::error_text(&body)
+                ),
+            };
+        }
         std::io::stdout().write_all(&body)?;
         if !status.is_success() {
             bail!("{} answered {status}", self.name);

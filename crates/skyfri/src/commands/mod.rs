@@ -1,5 +1,6 @@
 //! One module per CLI command, each a clap struct with `run(self)`.
 
+mod async_calls;
 mod build;
 pub mod deploy;
 mod describe;
@@ -25,8 +26,11 @@ pub enum Command {
     Ls(ls::Ls),
     /// Show one function.
     Describe(describe::Describe),
-    /// Call a function (body from stdin).
+    /// Call a function (body from stdin); --async queues the call.
     Invoke(invoke::Invoke),
+    /// Inspect, cancel and re-drive async calls.
+    #[command(subcommand)]
+    Async(async_calls::Async),
     /// Remove a function.
     Rm(rm::Rm),
     /// Show a function's logs.
@@ -51,6 +55,7 @@ impl Command {
             Command::Ls(c) => c.run().await,
             Command::Describe(c) => c.run().await,
             Command::Invoke(c) => c.run().await,
+            Command::Async(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Scale(c) => c.run().await,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
 use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::{AppState, GatewayConfig};
+use skyfri_queue::{EmbeddedQueue, Queue};
 use skyfri_runtime::local::{Isolation, IsolationMode};
 use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
 use skyfri_store::Store;
@@ -38,6 +39,9 @@ pub struct Up {
     /// pids limits; `best-effort` takes what the host offers and warns about the rest.
     #[arg(long, value_enum, default_value_t = IsolationArg::BestEffort)]
     isolation: IsolationArg,
+    /// Where async calls are kept: `embedded` (`<data-dir>/queue.db`).
+    #[arg(long, default_value = "embedded")]
+    queue: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -64,6 +68,34 @@ fn isolation(mode: IsolationArg) -> Result<Isolation> {
         eprintln!("WARNING: replicas are not fully isolated: {missing}");
     }
     Ok(isolation)
+}
+
+/// What `--queue` names.
+enum QueueArg {
+    Embedded,
+}
+
+impl QueueArg {
+    fn parse(value: &str) -> Result<QueueArg> {
+        match value {
+            "embedded" => Ok(QueueArg::Embedded),
+            v if v.starts_with("nats://") => anyhow::bail!(
+                "--queue {v}: the NATS JetStream backend is not available yet; use --queue embedded"
+            ),
+            v => anyhow::bail!("--queue {v:?}: use \"embedded\""),
+        }
+    }
+
+    fn open(&self, data_dir: &Path) -> Result<Arc<dyn Queue>> {
+        match self {
+            QueueArg::Embedded => {
+                let path = data_dir.join("queue.db");
+                let queue = EmbeddedQueue::open(&path)
+                    .with_context(|| format!("cannot open the async queue {}", path.display()))?;
+                Ok(queue)
+            }
+        }
+    }
 }
 
 /// The admin password: from SKYFRI_ADMIN_PASSWORD at first start, else generated; kept in
@@ -105,12 +137,14 @@ impl Up {
             .as_deref()
             .map(|f| StackFile::load(f, None))
             .transpose()?;
+        let queue_arg = QueueArg::parse(&self.queue)?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(crate::client::default_data_dir);
         make_dir(&data_dir)?;
         let (password, generated) = admin_password(&data_dir)?;
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
+        let queue = queue_arg.open(&data_dir)?;
         let artefact_dir = data_dir.join("artefacts");
         let provider = LocalProvider::new(
             ArtefactStore::open(artefact_dir.clone())?,
@@ -132,10 +166,12 @@ impl Up {
             store,
             provider.clone(),
             Arc::new(ArtefactStore::open(artefact_dir)?),
+            queue,
         );
         let url = format!("http://{addr}");
         println!("skyfri gateway listening on {url}");
         println!("data dir: {}", data_dir.display());
+        println!("async queue: {}", state.queue.backend());
         if generated {
             println!(
                 "admin user: admin, password: {password} (kept in {})",
@@ -148,12 +184,16 @@ impl Up {
         if restored > 0 {
             println!("restored {restored} function(s)");
         }
-        let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let mut graceful = stop_rx.clone();
         let mut server = tokio::spawn(skyfri_gateway::serve(listener, state.clone(), async move {
             let _ = graceful.wait_for(|s| *s).await;
         }));
         tokio::spawn(skyfri_gateway::autoscale::run(
+            state.clone(),
+            stop_rx.clone(),
+        ));
+        let mut dispatchers = tokio::spawn(skyfri_gateway::async_calls::dispatcher::run(
             state.clone(),
             stop_rx.clone(),
         ));
@@ -169,16 +209,27 @@ impl Up {
         }
         println!("ready");
         let _ = std::io::stdout().flush();
-        // Open connections (a `logs --follow`) get a grace period, then the replicas are
-        // stopped whatever they do.
+        // Open connections (a `logs --follow`) and async calls being run get a grace period,
+        // then the replicas are stopped whatever they do. An async call still running then
+        // is not finished: its lease lapses and it runs again after the restart.
+        let mut grace_rx = stop_rx.clone();
+        let grace = async move {
+            let _ = grace_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(grace);
         let served = tokio::select! {
             served = &mut server => Some(served),
-            _ = async {
-                let _ = stop_rx.wait_for(|s| *s).await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => None,
+            _ = &mut grace => None,
         };
         server.abort();
+        if served.is_some() && *stop_rx.borrow() {
+            tokio::select! {
+                _ = &mut dispatchers => {}
+                _ = &mut grace => {}
+            }
+        }
+        dispatchers.abort();
         provider.shutdown().await;
         if let Some(served) = served {
             served?.context("gateway failed")?;
