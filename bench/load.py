@@ -2,18 +2,23 @@
 """Open-loop load at a fixed rate, and the cgroup readings around it (bench/isolation.sh).
 Standard library only.
 
-    load.py run URL OUT.json [--cgroup DIR]...   # knobs from the environment, see below
+    load.py run URL OUT.json [--cgroup DIR]... [--tree PID]   # knobs: the environment, below
     load.py find-cgroups FUNCTION SKYFRI_PID    # prints "cpu DIR" and "cpuacct DIR" lines
-    load.py report ALONE.json BESIDE.json       # the markdown rows and the verdict
+    load.py report ALONE.json[,...] BESIDE.json[,...] [LABEL]   # exit 0 PASS, 4 FAIL
+
+`report` pools the slices given (alone ones, beside ones: bench/isolation.sh alternates them,
+so that the host's slow drifts touch both alike) and prints the markdown rows and the verdict.
 
 `run` sends GET URL at BENCH_RATE requests per second for BENCH_WARMUP (not measured) plus
 BENCH_SECONDS, over BENCH_CONNECTIONS keep-alive connections (TCP_NODELAY, one thread each,
 HTTP/1.1, one request in flight per connection). Request k is due at start + k / rate,
 whatever happened to the earlier ones (open loop). The first connection that is free takes
-the next due request: it sleeps until the due time and sends it, or, when every connection
-was busy past it, sends it as soon as its previous answer is in. A request's latency is
-measured from its DUE time to the last byte of its answer, so a stall delays every request
-due during it and shows in the percentiles (no coordinated omission, as in wrk2).
+the next due request: it waits until the due time (a sleep, then a short time.sleep(0) loop;
+timer slack 1 ns) and sends it, or, when every connection was busy past it, sends it as soon
+as its previous answer is in. A request's latency is measured from its DUE time to the last
+byte of its answer, so a stall delays every request due during it and shows in the
+percentiles (no coordinated omission, as in wrk2). The latency from the actual send is kept
+too, for comparison.
 
 The generator checks itself: for every request sent on a connection that was free before its
 due time, "lag" is the actual send time minus the due time (oversleeping, the GIL, the host's
@@ -25,7 +30,11 @@ over the measured window's actual span.
 Each --cgroup DIR is read just before and just after the measured window (not the warm-up):
 cpu.stat (every counter: nr_periods, nr_throttled, throttled_time in v1, usage_usec,
 nr_throttled, throttled_usec in v2), cpuacct.usage (v1, ns) and cpu.cfs_quota_us /
-cpu.cfs_period_us or cpu.max; the deltas go to OUT.json.
+cpu.cfs_period_us or cpu.max; the deltas go to OUT.json. So is the host's CPU use over the
+window: per process (/proc/PID/stat, own and reaped children's time), split into the tree of
+--tree PID (skyfri and its replicas), this generator, and every other process ("others": work
+on the host that is not the bench's, which shows in the latencies); and the host's busy and
+steal time from /proc/stat (tick-sampled: a CPU-quota'd neighbour inflates "busy" by ~0.1 core).
 """
 
 import ctypes
@@ -54,6 +63,7 @@ LATE_NS = 1_000_000     # a send more than 1 ms after its due time on a free con
 DRAIN_S = 30.0          # after the last due time: how long in-flight and queued requests get
 CALL_TIMEOUT_S = 30.0   # one request's answer
 BUDGET_RATIO = 1.5      # DESIGN: B's p99 beside A within 1.5x of alone
+NOISY_CORES = 0.1       # other work on the host above this during a window: warn
 
 
 def tight_timer():
@@ -63,6 +73,20 @@ def tight_timer():
         ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+SPIN_NS = 200_000   # the last 200 µs before a due time are waited for in a loop, not a sleep
+
+
+def wait_until(due_ns):
+    """Returns at DUE_NS (perf_counter_ns) within a few µs: a sleep until 200 µs before it
+    (waking from a sleep takes ~50-100 µs on a VM), then time.sleep(0) in a loop, which
+    releases the GIL on every turn so the other workers can take their answers meanwhile."""
+    rest = due_ns - time.perf_counter_ns()
+    if rest > SPIN_NS:
+        time.sleep((rest - SPIN_NS) / 1e9)
+    while time.perf_counter_ns() < due_ns:
+        time.sleep(0)
 
 
 def pct(values, p):
@@ -156,6 +180,61 @@ def read_cgroup(d):
     return out
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def read_host(tree_root):
+    """CPU counters in clock ticks: the host's busy and steal time (/proc/stat, sampled at the
+    tick), and every process's own plus reaped children's time (/proc/PID/stat, exact), marked
+    when it is in TREE_ROOT's tree or is this process."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    steal = v[7] if len(v) > 7 else 0
+    children, procs = {}, {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command: state ppid ... utime (11) stime (12) cutime (13) cstime (14)
+        children.setdefault(int(fields[1]), []).append(int(pid))
+        procs[int(pid)] = [sum(int(x) for x in fields[11:15]), "other"]
+    todo = [tree_root] if tree_root else []
+    while todo:
+        p = todo.pop()
+        if p in procs:
+            procs[p][1] = "tree"
+        todo.extend(children.get(p, []))
+    if os.getpid() in procs:
+        procs[os.getpid()][1] = "self"
+    return {"busy": busy, "steal": steal, "procs": procs}
+
+
+def host_delta(before, after, wall_s):
+    """Cores used over the window by skyfri's tree, this generator and every other process
+    (pids alive at both readings: the difference; pids born in between: all their time; time
+    of processes reaped in between is in their parent's), and the host's busy and steal time."""
+    if not before or not after or wall_s <= 0:
+        return None
+    per = CLK_TCK * wall_s
+    use = {"tree": 0, "self": 0, "other": 0}
+    for pid, (ticks, kind) in after["procs"].items():
+        old = before["procs"].get(pid)
+        use[kind] += ticks - (old[0] if old and old[1] == kind else 0)
+    return {
+        "host_busy": (after["busy"] - before["busy"]) / per,
+        "steal": (after["steal"] - before["steal"]) / per,
+        "bench_tree": use["tree"] / per,
+        "generator": use["self"] / per,
+        "others": max(0, use["other"]) / per,
+    }
+
+
 def cgroup_delta(before, after):
     keep = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max:quota", "cpu.max:period")
     return {k: (after[k] if k in keep else after[k] - before[k]) for k in after if k in before}
@@ -164,7 +243,7 @@ def cgroup_delta(before, after):
 # ---------------------------------------------------------------- run
 
 
-def run(url, out_path, cgroups):
+def run(url, out_path, cgroups, tree_root=None):
     rate = knob("BENCH_RATE", 200, 1, 100000)
     seconds = knob("BENCH_SECONDS", 10, 1, 600)
     warmup = knob("BENCH_WARMUP", 2, 0, 600)
@@ -181,6 +260,7 @@ def run(url, out_path, cgroups):
     # Per request k (measured ones only, k >= n_warm): filled by the worker that sent it.
     sent_ns = [0] * n_total
     latency_ns = [None] * n_total
+    service_ns = [None] * n_total   # from the actual send: what the latency would be without the open loop
     lag_ns = []          # lag of each send on a connection that was free before the due time
     queued = [0]
     errors = {}
@@ -196,11 +276,12 @@ def run(url, out_path, cgroups):
     start = time.perf_counter_ns() + 100_000_000  # all threads started well before request 0
     hard_end = start + n_total * interval_ns + DRAIN_S * 1e9
     cg_before, cg_after = {}, {}
-    window = {}
+    window, host = {}, {}
 
     def snapshot(into, key):
         into.update({d: read_cgroup(d) for d in cgroups})
         window[key] = time.perf_counter_ns()
+        host[key] = read_host(tree_root)
 
     def error(kind):
         with lock:
@@ -221,7 +302,7 @@ def run(url, out_path, cgroups):
                 return  # the rest are dropped
             free_before_due = now < due
             if free_before_due:
-                time.sleep((due - now) / 1e9)
+                wait_until(due)
             t_send = time.perf_counter_ns()
             sent_ns[k] = t_send
             if k >= n_warm:
@@ -254,6 +335,7 @@ def run(url, out_path, cgroups):
                     statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latency_ns[k] = t_done - due
+                    service_ns[k] = t_done - t_send
                 else:
                     error(f"HTTP {status}")
 
@@ -285,6 +367,7 @@ def run(url, out_path, cgroups):
     measured = range(n_warm, n_total)
     lat = [latency_ns[k] for k in measured if latency_ns[k] is not None]
     sends = [sent_ns[k] for k in measured if sent_ns[k]]
+    svc = [service_ns[k] for k in measured if service_ns[k] is not None]
     dropped = sum(1 for k in measured if not sent_ns[k])
     unanswered = len(measured) - len(lat) - dropped - sum(errors.values())
     span_ns = (max(sends) - min(sends)) if len(sends) > 1 else 0
@@ -314,8 +397,15 @@ def run(url, out_path, cgroups):
         "p99_us": pct(lat, 99) / 1e3 if lat else None,
         "p999_us": pct(lat, 99.9) / 1e3 if lat else None,
         "max_us": max(lat) / 1e3 if lat else None,
+        "from_send_p50_us": pct(svc, 50) / 1e3 if svc else None,
+        "from_send_p99_us": pct(svc, 99) / 1e3 if svc else None,
         "window_s": wall_s,
+        "span_s": span_ns / 1e9,
+        "lat_us": [round(x / 1e3, 1) for x in lat],
+        "svc_us": [round(x / 1e3, 1) for x in svc],
+        "lag_us": [round(x / 1e3, 1) for x in lags],
         "cgroups": {d: cgroup_delta(cg_before.get(d, {}), cg_after.get(d, {})) for d in cgroups},
+        "host": host_delta(host.get("start"), host.get("end"), wall_s),
     }
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
@@ -323,7 +413,9 @@ def run(url, out_path, cgroups):
         f"load.py: {res['sent']}/{res['scheduled']} sent at {res['achieved_rate']:.1f} req/s "
         f"(target {rate}), p50 {fmt(res['p50_us'])} µs, p99 {fmt(res['p99_us'])} µs, "
         f"max {fmt(res['max_us'])} µs; errors {sum(errors.values())}, late sends {res['late_sends']}, "
-        f"queued {res['queued']}, dropped {dropped}",
+        f"queued {res['queued']}, dropped {dropped}"
+        + (f"; other processes used {res['host']['others']:.2f} cores, steal {res['host']['steal']:.2f}"
+           if res["host"] else ""),
         flush=True,
     )
     return 0
@@ -402,24 +494,71 @@ def cpu_use(res, quota_note=True):
     return cores, periods, throttled, t_ns, quota, period
 
 
-def report(alone_path, beside_path, label_beside):
-    with open(alone_path) as f:
-        alone = json.load(f)
-    with open(beside_path) as f:
-        beside = json.load(f)
+def merge(paths):
+    """One result from the slices in PATHS (alone or beside): counts summed, percentiles of the
+    pooled samples, cgroup deltas summed, host CPU averaged over the windows."""
+    parts = []
+    for p in paths:
+        with open(p) as f:
+            parts.append(json.load(f))
+    first = parts[0]
+    m = {k: first[k] for k in ("rate", "warmup", "connections")}
+    for k in ("seconds", "scheduled", "sent", "answered_200", "dropped", "unanswered", "reconnects",
+              "queued", "late_sends", "window_s", "span_s"):
+        m[k] = sum(x[k] for x in parts)
+    m["slices"] = len(parts)
+    m["slice_p99_us"] = [x["p99_us"] for x in parts]
+    m["achieved_rate"] = sum(x["sent"] - 1 for x in parts) / m["span_s"] if m["span_s"] else 0.0
+    for k in ("errors", "statuses"):
+        m[k] = {}
+        for x in parts:
+            for kk, v in x[k].items():
+                m[k][kk] = m[k].get(kk, 0) + v
+    for k in ("lat_us", "svc_us", "lag_us"):
+        m[k] = [v for x in parts for v in x[k]]
+    lat, svc, lag = m["lat_us"], m["svc_us"], m["lag_us"]
+    for name, values, p in (("p50_us", lat, 50), ("p90_us", lat, 90), ("p99_us", lat, 99),
+                            ("p999_us", lat, 99.9), ("from_send_p50_us", svc, 50),
+                            ("from_send_p99_us", svc, 99), ("lag_p50_us", lag, 50), ("lag_p99_us", lag, 99)):
+        m[name] = pct(values, p) if values else None
+    m["max_us"] = max(lat) if lat else None
+    m["lag_max_us"] = max(lag) if lag else None
+    keep = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max:quota", "cpu.max:period")
+    m["cgroups"] = {}
+    for x in parts:
+        for d, delta in x["cgroups"].items():
+            acc = m["cgroups"].setdefault(d, {})
+            for k, v in delta.items():
+                acc[k] = v if k in keep else acc.get(k, 0) + v
+    hosts = [(x["host"], x["window_s"]) for x in parts if x.get("host")]
+    if hosts and sum(w for _, w in hosts) > 0:
+        total = sum(w for _, w in hosts)
+        m["host"] = {k: sum(h[k] * w for h, w in hosts) / total for k in hosts[0][0]}
+        m["host_max"] = {k: max(h[k] for h, _ in hosts) for k in hosts[0][0]}
+    else:
+        m["host"] = m["host_max"] = None
+    return m
+
+
+def report(alone_paths, beside_paths, label_beside):
+    alone, beside = merge(alone_paths), merge(beside_paths)
     r = alone
     lines = [
-        f"| steady (B), open loop {r['rate']} req/s, {r['connections']} conns, {r['seconds']} s | "
-        "sent / scheduled | achieved req/s | p50 (µs) | p99 (µs) | max (µs) | errors | late sends / queued | A's CPU (cores) |",
+        f"| steady (B), open loop {r['rate']} req/s, {r['connections']} conns, "
+        f"{r['seconds']} s in {r['slices']} slices | "
+        "p50 (µs) | p99 (µs) | max (µs) | sent / scheduled (achieved req/s) | errors | "
+        "late / queued / dropped sends | A's CPU (cores) | other work on the host (cores) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, x in (("alone", alone), (label_beside, beside)):
         cores = cpu_use(x)[0]
         errs = sum(x["errors"].values()) + x["unanswered"]
+        h = x.get("host")
         lines.append(
-            f"| {label} | {x['sent']} / {x['scheduled']} | {x['achieved_rate']:.1f} | {fmt(x['p50_us'])} | "
-            f"{fmt(x['p99_us'])} | {fmt(x['max_us'])} | {errs} | {x['late_sends']} / {x['queued']} | "
-            f"{fmt(cores, '{:.2f}')} |"
+            f"| {label} | {fmt(x['p50_us'])} | {fmt(x['p99_us'])} | {fmt(x['max_us'])} | "
+            f"{x['sent']} / {x['scheduled']} ({x['achieved_rate']:.1f}) | {errs} | "
+            f"{x['late_sends']} / {x['queued']} / {x['dropped']} | {fmt(cores, '{:.2f}')} | "
+            f"{fmt(h['others'] if h else None, '{:.2f}')} |"
         )
     ratio = beside["p99_us"] / alone["p99_us"] if alone["p99_us"] and beside["p99_us"] else None
     ok = ratio is not None and ratio <= BUDGET_RATIO
@@ -430,6 +569,14 @@ def report(alone_path, beside_path, label_beside):
         f"{fmt(beside['p50_us'] / alone['p50_us'] if alone['p50_us'] and beside['p50_us'] else None, '{:.2f}')}x, "
         f"max {fmt(beside['max_us'] / alone['max_us'] if alone['max_us'] and beside['max_us'] else None, '{:.2f}')}x",
     ]
+    a_send, b_send = alone.get("from_send_p99_us"), beside.get("from_send_p99_us")
+    if a_send and b_send:
+        r_send = b_send / a_send
+        lines.append(
+            f"- the same timed from each request's actual send (the generator's own wake-up lag left out; "
+            f"queueing is in the queued count): p99 {fmt(a_send)} -> {fmt(b_send)} µs = **{r_send:.2f}x** "
+            f"({'within' if r_send <= BUDGET_RATIO else 'over'} {BUDGET_RATIO}x)"
+        )
     cores, periods, throttled, t_ns, quota, period = cpu_use(beside)
     if periods:
         q = f"quota {quota / 1000:.1f} ms per {period / 1000:.0f} ms period, " if quota and period else ""
@@ -439,11 +586,36 @@ def report(alone_path, beside_path, label_beside):
             f"({100.0 * throttled / periods:.0f} %), {t_ns / 1e9:.2f} s throttled"
         )
     for label, x in (("alone", alone), ("beside", beside)):
+        h = x.get("host")
+        if h:
+            lines.append(
+                f"- CPU {label} (cores, per process): skyfri and its replicas {h['bench_tree']:.2f}, "
+                f"generator {h['generator']:.2f}, other processes {h['others']:.2f}; host busy "
+                f"{h['host_busy']:.2f} and steal {h['steal']:.2f} (/proc/stat, tick-sampled)"
+            )
         lines.append(
             f"- generator {label}: lag of sends on a free connection p50 {fmt(x['lag_p50_us'])} / p99 "
             f"{fmt(x['lag_p99_us'])} / max {fmt(x['lag_max_us'])} µs; {x['late_sends']} late (> 1 ms), "
             f"{x['queued']} queued behind busy connections, {x['dropped']} dropped, "
             f"{x['reconnects']} reconnects" + (f", errors {x['errors']}" if x["errors"] else "")
+            + f"; B timed from the actual send instead: p50 {fmt(x.get('from_send_p50_us'))} / p99 "
+            f"{fmt(x.get('from_send_p99_us'))} µs"
+        )
+    lines.append(
+        "- B's p99 per slice, in the order run (µs): alone "
+        + " ".join(fmt(v) for v in alone["slice_p99_us"])
+        + "; beside " + " ".join(fmt(v) for v in beside["slice_p99_us"])
+    )
+    noisy = [
+        f"{what} {label} up to {x['host_max'][key]:.2f} cores"
+        for what, key in (("other processes", "others"), ("steal", "steal"))
+        for label, x in (("alone", alone), ("beside", beside))
+        if x.get("host_max") and x["host_max"][key] > NOISY_CORES
+    ]
+    if noisy:
+        lines.append(
+            f"- **warning**: the host was not quiet in some slice ({'; '.join(noisy)}; more than "
+            f"{NOISY_CORES} cores): the comparison is not clean, rerun on a quiet host"
         )
     print("\n".join(lines))
     return 0 if ok else 4
@@ -451,17 +623,20 @@ def report(alone_path, beside_path, label_beside):
 
 def main(argv):
     if len(argv) >= 3 and argv[0] == "run":
-        cgroups, rest = [], argv[3:]
+        cgroups, tree, rest = [], None, argv[3:]
         while rest:
-            if rest[0] != "--cgroup" or len(rest) < 2:
+            if rest[0] == "--cgroup" and len(rest) >= 2:
+                cgroups.append(rest[1])
+            elif rest[0] == "--tree" and len(rest) >= 2 and rest[1].isdigit():
+                tree = int(rest[1])
+            else:
                 sys.exit(__doc__)
-            cgroups.append(rest[1])
             rest = rest[2:]
-        return run(argv[1], argv[2], cgroups)
+        return run(argv[1], argv[2], cgroups, tree)
     if len(argv) == 3 and argv[0] == "find-cgroups":
         return find_cgroups(argv[1], int(argv[2]))
     if len(argv) in (3, 4) and argv[0] == "report":
-        return report(argv[1], argv[2], argv[3] if len(argv) == 4 else "beside A")
+        return report(argv[1].split(","), argv[2].split(","), argv[3] if len(argv) == 4 else "beside A")
     sys.exit(__doc__)
 
 

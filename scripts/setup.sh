@@ -6,8 +6,14 @@ set -euo pipefail
 need=()
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# `skyfri build` installs requirements.txt with the runtime's interpreter and package.json
+# with npm; Debian's python3 comes without pip. (A nodesource nodejs bundles npm.)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
+# The JetStream queue's tests start their own nats-server (`--queue nats://...` needs one).
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

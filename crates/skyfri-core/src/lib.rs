@@ -7,6 +7,7 @@ pub mod openfaas;
 pub mod quantity;
 pub mod retry;
 pub mod scaling;
+pub mod triggers;
 
 pub use function::{
     validate_name, validate_secret_name, Deployment, FunctionSpec, Resources, Template,

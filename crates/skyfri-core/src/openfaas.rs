@@ -265,6 +265,7 @@ impl FunctionDeployment {
         // The template (known once the image is resolved) does not change validity.
         ScalePolicy::from_spec(&spec, Template::Http)?;
         crate::retry::validate(&spec).map_err(|e| e.to_string())?;
+        crate::triggers::validate(&spec).map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }

@@ -1,6 +1,7 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth), the invoke proxy under `/function`, async calls under `/async-function`
-//! (run by the dispatchers of [`async_calls`]), health and Prometheus metrics.
+//! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
+//! Prometheus metrics.
 
 pub mod api;
 pub mod async_calls;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod router;
 pub mod secrets;
 pub mod state;
+pub mod triggers;
 pub mod upstream;
 
 use std::future::Future;

@@ -17,8 +17,10 @@
 //! already known adds nothing ([`Enqueued::Duplicate`]), so a retried POST runs once.
 
 pub mod embedded;
+pub mod jetstream;
 
 pub use embedded::{Durability, EmbeddedOptions, EmbeddedQueue};
+pub use jetstream::{JetStreamOptions, JetStreamQueue};
 
 use std::time::Duration;
 

@@ -13,6 +13,10 @@ use skyfri_core::Template;
 use crate::provider::RuntimeError;
 use crate::templates;
 
+mod dependencies;
+
+pub use dependencies::PYTHON_PACKAGES;
+
 const PREFIX: &str = "sha256:";
 /// Where the user's files go inside an artefact.
 pub const FUNCTION_DIR: &str = "function";
@@ -39,9 +43,10 @@ impl ArtefactStore {
     }
 
     /// Copies the handler folder into an immutable content-addressed dir
-    /// `root/<hex>/function/` and writes the template's embedded shim files into `root/<hex>/`
-    /// (the hash covers the template name and every file's relative path, mode and contents).
-    /// Idempotent. Returns `"sha256:<hex>"`.
+    /// `root/<hex>/function/`, writes the template's embedded shim files into `root/<hex>/`
+    /// and installs the dependencies the folder declares (the hash covers the template name
+    /// and every file's relative path, mode and contents, so an unchanged folder is found
+    /// without running an installer). Idempotent. Returns `"sha256:<hex>"`.
     pub fn build(&self, template: Template, handler_dir: &Path) -> Result<String, RuntimeError> {
         let files = list_files(handler_dir)?;
         let hex = digest(template, &files)?;
@@ -224,12 +229,11 @@ fn assemble(template: Template, files: &[SourceFile], staging: &Path) -> Result<
     Ok(())
 }
 
-/// Dependency installation goes here: `pip install --target` for `requirements.txt`,
-/// `npm ci` for `package.json`, run inside `staging` before it is renamed into place (so
-/// installed dependencies become part of the immutable artefact). Not implemented yet: the
-/// handler folder is used as is.
-fn install_dependencies(_template: Template, _staging: &Path) -> Result<(), RuntimeError> {
-    Ok(())
+/// Installs what the handler folder declares (`requirements.txt`, `package.json`) inside
+/// `staging`, before it is renamed into place, so the dependencies become part of the
+/// immutable artefact. The hash covers those files, so changing one rebuilds.
+fn install_dependencies(template: Template, staging: &Path) -> Result<(), RuntimeError> {
+    dependencies::install(template, staging)
 }
 
 /// Compiles a Python handler (and whatever Python sits beside it) to bytecode at build,

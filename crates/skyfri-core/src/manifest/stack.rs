@@ -219,6 +219,7 @@ fn function(
     ScalePolicy::parse(&spec, template.unwrap_or(Template::Http))
         .map(|_| ())
         .and_then(|()| retry::validate(&spec))
+        .and_then(|()| crate::triggers::validate(&spec))
         .map_err(|e| {
             let mut path = at(&[]);
             path.push(place_field(e.place));

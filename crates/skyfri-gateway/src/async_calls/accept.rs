@@ -49,7 +49,10 @@ async fn enqueue(state: &AppState, req: Request) -> Result<Response, GatewayErro
             validate_call_id(id).map_err(GatewayError::bad_request)?;
             id.to_string()
         }
-        None => uuid::Uuid::new_v4().to_string(),
+        // Time-ordered (v7): a new id lands at the end of the embedded queue's id index
+        // rather than on a random page of it, which makes enqueues faster (compare
+        // `cargo run --release -p skyfri-queue --example enqueue_rate -- 64 200000 [ordered]`).
+        None => uuid::Uuid::now_v7().to_string(),
     };
     let callback_url = parts
         .headers

@@ -64,7 +64,7 @@ impl Ran {
 
     /// What went wrong, for the queue's record: the platform's reason, else the start of the
     /// function's answer.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if let Some(e) = &self.error {
             return e.clone();
         }
@@ -258,7 +258,12 @@ fn outgoing(call: &AsyncCall, attempt: u32) -> Result<Outgoing, GatewayError> {
 
 /// Sends the call once and reads the whole answer (bounded in size by the gateway's body
 /// limit and in time by the function's timeout).
-async fn run_once(state: &AppState, live: &Arc<Live>, call: &AsyncCall, attempt: u32) -> Ran {
+pub(crate) async fn run_once(
+    state: &AppState,
+    live: &Arc<Live>,
+    call: &AsyncCall,
+    attempt: u32,
+) -> Ran {
     let start = Instant::now();
     let result = match outgoing(call, attempt) {
         Ok(out) => {

@@ -339,6 +339,29 @@ def load_handler():
     return handler.handle
 
 
+def add_packages():
+    """Puts the packages `skyfri build` installed from requirements.txt (pip --target, into
+    python_packages/ beside the function folder) on the path: after the standard library and
+    before the system's site-packages, as a user site would be, with their .pth files read.
+    The exec template's process gets them through PYTHONPATH."""
+    packages = os.path.join(os.path.dirname(os.getcwd()), "python_packages")
+    if not os.path.isdir(packages) or packages in sys.path:
+        return
+    import site
+
+    before = list(sys.path)
+    site.addsitedir(packages)
+    added = [p for p in sys.path if p not in before]
+    at = next(
+        (i for i, p in enumerate(before) if p.endswith(("site-packages", "dist-packages"))),
+        len(before),
+    )
+    sys.path[:] = before[:at] + added + before[at:]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (packages, os.environ.get("PYTHONPATH")) if p
+    )
+
+
 def not_specialised(req):
     return 503, {"Content-Type": "text/plain; charset=utf-8"}, b"stem cell: not specialised yet"
 
@@ -347,6 +370,7 @@ def setup():
     """Loads the function for MODE from the current directory and environment."""
     global HANDLE, CALL, FPROCESS, TIMEOUT
     TIMEOUT = float(os.getenv("SKYFRI_TIMEOUT_SECONDS") or "60")
+    add_packages()
     if MODE == "exec":
         FPROCESS = os.getenv("fprocess")
         if not FPROCESS:

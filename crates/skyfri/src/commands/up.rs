@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
 use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::{AppState, GatewayConfig};
-use skyfri_queue::{EmbeddedQueue, Queue};
+use skyfri_queue::{EmbeddedQueue, JetStreamQueue, Queue};
 use skyfri_runtime::local::{Isolation, IsolationMode};
 use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
 use skyfri_store::Store;
@@ -39,10 +39,19 @@ pub struct Up {
     /// pids limits; `best-effort` takes what the host offers and warns about the rest.
     #[arg(long, value_enum, default_value_t = IsolationArg::BestEffort)]
     isolation: IsolationArg,
-    /// Where async calls are kept: `embedded` (`<data-dir>/queue.db`).
+    /// Where async calls are kept: `embedded` (`<data-dir>/queue.db`), or NATS JetStream at
+    /// `nats://HOST:PORT` (shared by every gateway pointed at it).
     #[arg(long, default_value = "embedded")]
     queue: String,
+    /// NATS server of the topic triggers (`topic` annotation); default: the `--queue` URL when
+    /// it is a `nats://` one, else nats://127.0.0.1:4222. Dialled only once a function with a
+    /// topic is deployed.
+    #[arg(long)]
+    nats: Option<String>,
 }
+
+/// Where topic triggers look for NATS unless told.
+const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum IsolationArg {
@@ -73,25 +82,32 @@ fn isolation(mode: IsolationArg) -> Result<Isolation> {
 /// What `--queue` names.
 enum QueueArg {
     Embedded,
+    JetStream(String),
 }
 
 impl QueueArg {
     fn parse(value: &str) -> Result<QueueArg> {
         match value {
             "embedded" => Ok(QueueArg::Embedded),
-            v if v.starts_with("nats://") => anyhow::bail!(
-                "--queue {v}: the NATS JetStream backend is not available yet; use --queue embedded"
-            ),
-            v => anyhow::bail!("--queue {v:?}: use \"embedded\""),
+            v if v.starts_with("nats://") || v.starts_with("tls://") => {
+                Ok(QueueArg::JetStream(v.to_owned()))
+            }
+            v => anyhow::bail!("--queue {v:?}: use \"embedded\" or nats://HOST:PORT"),
         }
     }
 
-    fn open(&self, data_dir: &Path) -> Result<Arc<dyn Queue>> {
+    async fn open(&self, data_dir: &Path) -> Result<Arc<dyn Queue>> {
         match self {
             QueueArg::Embedded => {
                 let path = data_dir.join("queue.db");
                 let queue = EmbeddedQueue::open(&path)
                     .with_context(|| format!("cannot open the async queue {}", path.display()))?;
+                Ok(queue)
+            }
+            QueueArg::JetStream(url) => {
+                let queue = JetStreamQueue::connect(url)
+                    .await
+                    .with_context(|| format!("cannot open the async queue at {url}"))?;
                 Ok(queue)
             }
         }
@@ -138,13 +154,21 @@ impl Up {
             .map(|f| StackFile::load(f, None))
             .transpose()?;
         let queue_arg = QueueArg::parse(&self.queue)?;
+        let nats_url = match &self.nats {
+            Some(url) => url.clone(),
+            None if self.queue.starts_with("nats://") => self.queue.clone(),
+            None => DEFAULT_NATS.to_string(),
+        };
+        if !nats_url.starts_with("nats://") && !nats_url.starts_with("tls://") {
+            anyhow::bail!("--nats {nats_url:?}: use a URL such as nats://127.0.0.1:4222");
+        }
         let data_dir = self
             .data_dir
             .unwrap_or_else(crate::client::default_data_dir);
         make_dir(&data_dir)?;
         let (password, generated) = admin_password(&data_dir)?;
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
-        let queue = queue_arg.open(&data_dir)?;
+        let queue = queue_arg.open(&data_dir).await?;
         let artefact_dir = data_dir.join("artefacts");
         let provider = LocalProvider::new(
             ArtefactStore::open(artefact_dir.clone())?,
@@ -197,6 +221,11 @@ impl Up {
             state.clone(),
             stop_rx.clone(),
         ));
+        let mut triggers = tokio::spawn(skyfri_gateway::triggers::run(
+            state.clone(),
+            skyfri_gateway::triggers::TriggerConfig { nats_url },
+            stop_rx.clone(),
+        ));
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stopping.send(true);
@@ -225,11 +254,12 @@ impl Up {
         server.abort();
         if served.is_some() && *stop_rx.borrow() {
             tokio::select! {
-                _ = &mut dispatchers => {}
+                _ = async { let _ = tokio::join!(&mut dispatchers, &mut triggers); } => {}
                 _ = &mut grace => {}
             }
         }
         dispatchers.abort();
+        triggers.abort();
         provider.shutdown().await;
         if let Some(served) = served {
             served?.context("gateway failed")?;

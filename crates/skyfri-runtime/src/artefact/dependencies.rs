@@ -1,0 +1,352 @@
+//! Installs the dependencies a handler folder declares into the artefact being built:
+//! `requirements.txt` with pip (the interpreter replicas run, `--target` a folder beside
+//! `function/` that the Python shim puts on `sys.path`), `package.json` with npm
+//! (`node_modules/` beside `handler.js`, where `require` finds it).
+//!
+//! Installers run on the building host, outside any sandbox, and the gateway builds archives
+//! uploaded to it; so no package code runs during an install: pip takes wheels only (building
+//! a source distribution runs its `setup.py`) and npm skips lifecycle scripts. Each run is
+//! bounded in time, and a failure names the file and ends with the installer's last lines.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skyfri_core::Template;
+
+use super::FUNCTION_DIR;
+use crate::provider::RuntimeError;
+
+/// The folder, beside `function/`, that pip installs a Python function's packages into. The
+/// shim (`skyfri_shim.py`, `add_packages`) looks for it under this name.
+pub const PYTHON_PACKAGES: &str = "python_packages";
+const REQUIREMENTS: &str = "requirements.txt";
+const PACKAGE_JSON: &str = "package.json";
+/// Long enough for a large wheel set on a slow link; a hung installer must not hold a build
+/// (and the gateway's blocking thread) forever.
+const TIMEOUT: Duration = Duration::from_secs(600);
+/// How much of the installer's output a failure shows: its error is nearly always at the end.
+const TAIL_LINES: usize = 20;
+/// Scratch files of a run, inside the staging dir and removed before it is renamed.
+const LOG_FILE: &str = ".install.log";
+const NPM_CACHE: &str = ".npm-cache";
+
+/// Installs what the handler folder in `staging/function/` declares, if anything.
+pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
+    let function = staging.join(FUNCTION_DIR);
+    match template {
+        Template::Python3 | Template::Python3Http | Template::Exec => {
+            let requirements = function.join(REQUIREMENTS);
+            if !requirements.is_file() || !declares_something(&requirements)? {
+                return Ok(());
+            }
+            let python = crate::local::Interpreters::resolve()
+                .python
+                .ok_or(RuntimeError::MissingInterpreter("python3"))?;
+            let target = staging.join(PYTHON_PACKAGES);
+            let mut cmd = Command::new(&python);
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-warn-script-location",
+                "--only-binary=:all:",
+                "--target",
+            ])
+            .arg(&target)
+            .args(["-r", REQUIREMENTS])
+            // Settings that contradict `--target` (PIP_USER makes pip refuse it) or would
+            // point the interpreter at other packages; proxies and index settings stay.
+            .env_remove("PIP_USER")
+            .env_remove("PIP_TARGET")
+            .env_remove("PIP_PREFIX")
+            .env_remove("PIP_REQUIRE_VIRTUALENV")
+            .env_remove("PYTHONPATH")
+            .env_remove("PYTHONHOME");
+            let hint = "fix requirements.txt and build again (skyfri installs wheels only: \
+                building a package from source would run its code on the build host, outside \
+                the sandbox)";
+            run(cmd, REQUIREMENTS, "pip", hint, staging)?;
+            seal(&target)
+        }
+        Template::Node => {
+            if !function.join(PACKAGE_JSON).is_file() {
+                return Ok(());
+            }
+            let node = crate::local::Interpreters::resolve()
+                .node
+                .ok_or(RuntimeError::MissingInterpreter("node"))?;
+            let npm = find_npm(&node).ok_or(RuntimeError::MissingInterpreter("npm"))?;
+            let locked = function.join("package-lock.json").is_file()
+                || function.join("npm-shrinkwrap.json").is_file();
+            let mut cmd = Command::new(&npm);
+            if locked {
+                cmd.arg("ci");
+            } else {
+                // No lock file to write back: the function's files stay what was hashed.
+                cmd.args(["install", "--no-package-lock"]);
+            }
+            cmd.args([
+                "--omit=dev",
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--update-notifier=false",
+                // Its log file would be deleted with the scratch cache; the tail is shown.
+                "--logs-max=0",
+            ])
+            .arg("--cache")
+            .arg(staging.join(NPM_CACHE));
+            // npm is a `#!/usr/bin/env node` script: let it find the node replicas run.
+            let mut path = node
+                .parent()
+                .map(|p| p.as_os_str().to_os_string())
+                .unwrap_or_default();
+            path.push(":/usr/local/bin:/usr/bin:/bin");
+            cmd.env("PATH", path);
+            let hint = if locked {
+                "fix package.json and build again (npm ci needs the lock file to match it; \
+                 packages' install scripts are not run)"
+            } else {
+                "fix package.json and build again (packages' install scripts are not run)"
+            };
+            let result = run(cmd, PACKAGE_JSON, "npm", hint, staging);
+            let _ = fs::remove_dir_all(staging.join(NPM_CACHE));
+            result?;
+            seal(&function.join("node_modules"))
+        }
+        Template::Http => Ok(()),
+    }
+}
+
+/// Whether a requirements file names anything: the OpenFaaS templates ship an empty one, and
+/// starting pip for it would cost a second per build.
+fn declares_something(requirements: &Path) -> Result<bool, RuntimeError> {
+    let text = fs::read_to_string(requirements)
+        .map_err(|e| RuntimeError::io(format!("reading {REQUIREMENTS}"), e))?;
+    Ok(text.lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#')
+    }))
+}
+
+/// npm beside `node` (both come from one package), else the first on `PATH`.
+fn find_npm(node: &Path) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(p) = node
+        .parent()
+        .map(|d| d.join("npm"))
+        .filter(|p| executable(p))
+    {
+        return Some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("npm"))
+        .find(|p| executable(p))
+}
+
+/// Runs an installer in `staging/function/` with its output in a scratch file, killing its
+/// process group after [`TIMEOUT`]. A failure names `file` and shows the output's tail.
+fn run(
+    mut cmd: Command,
+    file: &str,
+    installer: &str,
+    hint: &str,
+    staging: &Path,
+) -> Result<(), RuntimeError> {
+    let function = staging.join(FUNCTION_DIR);
+    let log_path = staging.join(LOG_FILE);
+    let log = fs::File::create(&log_path)
+        .map_err(|e| RuntimeError::io(format!("creating {}", log_path.display()), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| RuntimeError::io(format!("creating {}", log_path.display()), e))?;
+    cmd.current_dir(&function)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Its own group, so a timeout kills the installer's children too.
+        .process_group(0);
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        RuntimeError::io(
+            format!(
+                "{file}: running {installer} ({})",
+                cmd.get_program().to_string_lossy()
+            ),
+            e,
+        )
+    })?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() >= TIMEOUT => {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: signals the process group the child leads; no memory involved.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+                let _ = child.wait();
+                break Err(format!("did not finish within {}s", TIMEOUT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!("could not be waited for: {e}"));
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    let output = fs::read(&log_path).unwrap_or_default();
+    let _ = fs::remove_file(&log_path);
+    let failure = match status {
+        Ok(status) if status.success() => {
+            tracing::info!(
+                file,
+                installer,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "dependencies installed"
+            );
+            return Ok(());
+        }
+        Ok(status) => format!("failed ({status})"),
+        Err(reason) => reason,
+    };
+    tracing::warn!(
+        file,
+        installer,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "dependency install failed"
+    );
+    let text = String::from_utf8_lossy(&output)
+        // Paths inside the staging dir mean nothing to the user and would change every build.
+        .replace(&format!("{}/", function.display()), "")
+        .replace(&staging.display().to_string(), "<artefact>");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+    let hint = if installer == "pip" && text.contains("No module named pip") {
+        format!(
+            "pip is not installed for {}: install it (Debian: apt-get install python3-pip, or run scripts/setup.sh)",
+            cmd.get_program().to_string_lossy()
+        )
+    } else {
+        hint.to_string()
+    };
+    Err(RuntimeError::Invalid(format!(
+        "{file}: {installer} {failure} installing the function's dependencies; its last lines:\n{tail}\n{hint}"
+    )))
+}
+
+/// Makes installed files read-only like the rest of the artefact (keeping executable bits)
+/// and leaves every folder traversable by the sandbox user. Links (npm's `.bin/`) are left
+/// alone: they point inside the installed tree.
+fn seal(dir: &Path) -> Result<(), RuntimeError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.map_err(|e| {
+            RuntimeError::io(
+                format!("reading {}", dir.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let kind = entry.file_type();
+        let mode = if kind.is_dir() {
+            0o755
+        } else if kind.is_file() {
+            let executable = entry
+                .metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+            if executable {
+                0o555
+            } else {
+                0o444
+            }
+        } else {
+            continue;
+        };
+        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))
+            .map_err(|e| RuntimeError::io(format!("chmod {}", entry.path().display()), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requirement_lines_count() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join(REQUIREMENTS);
+        for (text, expected) in [
+            ("", false),
+            ("\n  \n", false),
+            ("# nothing yet\n", false),
+            ("six\n", true),
+            ("# pinned\nidna==3.7 # comment\n", true),
+        ] {
+            fs::write(&file, text)?;
+            assert_eq!(declares_something(&file)?, expected, "{text:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_install_names_the_file_and_shows_the_tail() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let staging = tempfile::tempdir()?;
+        fs::create_dir_all(staging.path().join(FUNCTION_DIR))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "for i in $(seq 1 50); do echo line $i; done; echo \"$PWD/x is bad\" >&2; exit 3",
+        ]);
+        let err = run(cmd, REQUIREMENTS, "pip", "fix it", staging.path())
+            .err()
+            .ok_or("succeeded")?
+            .to_string();
+        assert!(err.contains("requirements.txt: pip failed"), "{err}");
+        assert!(
+            err.contains("line 50") && !err.contains("line 20\n"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\nx is bad"),
+            "staging path not stripped: {err}"
+        );
+        assert!(!staging.path().join(LOG_FILE).exists());
+        Ok(())
+    }
+
+    #[test]
+    fn sealed_files_are_read_only_and_folders_traversable() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let pkg = dir.path().join("pkg");
+        fs::create_dir_all(pkg.join("sub"))?;
+        fs::write(pkg.join("a.py"), "")?;
+        fs::write(pkg.join("sub/tool"), "")?;
+        fs::set_permissions(pkg.join("sub/tool"), fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(pkg.join("sub"), fs::Permissions::from_mode(0o700))?;
+        seal(&pkg)?;
+        let mode = |p: &str| -> std::io::Result<u32> {
+            Ok(fs::metadata(pkg.join(p))?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode("a.py")?, 0o444);
+        assert_eq!(mode("sub/tool")?, 0o555);
+        assert_eq!(mode("sub")?, 0o755);
+        Ok(())
+    }
+}

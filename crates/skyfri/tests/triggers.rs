@@ -1,0 +1,399 @@
+//! Event triggers end to end against a real nats-server with JetStream (started by the test
+//! on a free port: Debian's `nats-server`, 2.9): topic messages invoke their
+//! function once each, across a restart of skyfri; failures are redelivered; cron schedules
+//! fire; a bad schedule is refused at deploy. Invocations are observed in the functions' logs
+//! (`skyfri logs`).
+//!
+//! The orders example's ingest function publishes with nats-py; these tests publish from the
+//! test itself (a plain NATS `PUB` with a reply inbox, which JetStream acknowledges), so that
+//! they do not depend on installing Python packages at build time.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixtures, Platform};
+
+/// Debian's nats-server, else one on the PATH.
+fn nats_server() -> PathBuf {
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("no nats-server: install Debian's (apt-get install nats-server, see scripts/setup.sh)")
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A nats-server with JetStream, on a free port, storing in a temporary dir.
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        Nats::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Nats {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(nats_server())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let nats = Nats {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a request (PUB with a reply inbox) and returns the first reply's payload.
+    fn request(&self, subject: &str, data: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to NATS");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("INFO");
+        assert!(line.starts_with("INFO"), "{line}");
+        let mut out = Vec::new();
+        out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        out.extend_from_slice(b"SUB _INBOX.skyfri-test 1\r\n");
+        out.extend_from_slice(
+            format!("PUB {subject} _INBOX.skyfri-test {}\r\n", data.len()).as_bytes(),
+        );
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        s.write_all(&out).expect("publish");
+        loop {
+            line.clear();
+            r.read_line(&mut line).expect("reply from NATS");
+            if line.starts_with("PING") {
+                s.write_all(b"PONG\r\n").expect("pong");
+                continue;
+            }
+            assert!(!line.starts_with("-ERR"), "NATS refused: {line}");
+            if let Some(head) = line.strip_prefix("MSG ") {
+                let len: usize = head
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .expect("MSG length");
+                let mut payload = vec![0; len + 2];
+                r.read_exact(&mut payload).expect("payload");
+                payload.truncate(len);
+                return String::from_utf8_lossy(&payload).into_owned();
+            }
+        }
+    }
+
+    /// Publishes to a subject a stream captures; returns once JetStream has stored it.
+    fn publish(&self, subject: &str, data: &str) {
+        let ack = self.request(subject, data.as_bytes());
+        assert!(ack.contains("\"seq\""), "not stored by JetStream: {ack}");
+    }
+
+    /// The examples' ORDERS stream: `orders.>`, file storage, limits, a year, 64 KiB.
+    fn create_orders_stream(&self) {
+        let config = r#"{"name":"ORDERS","subjects":["orders.>"],"storage":"file","retention":"limits","max_age":31536000000000000,"max_msg_size":65536,"num_replicas":1}"#;
+        let reply = self.request("$JS.API.STREAM.CREATE.ORDERS", config.as_bytes());
+        assert!(!reply.contains("\"error\""), "stream not created: {reply}");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn deploy(p: &Platform, dir: &Path, file: &str, filter: Option<&str>) {
+    let mut args = vec!["deploy", "-f", file];
+    if let Some(f) = filter {
+        args.extend(["--filter", f]);
+    }
+    let out = p.cli_in(dir, &args, "");
+    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
+}
+
+fn logs(p: &Platform, function: &str) -> String {
+    let out = p.cli(&["logs", function], "");
+    assert!(out.ok, "logs {function}: {}", out.stderr);
+    out.stdout
+}
+
+/// Waits until `check` holds for the function's logs; returns them.
+fn wait_logs(
+    p: &Platform,
+    function: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = logs(p, function);
+        if check(&l) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{function}: {what} not seen within {within:?}; its logs:\n{l}\nplatform:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the platform's own output has `needle` at least `n` times.
+fn wait_output(p: &Platform, needle: &str, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while p.logs().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not logged {n} times within {within:?}:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many log lines say this order was processed.
+fn processed(logs: &str, id: &str) -> usize {
+    let want = format!("processed order {id}");
+    logs.lines()
+        .filter(|l| l.trim_end().ends_with(&want))
+        .count()
+}
+
+fn orders_dir() -> PathBuf {
+    fixtures().join("triggers/orders")
+}
+
+#[test]
+fn each_topic_message_is_processed_once_across_a_restart() {
+    let nats = Nats::start();
+    nats.create_orders_stream();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let url = nats.url();
+    let p = Platform::start_in(&data, &["--nats", &url]);
+    // The example as users have it; its ingest function needs nats-py, so only the processor
+    // is deployed and the test publishes the orders.
+    deploy(&p, &orders_dir(), "stack.yml", Some("order-processor"));
+    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+
+    let first: Vec<String> = (1..=5).map(|i| format!("order-{i:02}")).collect();
+    for id in &first {
+        nats.publish("orders.created", &format!(r#"{{"order_id":"{id}"}}"#));
+    }
+    wait_logs(
+        &p,
+        "order-processor",
+        Duration::from_secs(60),
+        "the first five orders",
+        |l| first.iter().all(|id| processed(l, id) >= 1),
+    );
+    p.stop();
+
+    // Published while skyfri is down: delivered after the restart.
+    let second: Vec<String> = (6..=8).map(|i| format!("order-{i:02}")).collect();
+    for id in &second {
+        nats.publish("orders.created", &format!(r#"{{"order_id":"{id}"}}"#));
+    }
+    let p = Platform::start_in(&data, &["--nats", &url]);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_logs(
+        &p,
+        "order-processor",
+        Duration::from_secs(60),
+        "the orders published while skyfri was down",
+        |l| second.iter().all(|id| processed(l, id) >= 1),
+    );
+    // Give a wrong redelivery of the acked ones a chance to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let l = logs(&p, "order-processor");
+    for id in &all {
+        assert_eq!(processed(&l, id), 1, "{id} processed other than once:\n{l}");
+    }
+    // Removal stops the trigger and deletes its durable consumer.
+    let out = p.cli(&["rm", "order-processor"], "");
+    assert!(out.ok, "rm: {}", out.stderr);
+    wait_output(&p, "durable consumer deleted", 1, Duration::from_secs(30));
+}
+
+/// The orders example unchanged: order-ingest (python3-http with nats-py, installed at build)
+/// publishes each accepted order to the ORDERS stream; order-processor is invoked once per
+/// message through its `topic` annotation.
+#[test]
+fn the_orders_example_processes_each_accepted_order_once() {
+    let nats = Nats::start();
+    nats.create_orders_stream();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = Platform::start_in(&tmp.path().join("data"), &["--nats", &nats.url()]);
+    // The stack reads NATS_URL when it is deployed, as faas-cli's envsubst does.
+    let out = Command::new(env!("CARGO_BIN_EXE_skyfri"))
+        .args(["deploy", "-f", "stack.yml"])
+        .current_dir(orders_dir())
+        .env("SKYFRI_URL", p.url())
+        .env("SKYFRI_PASSWORD", common::PASSWORD)
+        .env("NATS_URL", nats.url())
+        .env_remove("OPENFAAS_URL")
+        .output()
+        .expect("run skyfri deploy");
+    assert!(
+        out.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+    let ids = ["A-1", "A-2", "A-3"];
+    for id in ids {
+        let body = format!(r#"{{"order_id":"{id}","amount":5}}"#);
+        let r = p.http("POST", "/function/order-ingest", &[], body.as_bytes());
+        assert_eq!(r.status, 202, "{id}: {}", r.text());
+        assert_eq!(r.json()["accepted"], id);
+    }
+    let refused = p.http("POST", "/function/order-ingest", &[], b"{}");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let l = wait_logs(
+        &p,
+        "order-processor",
+        Duration::from_secs(60),
+        "every accepted order",
+        |l| ids.iter().all(|id| processed(l, id) >= 1),
+    );
+    for id in ids {
+        assert_eq!(processed(&l, id), 1, "{id}:\n{l}");
+    }
+}
+
+#[test]
+fn failed_topic_messages_are_redelivered_and_cron_ticks_fire() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = Platform::start_in(&tmp.path().join("data"), &["--nats", &nats.url()]);
+    deploy(&p, &fixtures().join("triggers"), "stack.yml", None);
+    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+    // No stream captured jobs.flaky: skyfri made one, and said so.
+    assert!(
+        p.logs().contains("created one (file storage"),
+        "{}",
+        p.logs()
+    );
+    nats.publish("jobs.flaky", "job-1");
+    let l = wait_logs(
+        &p,
+        "flaky-topic",
+        Duration::from_secs(60),
+        "the third delivery",
+        |l| l.contains("flaky-topic done job-1 on attempt 3 via jobs.flaky"),
+    );
+    assert!(
+        l.contains("failed job-1 on attempt 1") && l.contains("failed job-1 on attempt 2"),
+        "{l}"
+    );
+
+    // Every second, POST with the schedule in a header, as async calls with cron ids.
+    wait_logs(&p, "ticker", Duration::from_secs(30), "three ticks", |l| {
+        l.matches("tick POST * * * * * *").count() >= 3
+    });
+    let calls = p
+        .admin("GET", "/system/async/calls?function=ticker", "")
+        .json();
+    let ids: Vec<String> = calls
+        .as_array()
+        .or_else(|| calls["calls"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["call"]["id"].as_str().or(c["id"].as_str()))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        ids.len() >= 3 && ids.iter().all(|id| id.starts_with("cron-ticker-0-")),
+        "{calls}"
+    );
+}
+
+#[test]
+fn topic_functions_deploy_while_nats_is_down_and_get_messages_once_it_is_up() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = Platform::start_in(&tmp.path().join("data"), &["--nats", &url]);
+    deploy(
+        &p,
+        &fixtures().join("triggers"),
+        "stack.yml",
+        Some("flaky-topic"),
+    );
+    // Deployed and callable over HTTP; NATS's absence is said loudly, and tried again.
+    let r = p.http(
+        "POST",
+        "/function/flaky-topic",
+        &[("X-Skyfri-Attempt", "3")],
+        b"direct",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_output(&p, "NATS is unreachable", 2, Duration::from_secs(30));
+    let nats = Nats::start_on(port);
+    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(60));
+    nats.publish("jobs.flaky", "job-late");
+    wait_logs(
+        &p,
+        "flaky-topic",
+        Duration::from_secs(60),
+        "the message published once NATS was up",
+        |l| l.contains("flaky-topic done job-late on attempt 3"),
+    );
+}
+
+#[test]
+fn a_bad_schedule_fails_the_deploy() {
+    let p = Platform::start();
+    let out = p.cli_in(
+        &fixtures().join("triggers"),
+        &["deploy", "-f", "bad-schedule.yml"],
+        "",
+    );
+    assert!(!out.ok, "deployed: {}", out.stdout);
+    assert!(
+        out.stderr.contains("annotations.schedule") && out.stderr.contains("every monday"),
+        "{}",
+        out.stderr
+    );
+}
