@@ -3,7 +3,10 @@
 //! (encrypted, see `secrets`). The database and the secret key are readable by their owner
 //! only.
 
+mod schema;
 mod secrets;
+
+pub use schema::SCHEMA_VERSION;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -24,6 +27,8 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("store: the database has schema version {found}, written by a newer skyfri (this one knows up to {supported}); run that version or restore a backup")]
+    NewerSchema { found: u32, supported: u32 },
     #[error("store: lock poisoned")]
     Poisoned,
     #[error("store: {path}: {source}")]
@@ -63,19 +68,6 @@ pub struct Store {
     secret_key: secrets::SecretKey,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS functions (
-    name TEXT PRIMARY KEY,
-    deployment TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS images (
-    name TEXT PRIMARY KEY,
-    artefact TEXT NOT NULL,
-    template TEXT NOT NULL
-);
-";
-
 impl Store {
     /// Opens (or creates) the database at `path`. The secret key is `secret.key` beside it,
     /// made at the first open.
@@ -96,11 +88,10 @@ impl Store {
             p.push(suffix);
             restrict(Path::new(&p))?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(secrets::SCHEMA)?;
+        schema::migrate(&mut conn)?;
         let secret_key = secrets::SecretKey::open(&conn, &path.with_file_name(secrets::KEY_FILE))?;
         Ok(Store {
             conn: Mutex::new(conn),

@@ -32,19 +32,6 @@ const NONCE_LEN: usize = 12;
 /// Associated data of the check value; never a secret's, since a space is not valid in a name.
 const CHECK_AAD: &[u8] = b"skyfri key check";
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS secret_key_check (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL
-);
-";
-
 /// The install's secret key, ready to seal and open values.
 pub(crate) struct SecretKey {
     cipher: Aes256Gcm,
