@@ -66,43 +66,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_database_from_before_versioning_is_taken_as_is() {
-        let mut conn = Connection::open_in_memory().unwrap();
+    fn a_database_from_before_versioning_is_taken_as_is() -> Result<(), StoreError> {
+        let mut conn = Connection::open_in_memory()?;
         // The first releases' layout, without user_version.
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[0])?;
         conn.execute(
             "INSERT INTO functions VALUES ('hello', '{}', '2026-11-01T00:00:00Z')",
             [],
-        )
-        .unwrap();
-        migrate(&mut conn).unwrap();
-        let v: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        )?;
+        migrate(&mut conn)?;
+        let v: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         assert_eq!(v, SCHEMA_VERSION);
-        let n: u32 = conn
-            .query_row("SELECT count(*) FROM functions", [], |r| r.get(0))
-            .unwrap();
+        let n: u32 = conn.query_row("SELECT count(*) FROM functions", [], |r| r.get(0))?;
         assert_eq!(n, 1, "rows written before versioning are kept");
+        Ok(())
     }
 
     #[test]
-    fn a_newer_database_is_refused() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        let err = migrate(&mut conn).unwrap_err();
-        assert!(err.to_string().contains("newer skyfri"), "{err}");
+    fn a_newer_database_is_refused() -> Result<(), StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+        match migrate(&mut conn) {
+            Err(err) => assert!(err.to_string().contains("newer skyfri"), "{err}"),
+            Ok(()) => panic!("a database from a newer skyfri was opened"),
+        }
+        Ok(())
     }
 
     #[test]
-    fn migrating_twice_changes_nothing() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        migrate(&mut conn).unwrap();
-        migrate(&mut conn).unwrap();
-        let v: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+    fn migrating_twice_changes_nothing() -> Result<(), StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        migrate(&mut conn)?;
+        let v: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         assert_eq!(v, SCHEMA_VERSION);
+        Ok(())
     }
 }
