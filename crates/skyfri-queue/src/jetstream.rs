@@ -384,7 +384,7 @@ impl Inner {
     fn check_size(&self, id: &str, len: usize) -> Result<(), QueueError> {
         let max = self.client.server_info().max_payload;
         if len + HEADER_ROOM > max {
-            return Err(QueueError::Backend(format!(
+            return Err(QueueError::TooLarge(format!(
                 "call {id:?} is {len} bytes stored, more than the NATS server at {} takes in \
                  one message (max_payload {max} bytes); raise max_payload in nats-server's \
                  configuration (64 MB at most) or use the embedded queue",

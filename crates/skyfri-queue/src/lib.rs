@@ -199,6 +199,9 @@ pub enum QueueError {
     UnknownState(String),
     #[error("queue: the queue is shutting down")]
     Closed,
+    /// A call larger than the backend can store in one record (a caller's mistake: 413).
+    #[error("queue: {0}")]
+    TooLarge(String),
 }
 
 #[async_trait::async_trait]

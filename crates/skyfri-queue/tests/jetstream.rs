@@ -1018,7 +1018,7 @@ async fn a_call_too_large_for_nats_is_refused(server: &Server) {
     let mut big = call("big", "f");
     big.body = Bytes::from(vec![7u8; 2 << 20]);
     match q.enqueue(big).await {
-        Err(QueueError::Backend(e)) => assert!(e.contains("max_payload"), "{e}"),
+        Err(QueueError::TooLarge(e)) => assert!(e.contains("max_payload"), "{e}"),
         other => panic!("a 2 MB call was not refused: {other:?}"),
     }
     assert!(q.get("big").await.expect("get").is_none());

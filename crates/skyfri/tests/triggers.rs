@@ -397,3 +397,93 @@ fn a_bad_schedule_fails_the_deploy() {
         out.stderr
     );
 }
+
+/// Every line of a function's logs that starts with `prefix`, then an id: the ids, in order.
+fn ids_after(logs: &str, prefix: &str) -> Vec<String> {
+    logs.lines()
+        .filter_map(|l| l.split_once(prefix))
+        .filter_map(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Two gateways pointed at one NATS (`--queue nats://`) share the async calls: each call runs
+/// once, whichever gateway accepted it (an id sent to both is the same call), both gateways do
+/// some of the work, and a cron schedule deployed on both fires once per tick.
+#[test]
+fn two_gateways_on_one_nats_share_async_calls_and_cron_ticks() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = nats.url();
+    let a = Platform::start_in(&tmp.path().join("a"), &["--queue", &url]);
+    let b = Platform::start_in(&tmp.path().join("b"), &["--queue", &url]);
+    for p in [&a, &b] {
+        deploy(p, &fixtures().join("triggers"), "shared.yml", None);
+    }
+
+    let calls = 200;
+    let ids: Vec<String> = (0..calls).map(|i| format!("shared-{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (first, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let r = first.http("POST", "/async-function/count", &[("X-Call-Id", id)], b"x");
+        assert_eq!(r.status, 202, "{}", r.text());
+        if i % 10 == 0 {
+            // The same call again, at the other gateway: accepted, not run twice.
+            let r = other.http("POST", "/async-function/count", &[("X-Call-Id", id)], b"x");
+            assert_eq!(r.status, 202, "{}", r.text());
+        }
+    }
+    let ran = |p: &Platform| ids_after(&logs(p, "count"), "ran ");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut all = ran(&a);
+        all.extend(ran(&b));
+        if ids.iter().all(|id| all.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every call ran within 120 s ({} runs seen)\nA:\n{}\nB:\n{}",
+            all.len(),
+            a.logs(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Give a duplicate delivery a chance to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let (on_a, on_b) = (ran(&a), ran(&b));
+    for id in &ids {
+        let n = on_a.iter().chain(&on_b).filter(|r| *r == id).count();
+        assert_eq!(n, 1, "{id} ran {n} times");
+    }
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "one gateway did all the work: A ran {}, B ran {}",
+        on_a.len(),
+        on_b.len()
+    );
+
+    // The ticker is deployed on both: each tick's call (one id per tick) runs once.
+    let ticks = |p: &Platform| ids_after(&logs(p, "ticker"), "id=");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all: Vec<String> = ticks(&a).into_iter().chain(ticks(&b)).collect();
+        if all.len() >= 4 {
+            let mut distinct = all.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), all.len(), "a tick ran twice: {all:?}");
+            assert!(
+                all.iter().all(|id| id.starts_with("cron-ticker-0-")),
+                "{all:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "four ticks not seen within 60 s: {all:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -65,6 +65,10 @@ pub(crate) fn queue_error(e: QueueError) -> GatewayError {
             status: StatusCode::CONFLICT,
             message: e.to_string(),
         },
+        QueueError::TooLarge(_) => GatewayError::Platform {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: e.to_string(),
+        },
         QueueError::Backend(_) => GatewayError::Platform {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: e.to_string(),
