@@ -14,6 +14,9 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
 # The JetStream queue's tests start their own nats-server (`--queue nats://...` needs one).
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+# The gateway's TLS tests make certificates with openssl and talk HTTP/2 with curl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -12,6 +12,7 @@ pub mod invoke;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
+pub mod server;
 pub mod state;
 pub mod triggers;
 pub mod upstream;
@@ -99,18 +100,13 @@ pub async fn restore(state: &AppState) -> Result<usize, GatewayError> {
     Ok(started)
 }
 
-/// Serves on a bound listener until `shutdown` completes.
+/// Serves the gateway on a bound listener until `shutdown` completes (see `server`).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: server::ServerLimits,
+    tls: Option<std::sync::Arc<server::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and latency matters: no Nagle delay on client connections.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, router(state), limits, tls, shutdown).await
 }

@@ -205,9 +205,15 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
     let gateway = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
     let mut graceful = stopped.clone();
-    tokio::spawn(crate::serve(listener, state.clone(), async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    }));
+    tokio::spawn(crate::serve(
+        listener,
+        state.clone(),
+        crate::server::ServerLimits::default(),
+        None,
+        async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        },
+    ));
     let dispatcher = tokio::spawn(super::dispatcher::run(state.clone(), stopped));
     Harness {
         state,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
 use skyfri_gateway::secrets::StoreSecrets;
+use skyfri_gateway::server::{self, ServerLimits, Tls};
 use skyfri_gateway::{AppState, GatewayConfig};
 use skyfri_queue::{EmbeddedQueue, JetStreamQueue, Queue};
 use skyfri_runtime::local::{Isolation, IsolationMode};
@@ -48,6 +49,26 @@ pub struct Up {
     /// topic is deployed.
     #[arg(long)]
     nats: Option<String>,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2) with this PEM certificate chain; needs --tls-key.
+    /// SIGHUP reloads both files without dropping open connections.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a complete request head, from connecting or from the
+    /// previous answer (so also how long an idle keep-alive connection stays open).
+    #[arg(long, default_value_t = server::DEFAULT_HEADER_TIMEOUT_SECS)]
+    header_timeout: u64,
+    /// Largest request head (request line and headers) in bytes; over it: 431.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Most header fields in one request; over it: 431.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_HEADERS)]
+    max_headers: usize,
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// Where topic triggers look for NATS unless told.
@@ -177,6 +198,18 @@ impl Up {
             isolation(self.isolation)?,
             Arc::new(StoreSecrets(store.clone())),
         )?;
+        let limits = ServerLimits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_connections: self.max_connections,
+        };
+        limits.validate().map_err(anyhow::Error::msg)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        raise_open_file_limit(limits.max_connections);
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("cannot listen on {}", self.listen))?;
@@ -192,7 +225,8 @@ impl Up {
             Arc::new(ArtefactStore::open(artefact_dir)?),
             queue,
         );
-        let url = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
         println!("skyfri gateway listening on {url}");
         println!("data dir: {}", data_dir.display());
         println!("async queue: {}", state.queue.backend());
@@ -210,9 +244,18 @@ impl Up {
         }
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let mut graceful = stop_rx.clone();
-        let mut server = tokio::spawn(skyfri_gateway::serve(listener, state.clone(), async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        }));
+        if let Some(tls) = tls.clone() {
+            tokio::spawn(reload_on_sighup(tls));
+        }
+        let mut server = tokio::spawn(skyfri_gateway::serve(
+            listener,
+            state.clone(),
+            limits,
+            tls,
+            async move {
+                let _ = graceful.wait_for(|s| *s).await;
+            },
+        ));
         tokio::spawn(skyfri_gateway::autoscale::run(
             state.clone(),
             stop_rx.clone(),
@@ -265,6 +308,50 @@ impl Up {
             served?.context("gateway failed")?;
         }
         Ok(())
+    }
+}
+
+/// Reloads the certificate on every SIGHUP; a failed reload keeps the old one.
+async fn reload_on_sighup(tls: Arc<Tls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded; the old one stays")
+            }
+        }
+    }
+}
+
+/// Each connection is a file descriptor: lifts the soft limit towards the hard one so that
+/// `--max-connections` can be reached, and warns when it cannot.
+fn raise_open_file_limit(connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+    // Room for replicas' sockets, logs and databases beside the connections.
+    let wanted = connections as u64 + 1024;
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections = connections,
+            "the open-file limit is below --max-connections plus room for the platform; raise LimitNOFILE (systemd) or ulimit -n"
+        );
     }
 }
 

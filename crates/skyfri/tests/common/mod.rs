@@ -60,7 +60,10 @@ impl Platform {
         std::thread::spawn(move || {
             let mut addr_sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("skyfri gateway listening on http://") {
+                let listening = line.strip_prefix("skyfri gateway listening on ");
+                if let Some(url) =
+                    listening.and_then(|u| u.strip_prefix("http://").or(u.strip_prefix("https://")))
+                {
                     let _ = tx.send(Ok(url.to_string()));
                     addr_sent = true;
                 }
