@@ -143,6 +143,12 @@ impl fmt::Display for Setting {
     }
 }
 
+/// Whether `key` belongs to a kernel module (conntrack) and exists only once it is loaded:
+/// its absence is no problem, and a sysctl.d file sets it with `-` (skip if missing).
+pub fn is_module_setting(key: &str) -> bool {
+    key.starts_with("net.netfilter.")
+}
+
 /// Parses a value as `/proc/sys` or `sysctl` shows it: whitespace-separated integers.
 pub fn parse_value(text: &str) -> Result<Vec<u64>, String> {
     let values: Vec<u64> = text
