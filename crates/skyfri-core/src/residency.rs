@@ -48,7 +48,10 @@ pub fn find_urls(value: &str) -> Vec<FoundUrl> {
 
 fn parse(token: &str) -> Option<FoundUrl> {
     let (scheme, rest) = token.split_once("://")?;
-    let valid = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+    let valid = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
@@ -90,9 +93,17 @@ fn mask_query(tail: &str) -> String {
 
 fn is_credential(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["pass", "secret", "token", "key", "auth", "pwd", "credential"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "pass",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "pwd",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 #[cfg(test)]
@@ -114,7 +125,10 @@ mod tests {
                 store: true,
             }]
         );
-        assert_eq!(masked("redis://:pw@cache:6379/0"), ["redis://:****@cache:6379/0"]);
+        assert_eq!(
+            masked("redis://:pw@cache:6379/0"),
+            ["redis://:****@cache:6379/0"]
+        );
         assert_eq!(masked("nats://app@nats:4222"), ["nats://app@nats:4222"]);
         assert_eq!(
             masked("mysql://u:p@a:b@h/db"),

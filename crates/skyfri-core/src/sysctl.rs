@@ -134,12 +134,7 @@ impl Setting {
 
 impl fmt::Display for Setting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}",
-            self.rule.describe(),
-            Setting::show(&self.value)
-        )
+        write!(f, "{} {}", self.rule.describe(), Setting::show(&self.value))
     }
 }
 
@@ -281,9 +276,10 @@ mod tests {
     #[test]
     fn targets_never_make_a_host_worse() {
         let file_max = setting("fs.file-max");
-        assert_eq!(file_max.target(Some(&[9_223_372_036_854_775_807])), vec![
-            9_223_372_036_854_775_807
-        ]);
+        assert_eq!(
+            file_max.target(Some(&[9_223_372_036_854_775_807])),
+            vec![9_223_372_036_854_775_807]
+        );
         assert_eq!(file_max.target(Some(&[65536])), vec![2_097_152]);
         assert_eq!(file_max.target(None), vec![2_097_152]);
         assert_eq!(setting("vm.swappiness").target(Some(&[1])), vec![1]);
@@ -318,7 +314,10 @@ mod tests {
     fn rendered_files_parse_back() -> Result<(), ParseError> {
         let values = vec![
             ("vm.swappiness".to_string(), vec![10]),
-            ("net.ipv4.ip_local_port_range".to_string(), vec![1024, 65535]),
+            (
+                "net.ipv4.ip_local_port_range".to_string(),
+                vec![1024, 65535],
+            ),
         ];
         let text = render(&values);
         assert!(text.starts_with(MARKER));

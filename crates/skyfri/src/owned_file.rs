@@ -29,7 +29,11 @@ pub fn write(path: &Path, marker: &str, content: &str, mode: u32, force: bool) -
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        bail!("cannot write {}: {} is not a directory", path.display(), dir.display());
+        bail!(
+            "cannot write {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
     }
     let name = path
         .file_name()
@@ -85,7 +89,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("not written by skyfri") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("not written by skyfri") && err.contains("--force"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&path)?, "theirs\n");
         write(&path, "# ours", "# ours\nc\n", 0o644, true)?;
         assert_eq!(std::fs::read_to_string(&path)?, "# ours\nc\n");

@@ -27,10 +27,9 @@ pub fn check_unit_path(what: &str, path: &Path) -> Result<String> {
     if !path.is_absolute() {
         bail!("{what} {text:?}: must be an absolute path");
     }
-    if let Some(c) = text
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '"' | '\'' | '\\' | ';' | '$'))
-    {
+    if let Some(c) = text.chars().find(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '%' | '"' | '\'' | '\\' | ';' | '$')
+    }) {
         bail!("{what} {text:?}: {c:?} cannot go into a systemd unit unquoted; use a plainer path");
     }
     Ok(text.to_string())
@@ -138,14 +137,24 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("skyfri.env");
         assert!(read_env_file(&path)?.is_empty());
-        std::fs::write(&path, env_file("/var/lib/skyfri") + "SKYFRI_NATS=\"nats://h:1\"\n")?;
+        std::fs::write(
+            &path,
+            env_file("/var/lib/skyfri") + "SKYFRI_NATS=\"nats://h:1\"\n",
+        )?;
         let vars = read_env_file(&path)?;
-        let get = |k: &str| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("SKYFRI_QUEUE"), Some("embedded"));
         assert_eq!(get("SKYFRI_ADMIN_PASSWORD"), Some(""));
         assert_eq!(get("SKYFRI_NATS"), Some("nats://h:1"));
         std::fs::write(&path, "A=1\nbroken\n")?;
-        let err = read_env_file(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = read_env_file(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains(":2:"), "{err}");
         Ok(())
     }

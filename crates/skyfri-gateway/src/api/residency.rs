@@ -66,7 +66,8 @@ pub struct Outbound {
     pub when: String,
 }
 
-pub const TELEMETRY: &str = "none: skyfri sends no telemetry, usage data or crash reports, and never checks for updates";
+pub const TELEMETRY: &str =
+    "none: skyfri sends no telemetry, usage data or crash reports, and never checks for updates";
 
 fn masked(url: &str) -> String {
     find_urls(url)

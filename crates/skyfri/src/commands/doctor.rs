@@ -78,7 +78,12 @@ impl Check {
         }
     }
 
-    fn bad(status: Status, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    fn bad(
+        status: Status,
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             status,
@@ -220,10 +225,9 @@ fn kernel() -> Result<Vec<Check>> {
                 format!("cannot read /proc/sys/{}: {e}", s.proc_path()),
                 "run skyfri doctor where /proc/sys is readable",
             ),
-            Some(Ok(v)) if s.is_met_by(&v) => Check::ok(
-                name,
-                format!("{} (recommended {s})", Setting::show(&v)),
-            ),
+            Some(Ok(v)) if s.is_met_by(&v) => {
+                Check::ok(name, format!("{} (recommended {s})", Setting::show(&v)))
+            }
             Some(Ok(v)) => Check::bad(
                 Status::Warn,
                 name,
@@ -271,7 +275,12 @@ fn write_sysctl(path: &Path, force: bool, json: bool) -> Result<()> {
     if json {
         let settings: serde_json::Map<String, serde_json::Value> = values
             .iter()
-            .map(|(k, v)| (k.trim_start_matches('-').to_string(), Setting::show(v).into()))
+            .map(|(k, v)| {
+                (
+                    k.trim_start_matches('-').to_string(),
+                    Setting::show(v).into(),
+                )
+            })
             .collect();
         let out = serde_json::json!({
             "written": path,
@@ -328,7 +337,10 @@ fn isolation() -> Vec<Check> {
             "user namespaces are disabled (user.max_user_namespaces = 0)",
             "sysctl -w user.max_user_namespaces=15000",
         ),
-        (true, _) => Check::ok("isolation.namespaces", "user, mount and pid namespaces available"),
+        (true, _) => Check::ok(
+            "isolation.namespaces",
+            "user, mount and pid namespaces available",
+        ),
     });
     let report = iso.report();
     // SAFETY: geteuid has no preconditions.
@@ -394,7 +406,12 @@ fn disk(data_dir: &Path) -> Check {
         );
     };
     let Ok(c_path) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
-        return Check::bad(Status::Warn, "disk.data_dir", "path contains NUL", "pass --data-dir");
+        return Check::bad(
+            Status::Warn,
+            "disk.data_dir",
+            "path contains NUL",
+            "pass --data-dir",
+        );
     };
     // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -402,7 +419,11 @@ fn disk(data_dir: &Path) -> Check {
         return Check::bad(
             Status::Warn,
             "disk.data_dir",
-            format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()),
+            format!(
+                "statvfs {}: {}",
+                existing.display(),
+                std::io::Error::last_os_error()
+            ),
             "pass --data-dir",
         );
     }
@@ -433,7 +454,12 @@ async fn interpreters() -> Vec<Check> {
     let found = Interpreters::resolve();
     let mut out = Vec::new();
     for (name, path, templates, package) in [
-        ("python3", found.python, "python3, python3-http and exec", "python3"),
+        (
+            "python3",
+            found.python,
+            "python3, python3-http and exec",
+            "python3",
+        ),
         ("node", found.node, "node", "nodejs"),
     ] {
         let check_name = format!("interpreter.{name}");
@@ -450,32 +476,38 @@ async fn interpreters() -> Vec<Check> {
             .arg("--version")
             .kill_on_drop(true)
             .output();
-        out.push(match tokio::time::timeout(Duration::from_secs(10), version).await {
-            Ok(Ok(o)) if o.status.success() => {
-                let text = String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout })
+        out.push(
+            match tokio::time::timeout(Duration::from_secs(10), version).await {
+                Ok(Ok(o)) if o.status.success() => {
+                    let text = String::from_utf8_lossy(if o.stdout.is_empty() {
+                        &o.stderr
+                    } else {
+                        &o.stdout
+                    })
                     .trim()
                     .to_string();
-                Check::ok(check_name, format!("{} ({text})", path.display()))
-            }
-            Ok(Ok(o)) => Check::bad(
-                Status::Warn,
-                check_name,
-                format!("{} --version failed ({})", path.display(), o.status),
-                format!("reinstall {package}"),
-            ),
-            Ok(Err(e)) => Check::bad(
-                Status::Warn,
-                check_name,
-                format!("cannot run {}: {e}", path.display()),
-                format!("reinstall {package}"),
-            ),
-            Err(_) => Check::bad(
-                Status::Warn,
-                check_name,
-                format!("{} --version did not answer in 10 s", path.display()),
-                format!("reinstall {package}"),
-            ),
-        });
+                    Check::ok(check_name, format!("{} ({text})", path.display()))
+                }
+                Ok(Ok(o)) => Check::bad(
+                    Status::Warn,
+                    check_name,
+                    format!("{} --version failed ({})", path.display(), o.status),
+                    format!("reinstall {package}"),
+                ),
+                Ok(Err(e)) => Check::bad(
+                    Status::Warn,
+                    check_name,
+                    format!("cannot run {}: {e}", path.display()),
+                    format!("reinstall {package}"),
+                ),
+                Err(_) => Check::bad(
+                    Status::Warn,
+                    check_name,
+                    format!("{} --version did not answer in 10 s", path.display()),
+                    format!("reinstall {package}"),
+                ),
+            },
+        );
     }
     out
 }
@@ -490,8 +522,14 @@ fn nats_addr(url: &str) -> Result<String> {
     if host.is_empty() {
         bail!("no host: use nats://HOST:PORT");
     }
-    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    Ok(if has_port { host.to_string() } else { format!("{host}:4222") })
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    Ok(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:4222")
+    })
 }
 
 /// Connects and reads the server's greeting: a NATS server opens with an `INFO` line.
@@ -500,7 +538,9 @@ async fn nats_reachable(url: &str) -> Result<()> {
     let talk = async {
         let stream = tokio::net::TcpStream::connect(&addr).await?;
         let mut line = String::new();
-        tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await?;
         Ok::<_, std::io::Error>(line)
     };
     match tokio::time::timeout(NATS_TIMEOUT, talk).await {

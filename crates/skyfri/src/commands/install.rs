@@ -40,8 +40,9 @@ impl Install {
         }
         let binary = match self.binary {
             Some(b) => b,
-            None => std::env::current_exe()
-                .context("cannot find this binary's path; pass --binary")?,
+            None => {
+                std::env::current_exe().context("cannot find this binary's path; pass --binary")?
+            }
         };
         let binary = service::check_unit_path("--binary", &binary)?;
         let data_dir = service::check_unit_path("--data-dir", &self.data_dir)?;
