@@ -413,8 +413,9 @@ fn disk(data_dir: &Path) -> Check {
             "pass --data-dir",
         );
     };
-    // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+    // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated C string and statvfs only writes into `st`.
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
         return Check::bad(
             Status::Warn,
