@@ -5,8 +5,10 @@ pub mod function;
 pub mod manifest;
 pub mod openfaas;
 pub mod quantity;
+pub mod residency;
 pub mod retry;
 pub mod scaling;
+pub mod sysctl;
 pub mod triggers;
 
 pub use function::{

@@ -25,7 +25,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use error::GatewayError;
-pub use state::{AppState, GatewayConfig};
+pub use state::{AppState, GatewayConfig, Locations};
 
 /// Upload limit for artefact archives.
 const MAX_ARTEFACT_BYTES: usize = 256 << 20;
@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             post(api::async_calls::redrive),
         )
         .route("/system/info", get(api::system::info))
+        .route("/system/info/residency", get(api::residency::residency))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
         .route(

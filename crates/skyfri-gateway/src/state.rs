@@ -26,6 +26,19 @@ pub struct GatewayConfig {
     pub max_body: usize,
     /// Scratch space for uploads.
     pub tmp_dir: std::path::PathBuf,
+    /// Where data lives, for `/system/info/residency`.
+    pub locations: Locations,
+}
+
+/// Where the platform keeps its data and which servers it was told to use: the gateway
+/// reports it (`/system/info/residency`) but does not open anything from it.
+#[derive(Debug, Clone, Default)]
+pub struct Locations {
+    pub data_dir: std::path::PathBuf,
+    /// The JetStream server of the async queue; `None` for the embedded queue in `data_dir`.
+    pub queue_url: Option<String>,
+    /// The NATS server of topic triggers.
+    pub nats_url: Option<String>,
 }
 
 /// One deployed function as the invoke path sees it.
@@ -62,6 +75,7 @@ pub struct Inner {
     pub admin_password: String,
     pub max_body: usize,
     pub tmp_dir: std::path::PathBuf,
+    pub locations: Locations,
     pub metrics: Metrics,
     pub client: UpstreamClient,
     /// Async calls, durable until they are done, dead or cancelled.
@@ -95,6 +109,7 @@ impl AppState {
             admin_password: config.admin_password,
             max_body: config.max_body,
             tmp_dir: config.tmp_dir,
+            locations: config.locations,
             metrics: Metrics::default(),
             client: upstream::client(),
             queue,

@@ -3,6 +3,8 @@
 mod client;
 mod commands;
 mod credentials;
+mod owned_file;
+mod service;
 mod stackfile;
 
 use clap::Parser;

@@ -11,74 +11,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::nats::{free_port, Nats};
 use common::{fixtures, Platform};
 
-/// Debian's nats-server, else one on the PATH.
-fn nats_server() -> PathBuf {
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    if debian.exists() {
-        return debian;
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!("no nats-server: install Debian's (apt-get install nats-server, see scripts/setup.sh)")
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A nats-server with JetStream, on a free port, storing in a temporary dir.
-struct Nats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
 impl Nats {
-    fn start() -> Nats {
-        Nats::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Nats {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(nats_server())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        let nats = Nats {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
     /// Sends a request (PUB with a reply inbox) and returns the first reply's payload.
     fn request(&self, subject: &str, data: &[u8]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to NATS");
@@ -129,13 +70,6 @@ impl Nats {
         let config = r#"{"name":"ORDERS","subjects":["orders.>"],"storage":"file","retention":"limits","max_age":31536000000000000,"max_msg_size":65536,"num_replicas":1}"#;
         let reply = self.request("$JS.API.STREAM.CREATE.ORDERS", config.as_bytes());
         assert!(!reply.contains("\"error\""), "stream not created: {reply}");
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,5 +4,6 @@ pub mod artefacts;
 pub mod async_calls;
 pub mod functions;
 pub mod logs;
+pub mod residency;
 pub mod secrets;
 pub mod system;

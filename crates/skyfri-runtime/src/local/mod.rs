@@ -12,7 +12,7 @@ mod sandbox;
 mod supervisor;
 
 pub use isolation::{Isolation, Mode as IsolationMode, Report as IsolationReport};
-pub(crate) use launch::Interpreters;
+pub use launch::{Interpreters, NETWORK_ANNOTATION};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

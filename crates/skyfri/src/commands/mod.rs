@@ -4,6 +4,9 @@ mod async_calls;
 mod build;
 pub mod deploy;
 mod describe;
+mod doctor;
+mod info;
+mod install;
 mod invoke;
 mod login;
 mod logs;
@@ -44,6 +47,12 @@ pub enum Command {
     Login(login::Login),
     /// Print the client's and the gateway's versions.
     Version(version::Version),
+    /// Check this host: kernel settings, isolation, limits, disk, interpreters, NATS.
+    Doctor(doctor::Doctor),
+    /// Install skyfri as a service (--systemd).
+    Install(install::Install),
+    /// Show the gateway's information; --residency: where data lives and what leaves the machine.
+    Info(info::Info),
 }
 
 impl Command {
@@ -62,6 +71,9 @@ impl Command {
             Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
             Command::Version(c) => c.run().await,
+            Command::Doctor(c) => c.run().await,
+            Command::Install(c) => c.run().await,
+            Command::Info(c) => c.run().await,
         }
     }
 }

@@ -25,10 +25,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(clap::Args)]
 pub struct Up {
     /// Address the gateway listens on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SKYFRI_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where state lives (default /var/lib/skyfri as root, else the XDG data dir).
-    #[arg(long)]
+    #[arg(long, env = "SKYFRI_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Deploy this stack.yml or Knative Service once the gateway is ready.
     #[arg(short = 'f', long = "yaml")]
@@ -38,16 +38,16 @@ pub struct Up {
     max_body: usize,
     /// `strict` refuses to start unless replicas get a sandbox and enforced memory, CPU and
     /// pids limits; `best-effort` takes what the host offers and warns about the rest.
-    #[arg(long, value_enum, default_value_t = IsolationArg::BestEffort)]
+    #[arg(long, env = "SKYFRI_ISOLATION", value_enum, default_value_t = IsolationArg::BestEffort)]
     isolation: IsolationArg,
     /// Where async calls are kept: `embedded` (`<data-dir>/queue.db`), or NATS JetStream at
     /// `nats://HOST:PORT` (shared by every gateway pointed at it).
-    #[arg(long, default_value = "embedded")]
+    #[arg(long, env = "SKYFRI_QUEUE", default_value = "embedded")]
     queue: String,
     /// NATS server of the topic triggers (`topic` annotation); default: the `--queue` URL when
     /// it is a `nats://` one, else nats://127.0.0.1:4222. Dialled only once a function with a
     /// topic is deployed.
-    #[arg(long)]
+    #[arg(long, env = "SKYFRI_NATS")]
     nats: Option<String>,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2) with this PEM certificate chain; needs --tls-key.
     /// SIGHUP reloads both files without dropping open connections.
@@ -157,6 +157,24 @@ fn admin_password(data_dir: &Path) -> Result<(String, bool)> {
     Ok((password, generated))
 }
 
+/// Raises the soft open-file limit to the hard one: every replica, socket and client
+/// connection holds descriptors, and the soft default (often 1024) runs out first.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "open-file limit not raised");
+            }
+        }
+    }
+}
+
 fn make_dir(p: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -187,6 +205,7 @@ impl Up {
             .data_dir
             .unwrap_or_else(crate::client::default_data_dir);
         make_dir(&data_dir)?;
+        raise_nofile();
         let (password, generated) = admin_password(&data_dir)?;
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
         let queue = queue_arg.open(&data_dir).await?;
@@ -219,6 +238,14 @@ impl Up {
                 admin_password: password.clone(),
                 max_body: self.max_body,
                 tmp_dir: data_dir.join("tmp"),
+                locations: skyfri_gateway::Locations {
+                    data_dir: data_dir.clone(),
+                    queue_url: match &queue_arg {
+                        QueueArg::Embedded => None,
+                        QueueArg::JetStream(url) => Some(url.clone()),
+                    },
+                    nats_url: Some(nats_url.clone()),
+                },
             },
             store,
             provider.clone(),
