@@ -1,6 +1,7 @@
 //! Per-function routing: picks the least-loaded ready replica, enforces each replica's
-//! concurrency (containerConcurrency / max_inflight), and holds calls beyond the current
-//! capacity in a bounded queue while the scaler adds replicas.
+//! concurrency (containerConcurrency / max_inflight) and the function's cap on calls in
+//! flight across its replicas (`com.skyfri.max-concurrency`), and holds calls beyond the
+//! current capacity in a bounded queue while the scaler adds replicas.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +19,24 @@ const RECHECK: Duration = Duration::from_millis(2);
 pub enum Busy {
     /// The queue is full: the caller should back off (429).
     QueueFull { limit: usize },
-    /// Waited as long as the call may take and still no capacity (503).
-    TimedOut { waited: Duration, replicas: usize },
+    /// Waited as long as the call may take and still no capacity (503). `capped` is the
+    /// function's cap when it was the limit at the end.
+    TimedOut {
+        waited: Duration,
+        replicas: usize,
+        capped: Option<u32>,
+    },
+}
+
+/// What a function's router enforces, from its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls one replica takes at once, 0 = unlimited.
+    pub per_replica: u32,
+    /// Calls in flight across all replicas, 0 = unlimited.
+    pub total: u32,
+    /// Calls that may wait for capacity.
+    pub queue: usize,
 }
 
 /// The load picture of one function, shared by its calls and the autoscaler.
@@ -29,6 +46,8 @@ pub struct Router {
     freed: Notify,
     /// Per replica, 0 = unlimited.
     capacity: AtomicU32,
+    /// Across all replicas, 0 = unlimited.
+    total: AtomicU32,
     queue_limit: AtomicUsize,
     waiting: AtomicUsize,
     in_flight: AtomicUsize,
@@ -38,15 +57,16 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(capacity: u32, queue_limit: usize) -> Router {
+    pub fn new(limits: Limits) -> Router {
         Router {
             slots: Mutex::new(Slots {
                 load: HashMap::new(),
                 busy: BusyTime::default(),
             }),
             freed: Notify::new(),
-            capacity: AtomicU32::new(capacity),
-            queue_limit: AtomicUsize::new(queue_limit),
+            capacity: AtomicU32::new(limits.per_replica),
+            total: AtomicU32::new(limits.total),
+            queue_limit: AtomicUsize::new(limits.queue),
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -55,9 +75,10 @@ impl Router {
     }
 
     /// New limits after a redeploy; calls in flight keep their replicas.
-    pub fn configure(&self, capacity: u32, queue_limit: usize) {
-        self.capacity.store(capacity, Ordering::Relaxed);
-        self.queue_limit.store(queue_limit, Ordering::Relaxed);
+    pub fn configure(&self, limits: Limits) {
+        self.capacity.store(limits.per_replica, Ordering::Relaxed);
+        self.total.store(limits.total, Ordering::Relaxed);
+        self.queue_limit.store(limits.queue, Ordering::Relaxed);
         self.freed.notify_waiters();
     }
 
@@ -123,9 +144,12 @@ impl Router {
             }
             let now = Instant::now();
             if now >= deadline {
+                let total = self.total.load(Ordering::Relaxed);
+                let capped = total != 0 && self.in_flight() >= total as usize;
                 return Err(Busy::TimedOut {
                     waited: now - start,
                     replicas: endpoints.len(),
+                    capped: capped.then_some(total),
                 });
             }
             let nap = RECHECK.min(deadline - now);
@@ -138,8 +162,14 @@ impl Router {
             return None;
         }
         let capacity = self.capacity.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
         let offset = self.next.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // The cap is checked and taken under the lock that counts the calls in flight, so
+        // that racing calls cannot pass it together.
+        if total != 0 && slots.busy.level >= total {
+            return None;
+        }
         // Least loaded first; among equals, rotate so replicas share the work.
         let (_, endpoint) = (0..endpoints.len())
             .map(|i| &endpoints[(i + offset) % endpoints.len()])
@@ -251,9 +281,17 @@ mod tests {
         Instant::now() + Duration::from_millis(50)
     }
 
+    fn limits(per_replica: u32, total: u32, queue: usize) -> Limits {
+        Limits {
+            per_replica,
+            total,
+            queue,
+        }
+    }
+
     #[tokio::test]
     async fn spreads_and_respects_capacity() {
-        let r = Arc::new(Router::new(1, 10));
+        let r = Arc::new(Router::new(limits(1, 0, 10)));
         let two = eps(2);
         let a = r.acquire(|| two.clone(), || {}, soon()).await;
         let b = r.acquire(|| two.clone(), || {}, soon()).await;
@@ -287,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_limit_and_timeout() {
-        let r = Arc::new(Router::new(1, 1));
+        let r = Arc::new(Router::new(limits(1, 0, 1)));
         let one = eps(1);
         let _held = r.acquire(|| one.clone(), || {}, soon()).await;
         let r2 = Arc::clone(&r);
@@ -305,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_replica_asks_for_one() {
-        let r = Arc::new(Router::new(0, 10));
+        let r = Arc::new(Router::new(limits(0, 0, 10)));
         let asked = AtomicUsize::new(0);
         let got = r
             .acquire(
@@ -355,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn unlimited_capacity_takes_everything() {
-        let r = Arc::new(Router::new(0, 0));
+        let r = Arc::new(Router::new(limits(0, 0, 0)));
         let one = eps(1);
         let mut leases = Vec::new();
         for _ in 0..100 {
@@ -365,5 +403,79 @@ mod tests {
             }
         }
         assert_eq!(r.in_flight(), 100);
+    }
+
+    #[tokio::test]
+    async fn the_cap_holds_calls_across_replicas() {
+        // Four replicas of unlimited concurrency, at most three calls in all.
+        let r = Arc::new(Router::new(limits(0, 3, 10)));
+        let four = eps(4);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            match r.acquire(|| four.clone(), || {}, soon()).await {
+                Ok(l) => held.push(l),
+                Err(e) => panic!("under the cap: {e:?}"),
+            }
+        }
+        assert_eq!(r.in_flight(), 3);
+        // The fourth waits in the queue, and says the cap was the limit when it gives up.
+        let over = r.acquire(|| four.clone(), || {}, soon()).await.err();
+        assert!(
+            matches!(
+                over,
+                Some(Busy::TimedOut {
+                    replicas: 4,
+                    capped: Some(3),
+                    ..
+                })
+            ),
+            "{over:?}"
+        );
+        // It gets the slot a finished call frees.
+        let r2 = Arc::clone(&r);
+        let list = four.clone();
+        let waiter = tokio::spawn(async move {
+            r2.acquire(
+                || list.clone(),
+                || {},
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((r.in_flight(), r.waiting()), (3, 1));
+        held.pop();
+        assert_eq!(waiter.await.ok(), Some(true));
+
+        // A redeploy that lifts the cap lets waiting calls through.
+        r.configure(limits(0, 0, 10));
+        let lifted = r.acquire(|| four.clone(), || {}, soon()).await;
+        assert!(lifted.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_calls_never_pass_the_cap() {
+        let r = Arc::new(Router::new(limits(2, 5, 1000)));
+        let ten = eps(10);
+        let peak = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let (r, list, peak) = (Arc::clone(&r), ten.clone(), Arc::clone(&peak));
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let lease = r.acquire(|| list.clone(), || {}, deadline).await;
+                    peak.fetch_max(r.in_flight(), Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                    drop(lease);
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(c.await.is_ok());
+        }
+        let peak = peak.load(Ordering::Relaxed);
+        assert!((1..=5).contains(&peak), "peak {peak}");
+        assert_eq!((r.in_flight(), r.started()), (0, 200));
     }
 }
