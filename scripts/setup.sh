@@ -14,6 +14,9 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
 # The JetStream queue's tests start their own nats-server (`--queue nats://...` needs one).
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+# The orders-db test starts its own PostgreSQL (initdb, postgres, psql) and PgBouncer.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 use skyfri_runtime::Endpoint;
 use tokio::sync::Notify;
 
-/// How often a waiting call looks again for a ready replica (a new replica does not notify).
+/// How soon a waiting call first looks again for a ready replica (a new replica does not
+/// notify); the wait doubles up to [`MAX_RECHECK`].
 const RECHECK: Duration = Duration::from_millis(2);
+const MAX_RECHECK: Duration = Duration::from_millis(20);
+/// How often a call held by the function's cap looks again, in case a wake-up was missed:
+/// every finished call wakes one.
+const CAPPED_RECHECK: Duration = Duration::from_millis(100);
 
 /// Why a call could not get a replica.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +137,12 @@ impl Router {
         let _queued = Queued(self);
         let start = Instant::now();
         let mut cold = first.is_empty();
+        let mut recheck = RECHECK;
         loop {
+            // Registered before looking, so that a slot freed meanwhile still wakes this call.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let endpoints = ready();
             if endpoints.is_empty() {
                 cold = true;
@@ -143,17 +153,21 @@ impl Router {
                 return Ok(lease);
             }
             let now = Instant::now();
+            let total = self.total.load(Ordering::Relaxed);
+            let capped = total != 0 && self.in_flight() >= total as usize;
             if now >= deadline {
-                let total = self.total.load(Ordering::Relaxed);
-                let capped = total != 0 && self.in_flight() >= total as usize;
                 return Err(Busy::TimedOut {
                     waited: now - start,
                     replicas: endpoints.len(),
                     capped: capped.then_some(total),
                 });
             }
-            let nap = RECHECK.min(deadline - now);
-            let _ = tokio::time::timeout(nap, self.freed.notified()).await;
+            // A finished call wakes the waiting calls one at a time, oldest first; the timer
+            // is for replicas that become ready, which cannot help a call held by the cap.
+            // It slows down the longer a call waits, so that a long queue does not spin.
+            let nap = if capped { CAPPED_RECHECK } else { recheck };
+            recheck = (recheck * 2).min(MAX_RECHECK);
+            let _ = tokio::time::timeout(nap.min(deadline - now), freed).await;
         }
     }
 
@@ -178,8 +192,9 @@ impl Router {
             .min_by_key(|(load, _)| *load)?;
         *slots.load.entry(endpoint.clone()).or_insert(0) += 1;
         slots.busy.change(Instant::now(), 1);
-        drop(slots);
+        // Under the lock too, so that the count never shows a call over the cap.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        drop(slots);
         self.started.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             router: Arc::clone(self),
@@ -197,9 +212,9 @@ impl Router {
                     slots.load.remove(endpoint);
                 }
                 slots.busy.change(Instant::now(), -1);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
     }
 }

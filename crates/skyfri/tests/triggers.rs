@@ -11,12 +11,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, Platform};
+use common::{fixtures, free_port, Platform};
 
 /// Debian's nats-server, else one on the PATH.
 fn nats_server() -> PathBuf {
@@ -32,13 +32,6 @@ fn nats_server() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("no nats-server: install Debian's (apt-get install nats-server, see scripts/setup.sh)")
         })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A nats-server with JetStream, on a free port, storing in a temporary dir.
