@@ -350,6 +350,11 @@ mod tests {
                 .insert("com.openfaas.retry.attempts".into(), "0".into());
         })
         .is_err_and(|e| e.starts_with("annotations.com.openfaas.retry.attempts: ")));
+        assert!(d(|d| {
+            d.labels
+                .insert("com.skyfri.max-concurrency".into(), "-1".into());
+        })
+        .is_err_and(|e| e.starts_with("labels.com.skyfri.max-concurrency: \"-1\" is not")));
         assert_eq!(parse_duration_secs("2m"), Some(120));
         assert_eq!(parse_duration_secs("1.5s"), Some(2));
     }
