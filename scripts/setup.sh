@@ -17,6 +17,9 @@ command -v tar >/dev/null 2>&1 || need+=(tar)
 # The gateway's TLS tests make certificates with openssl and talk HTTP/2 with curl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The orders-db test starts its own PostgreSQL (initdb, postgres, psql) and PgBouncer.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

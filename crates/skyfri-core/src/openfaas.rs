@@ -115,6 +115,9 @@ pub struct ScalePolicySummary {
     pub scale_to_zero: bool,
     /// Time without traffic before it does, in seconds.
     pub idle_before_zero_seconds: u64,
+    /// Calls in flight at most across all replicas (`com.skyfri.max-concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 impl From<&ScalePolicy> for ScalePolicySummary {
@@ -131,6 +134,7 @@ impl From<&ScalePolicy> for ScalePolicySummary {
             target_utilization: p.target_utilization,
             scale_to_zero: p.scale_to_zero,
             idle_before_zero_seconds: p.time_to_zero().as_secs(),
+            max_concurrency: p.max_concurrency,
         }
     }
 }
@@ -346,6 +350,11 @@ mod tests {
                 .insert("com.openfaas.retry.attempts".into(), "0".into());
         })
         .is_err_and(|e| e.starts_with("annotations.com.openfaas.retry.attempts: ")));
+        assert!(d(|d| {
+            d.labels
+                .insert("com.skyfri.max-concurrency".into(), "-1".into());
+        })
+        .is_err_and(|e| e.starts_with("labels.com.skyfri.max-concurrency: \"-1\" is not")));
         assert_eq!(parse_duration_secs("2m"), Some(120));
         assert_eq!(parse_duration_secs("1.5s"), Some(2));
     }

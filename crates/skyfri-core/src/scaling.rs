@@ -32,6 +32,7 @@
 //! | `target_burst_capacity` | | `target-burst-capacity`, 0 or more, -1 = unlimited | 211 |
 //! | `container_concurrency` (0 = unlimited) | annotation or label `com.openfaas.max_inflight` | `spec.template.spec.containerConcurrency` | per template: python3, python3-http, exec: 1; node, http: 0 |
 //! | `queue_size`: calls waiting for capacity | annotation or label `com.skyfri.queue-size`, at least 1 | | 1000 |
+//! | `max_concurrency`: calls in flight across all replicas | annotation or label `com.skyfri.max-concurrency`, at least 1; lowers `max` to `ceil(cap / container_concurrency)` (not below `min`) | | no cap |
 //! | (class) | | `class`: only `kpa.autoscaling.knative.dev`; `hpa` is refused | kpa |
 //!
 //! Durations are seconds (`30`) or Go durations (`30s`, `15m`, `1m30s`). Booleans are
@@ -56,5 +57,6 @@ mod tests;
 pub use kpa::{fmt_duration, Autoscaler, Decision};
 pub use policy::{
     Metric, Place, PolicyError, ScalePolicy, DEFAULT_CONCURRENCY_TARGET, DEFAULT_MAX_SCALE,
-    DEFAULT_MIN_SCALE, DEFAULT_QUEUE_SIZE, DEFAULT_RPS_TARGET, QUEUE_SIZE_KEY, UNLIMITED_MAX_SCALE,
+    DEFAULT_MIN_SCALE, DEFAULT_QUEUE_SIZE, DEFAULT_RPS_TARGET, MAX_CONCURRENCY_KEY, QUEUE_SIZE_KEY,
+    UNLIMITED_MAX_SCALE,
 };

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use crate::error::GatewayError;
 use crate::router::{Busy, Lease};
-use crate::state::{AppState, Live, QUEUE_ANNOTATION};
+use crate::state::{AppState, Live, MAX_CONCURRENCY_KEY, QUEUE_ANNOTATION};
 use crate::upstream;
 
 pub(crate) const HOP_BY_HOP: [&str; 8] = [
@@ -196,7 +196,20 @@ async fn lease(
                     "function {name:?} is at capacity and {limit} calls already wait for it ({QUEUE_ANNOTATION} sets the queue size); retry later"
                 ),
             },
-            Busy::TimedOut { waited, replicas } => GatewayError::Platform {
+            Busy::TimedOut {
+                waited,
+                replicas,
+                capped: Some(cap),
+            } => GatewayError::Platform {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "function {name:?} stayed at its cap of {cap} calls in flight ({MAX_CONCURRENCY_KEY}) for {:.1}s ({replicas} ready); see `skyfri describe {name}`",
+                    waited.as_secs_f64()
+                ),
+            },
+            Busy::TimedOut {
+                waited, replicas, ..
+            } => GatewayError::Platform {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(
                     "function {name:?} had no replica with room for {:.1}s ({replicas} ready); see `skyfri describe {name}` and `skyfri logs {name}`",

@@ -1,6 +1,7 @@
 //! Per-function routing: picks the least-loaded ready replica, enforces each replica's
-//! concurrency (containerConcurrency / max_inflight), and holds calls beyond the current
-//! capacity in a bounded queue while the scaler adds replicas.
+//! concurrency (containerConcurrency / max_inflight) and the function's cap on calls in
+//! flight across its replicas (`com.skyfri.max-concurrency`), and holds calls beyond the
+//! current capacity in a bounded queue while the scaler adds replicas.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -10,16 +11,37 @@ use std::time::{Duration, Instant};
 use skyfri_runtime::Endpoint;
 use tokio::sync::Notify;
 
-/// How often a waiting call looks again for a ready replica (a new replica does not notify).
+/// How soon a waiting call first looks again for a ready replica (a new replica does not
+/// notify); the wait doubles up to [`MAX_RECHECK`].
 const RECHECK: Duration = Duration::from_millis(2);
+const MAX_RECHECK: Duration = Duration::from_millis(20);
+/// How often a call held by the function's cap looks again, in case a wake-up was missed:
+/// every finished call wakes one.
+const CAPPED_RECHECK: Duration = Duration::from_millis(100);
 
 /// Why a call could not get a replica.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Busy {
     /// The queue is full: the caller should back off (429).
     QueueFull { limit: usize },
-    /// Waited as long as the call may take and still no capacity (503).
-    TimedOut { waited: Duration, replicas: usize },
+    /// Waited as long as the call may take and still no capacity (503). `capped` is the
+    /// function's cap when it was the limit at the end.
+    TimedOut {
+        waited: Duration,
+        replicas: usize,
+        capped: Option<u32>,
+    },
+}
+
+/// What a function's router enforces, from its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls one replica takes at once, 0 = unlimited.
+    pub per_replica: u32,
+    /// Calls in flight across all replicas, 0 = unlimited.
+    pub total: u32,
+    /// Calls that may wait for capacity.
+    pub queue: usize,
 }
 
 /// The load picture of one function, shared by its calls and the autoscaler.
@@ -29,6 +51,8 @@ pub struct Router {
     freed: Notify,
     /// Per replica, 0 = unlimited.
     capacity: AtomicU32,
+    /// Across all replicas, 0 = unlimited.
+    total: AtomicU32,
     queue_limit: AtomicUsize,
     waiting: AtomicUsize,
     in_flight: AtomicUsize,
@@ -38,15 +62,16 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(capacity: u32, queue_limit: usize) -> Router {
+    pub fn new(limits: Limits) -> Router {
         Router {
             slots: Mutex::new(Slots {
                 load: HashMap::new(),
                 busy: BusyTime::default(),
             }),
             freed: Notify::new(),
-            capacity: AtomicU32::new(capacity),
-            queue_limit: AtomicUsize::new(queue_limit),
+            capacity: AtomicU32::new(limits.per_replica),
+            total: AtomicU32::new(limits.total),
+            queue_limit: AtomicUsize::new(limits.queue),
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -55,9 +80,10 @@ impl Router {
     }
 
     /// New limits after a redeploy; calls in flight keep their replicas.
-    pub fn configure(&self, capacity: u32, queue_limit: usize) {
-        self.capacity.store(capacity, Ordering::Relaxed);
-        self.queue_limit.store(queue_limit, Ordering::Relaxed);
+    pub fn configure(&self, limits: Limits) {
+        self.capacity.store(limits.per_replica, Ordering::Relaxed);
+        self.total.store(limits.total, Ordering::Relaxed);
+        self.queue_limit.store(limits.queue, Ordering::Relaxed);
         self.freed.notify_waiters();
     }
 
@@ -111,7 +137,12 @@ impl Router {
         let _queued = Queued(self);
         let start = Instant::now();
         let mut cold = first.is_empty();
+        let mut recheck = RECHECK;
         loop {
+            // Registered before looking, so that a slot freed meanwhile still wakes this call.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let endpoints = ready();
             if endpoints.is_empty() {
                 cold = true;
@@ -122,14 +153,21 @@ impl Router {
                 return Ok(lease);
             }
             let now = Instant::now();
+            let total = self.total.load(Ordering::Relaxed);
+            let capped = total != 0 && self.in_flight() >= total as usize;
             if now >= deadline {
                 return Err(Busy::TimedOut {
                     waited: now - start,
                     replicas: endpoints.len(),
+                    capped: capped.then_some(total),
                 });
             }
-            let nap = RECHECK.min(deadline - now);
-            let _ = tokio::time::timeout(nap, self.freed.notified()).await;
+            // A finished call wakes the waiting calls one at a time, oldest first; the timer
+            // is for replicas that become ready, which cannot help a call held by the cap.
+            // It slows down the longer a call waits, so that a long queue does not spin.
+            let nap = if capped { CAPPED_RECHECK } else { recheck };
+            recheck = (recheck * 2).min(MAX_RECHECK);
+            let _ = tokio::time::timeout(nap.min(deadline - now), freed).await;
         }
     }
 
@@ -138,8 +176,14 @@ impl Router {
             return None;
         }
         let capacity = self.capacity.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
         let offset = self.next.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // The cap is checked and taken under the lock that counts the calls in flight, so
+        // that racing calls cannot pass it together.
+        if total != 0 && slots.busy.level >= total {
+            return None;
+        }
         // Least loaded first; among equals, rotate so replicas share the work.
         let (_, endpoint) = (0..endpoints.len())
             .map(|i| &endpoints[(i + offset) % endpoints.len()])
@@ -148,8 +192,9 @@ impl Router {
             .min_by_key(|(load, _)| *load)?;
         *slots.load.entry(endpoint.clone()).or_insert(0) += 1;
         slots.busy.change(Instant::now(), 1);
-        drop(slots);
+        // Under the lock too, so that the count never shows a call over the cap.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        drop(slots);
         self.started.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             router: Arc::clone(self),
@@ -167,9 +212,9 @@ impl Router {
                     slots.load.remove(endpoint);
                 }
                 slots.busy.change(Instant::now(), -1);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
     }
 }
@@ -251,9 +296,17 @@ mod tests {
         Instant::now() + Duration::from_millis(50)
     }
 
+    fn limits(per_replica: u32, total: u32, queue: usize) -> Limits {
+        Limits {
+            per_replica,
+            total,
+            queue,
+        }
+    }
+
     #[tokio::test]
     async fn spreads_and_respects_capacity() {
-        let r = Arc::new(Router::new(1, 10));
+        let r = Arc::new(Router::new(limits(1, 0, 10)));
         let two = eps(2);
         let a = r.acquire(|| two.clone(), || {}, soon()).await;
         let b = r.acquire(|| two.clone(), || {}, soon()).await;
@@ -287,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_limit_and_timeout() {
-        let r = Arc::new(Router::new(1, 1));
+        let r = Arc::new(Router::new(limits(1, 0, 1)));
         let one = eps(1);
         let _held = r.acquire(|| one.clone(), || {}, soon()).await;
         let r2 = Arc::clone(&r);
@@ -305,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_replica_asks_for_one() {
-        let r = Arc::new(Router::new(0, 10));
+        let r = Arc::new(Router::new(limits(0, 0, 10)));
         let asked = AtomicUsize::new(0);
         let got = r
             .acquire(
@@ -355,7 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn unlimited_capacity_takes_everything() {
-        let r = Arc::new(Router::new(0, 0));
+        let r = Arc::new(Router::new(limits(0, 0, 0)));
         let one = eps(1);
         let mut leases = Vec::new();
         for _ in 0..100 {
@@ -365,5 +418,79 @@ mod tests {
             }
         }
         assert_eq!(r.in_flight(), 100);
+    }
+
+    #[tokio::test]
+    async fn the_cap_holds_calls_across_replicas() {
+        // Four replicas of unlimited concurrency, at most three calls in all.
+        let r = Arc::new(Router::new(limits(0, 3, 10)));
+        let four = eps(4);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            match r.acquire(|| four.clone(), || {}, soon()).await {
+                Ok(l) => held.push(l),
+                Err(e) => panic!("under the cap: {e:?}"),
+            }
+        }
+        assert_eq!(r.in_flight(), 3);
+        // The fourth waits in the queue, and says the cap was the limit when it gives up.
+        let over = r.acquire(|| four.clone(), || {}, soon()).await.err();
+        assert!(
+            matches!(
+                over,
+                Some(Busy::TimedOut {
+                    replicas: 4,
+                    capped: Some(3),
+                    ..
+                })
+            ),
+            "{over:?}"
+        );
+        // It gets the slot a finished call frees.
+        let r2 = Arc::clone(&r);
+        let list = four.clone();
+        let waiter = tokio::spawn(async move {
+            r2.acquire(
+                || list.clone(),
+                || {},
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((r.in_flight(), r.waiting()), (3, 1));
+        held.pop();
+        assert_eq!(waiter.await.ok(), Some(true));
+
+        // A redeploy that lifts the cap lets waiting calls through.
+        r.configure(limits(0, 0, 10));
+        let lifted = r.acquire(|| four.clone(), || {}, soon()).await;
+        assert!(lifted.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_calls_never_pass_the_cap() {
+        let r = Arc::new(Router::new(limits(2, 5, 1000)));
+        let ten = eps(10);
+        let peak = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let (r, list, peak) = (Arc::clone(&r), ten.clone(), Arc::clone(&peak));
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let lease = r.acquire(|| list.clone(), || {}, deadline).await;
+                    peak.fetch_max(r.in_flight(), Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                    drop(lease);
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(c.await.is_ok());
+        }
+        let peak = peak.load(Ordering::Relaxed);
+        assert!((1..=5).contains(&peak), "peak {peak}");
+        assert_eq!((r.in_flight(), r.started()), (0, 200));
     }
 }

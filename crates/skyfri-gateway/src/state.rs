@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use skyfri_core::scaling::DEFAULT_QUEUE_SIZE;
+pub use skyfri_core::scaling::MAX_CONCURRENCY_KEY;
 pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
 use skyfri_core::{Deployment, ScalePolicy};
 use skyfri_queue::Queue;
@@ -15,7 +16,7 @@ use skyfri_store::Store;
 use crate::async_calls::callback::Callbacks;
 use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Limits, Router};
 use crate::upstream::{self, UpstreamClient};
 
 /// Gateway settings.
@@ -60,9 +61,16 @@ fn capacity(d: &Deployment) -> u32 {
     }
 }
 
-/// Calls that may wait for a replica with room (`com.skyfri.queue-size`, validated at deploy).
-fn queue_limit(d: &Deployment) -> usize {
-    ScalePolicy::from_spec(&d.spec, d.template).map_or(DEFAULT_QUEUE_SIZE, |p| p.queue_size)
+/// What the router enforces: the replicas' concurrency, the cap on calls in flight
+/// (`com.skyfri.max-concurrency`) and the calls that may wait (`com.skyfri.queue-size`), both
+/// validated at deploy.
+fn limits(d: &Deployment) -> Limits {
+    let policy = ScalePolicy::from_spec(&d.spec, d.template).ok();
+    Limits {
+        per_replica: capacity(d),
+        total: policy.as_ref().and_then(|p| p.max_concurrency).unwrap_or(0),
+        queue: policy.map_or(DEFAULT_QUEUE_SIZE, |p| p.queue_size),
+    }
 }
 
 #[derive(Clone)]
@@ -163,10 +171,10 @@ impl AppState {
         let name = deployment.spec.name.clone();
         self.metrics.set_replicas(&name, deployment.replicas);
         if let Ok(mut m) = self.functions.write() {
-            let (capacity, queue) = (capacity(&deployment), queue_limit(&deployment));
+            let limits = limits(&deployment);
             let live = match m.get(&name) {
                 Some(old) => {
-                    old.router.configure(capacity, queue);
+                    old.router.configure(limits);
                     Live {
                         deployment,
                         invocations: AtomicU64::new(old.invocations.load(Ordering::Relaxed)),
@@ -177,7 +185,7 @@ impl AppState {
                 None => Live {
                     deployment,
                     invocations: AtomicU64::new(0),
-                    router: Arc::new(Router::new(capacity, queue)),
+                    router: Arc::new(Router::new(limits)),
                     activating: AtomicBool::new(false),
                 },
             };

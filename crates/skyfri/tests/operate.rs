@@ -10,7 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::nats::{free_port, Nats};
+use common::free_port;
+use common::nats::Nats;
 use common::{fixtures, Platform};
 use serde_json::Value;
 use skyfri_core::sysctl;

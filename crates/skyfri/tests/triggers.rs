@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nats::{free_port, Nats};
-use common::{fixtures, Platform};
+use common::nats::Nats;
+use common::{fixtures, free_port, Platform};
 
 impl Nats {
     /// Sends a request (PUB with a reply inbox) and returns the first reply's payload.

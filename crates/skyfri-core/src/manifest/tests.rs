@@ -356,6 +356,12 @@ fn bad_files() {
             "\"oops\" in \"429,oops\" is not an HTTP error status",
         ),
         (
+            stack("    image: x\n    labels:\n      com.skyfri.max-concurrency: \"none\"\n"),
+            Some(6),
+            "functions.vipps-processor.labels.com.skyfri.max-concurrency",
+            "\"none\" is not a concurrency cap",
+        ),
+        (
             stack("    image: x\n    labels:\n      com.skyfri.async.concurrency: \"0\"\n"),
             Some(6),
             "functions.vipps-processor.labels.com.skyfri.async.concurrency",

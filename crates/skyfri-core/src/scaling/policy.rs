@@ -91,6 +91,9 @@ pub struct ScalePolicy {
     pub container_concurrency: u32,
     /// Calls that may wait for a replica with room before callers get 429.
     pub queue_size: usize,
+    /// Calls in flight at most across all the function's replicas (`None`: no cap). Calls
+    /// beyond it wait in the queue, as calls beyond the replicas' capacity do.
+    pub max_concurrency: Option<u32>,
 }
 
 impl Default for ScalePolicy {
@@ -122,6 +125,7 @@ impl ScalePolicy {
             target_burst_capacity: DEFAULT_TARGET_BURST_CAPACITY,
             container_concurrency,
             queue_size: DEFAULT_QUEUE_SIZE,
+            max_concurrency: None,
         }
     }
 
@@ -298,6 +302,24 @@ impl ScalePolicy {
             None => p.max = DEFAULT_MAX_SCALE.max(p.min).max(p.initial),
         }
 
+        if let Some(f) = keys.get(&[MAX_CONCURRENCY_KEY])? {
+            let cap = match f.value.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(f.err(format!(
+                        "{:?} is not a concurrency cap: use a whole number, at least 1 (the \
+                         most calls in flight across all replicas; leave the key out for no cap)",
+                        f.value
+                    )))
+                }
+            };
+            p.max_concurrency = Some(cap);
+            // Replicas beyond those the cap keeps busy would never get a call.
+            if cc != 0 {
+                p.max = p.max.min(cap.div_ceil(cc)).max(p.min);
+            }
+        }
+
         let of_idle = keys
             .get(&[OF_ZERO_DURATION])?
             .map(|f| {
@@ -378,6 +400,8 @@ const OF_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
 
 /// The key that sets [`ScalePolicy::queue_size`].
 pub const QUEUE_SIZE_KEY: &str = "com.skyfri.queue-size";
+/// The key that sets [`ScalePolicy::max_concurrency`].
+pub const MAX_CONCURRENCY_KEY: &str = "com.skyfri.max-concurrency";
 
 const KN_CLASS: &str = "autoscaling.knative.dev/class";
 const KN_METRIC: &str = "autoscaling.knative.dev/metric";

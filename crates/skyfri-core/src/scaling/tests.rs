@@ -949,6 +949,7 @@ fn policy_from_labels_and_annotations() {
                 target_burst_capacity: 211.0,
                 container_concurrency: 0,
                 queue_size: 1000,
+                max_concurrency: None,
             },
         },
         PolicyCase {
@@ -1403,6 +1404,67 @@ fn policy_from_labels_and_annotations() {
                 ..node()
             },
         },
+        // The concurrency cap.
+        PolicyCase {
+            name: "a cap of 10 on one call per replica: at most 10 replicas",
+            template: Python3,
+            concurrency: 0,
+            labels: &[("of:max", "50"), ("com.skyfri.max-concurrency", "10")],
+            annotations: &[],
+            want: || ScalePolicy {
+                max: 10,
+                max_concurrency: Some(10),
+                ..python()
+            },
+        },
+        PolicyCase {
+            name: "a cap of 10 on 4 calls per replica: 3 replicas",
+            template: Exec,
+            concurrency: 4,
+            labels: &[],
+            annotations: &[("com.skyfri.max-concurrency", "10")],
+            want: || ScalePolicy {
+                max: 3,
+                max_concurrency: Some(10),
+                ..ScalePolicy::for_concurrency(4)
+            },
+        },
+        PolicyCase {
+            name: "a cap above max replicas x concurrency leaves max",
+            template: Python3,
+            concurrency: 0,
+            labels: &[("of:max", "5"), ("com.skyfri.max-concurrency", "100")],
+            annotations: &[],
+            want: || ScalePolicy {
+                max: 5,
+                max_concurrency: Some(100),
+                ..python()
+            },
+        },
+        PolicyCase {
+            name: "unlimited concurrency per replica: the cap leaves max",
+            template: Node,
+            concurrency: 0,
+            labels: &[],
+            annotations: &[("com.skyfri.max-concurrency", "10")],
+            want: || ScalePolicy {
+                max_concurrency: Some(10),
+                ..node()
+            },
+        },
+        PolicyCase {
+            name: "the cap never lowers max below min",
+            template: Python3,
+            concurrency: 0,
+            labels: &[("of:min", "4"), ("com.skyfri.max-concurrency", "2")],
+            annotations: &[],
+            want: || ScalePolicy {
+                min: 4,
+                max: 4,
+                max_concurrency: Some(2),
+                ..python()
+            },
+        },
         PolicyCase {
             name: "values are trimmed",
             template: Node,
@@ -1581,6 +1643,35 @@ fn policy_errors_name_the_key() {
             A,
             "com.skyfri.queue-size",
             "\"0\" is not a queue size",
+        ),
+        // The concurrency cap.
+        bad(
+            &[("com.skyfri.max-concurrency", "0")],
+            &[],
+            L,
+            "com.skyfri.max-concurrency",
+            "\"0\" is not a concurrency cap: use a whole number, at least 1",
+        ),
+        bad(
+            &[],
+            &[("com.skyfri.max-concurrency", "-3")],
+            A,
+            "com.skyfri.max-concurrency",
+            "\"-3\" is not a concurrency cap",
+        ),
+        bad(
+            &[],
+            &[("com.skyfri.max-concurrency", "2.5")],
+            A,
+            "com.skyfri.max-concurrency",
+            "\"2.5\" is not a concurrency cap",
+        ),
+        bad(
+            &[("com.skyfri.max-concurrency", "10")],
+            &[("com.skyfri.max-concurrency", "20")],
+            L,
+            "com.skyfri.max-concurrency",
+            "\"10\" disagrees with annotations.com.skyfri.max-concurrency = \"20\"",
         ),
         // Replica counts.
         bad(

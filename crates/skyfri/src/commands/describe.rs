@@ -66,7 +66,8 @@ impl Describe {
     }
 }
 
-/// `1 to 20 replicas, concurrency target 1 per replica (aiming at 70%), to zero after 3s idle`.
+/// `1 to 20 replicas, concurrency target 1 per replica (aiming at 70%), to zero after 3s idle`,
+/// and `, at most 10 calls in flight in all` for a function with a concurrency cap.
 fn policy_line(p: &ScalePolicySummary) -> String {
     let zero = if p.scale_to_zero {
         format!(
@@ -76,8 +77,11 @@ fn policy_line(p: &ScalePolicySummary) -> String {
     } else {
         "never to zero".into()
     };
+    let cap = p.max_concurrency.map_or(String::new(), |n| {
+        format!(", at most {n} calls in flight in all")
+    });
     format!(
-        "{} to {} replicas, {} target {} per replica (aiming at {}%), {zero}",
+        "{} to {} replicas, {} target {} per replica (aiming at {}%), {zero}{cap}",
         p.min,
         p.max,
         p.metric,
@@ -128,10 +132,22 @@ mod tests {
             target_utilization: 0.7,
             scale_to_zero: true,
             idle_before_zero_seconds: 3,
+            max_concurrency: None,
         };
         assert_eq!(
             policy_line(&p),
             "1 to 20 replicas, concurrency target 1 per replica (aiming at 70%), to zero after 3s idle"
+        );
+        let capped = ScalePolicySummary {
+            max: 10,
+            scale_to_zero: false,
+            max_concurrency: Some(10),
+            ..p.clone()
+        };
+        assert_eq!(
+            policy_line(&capped),
+            "1 to 10 replicas, concurrency target 1 per replica (aiming at 70%), never to zero, \
+             at most 10 calls in flight in all"
         );
         let d = ScalingDecision {
             desired: 3,

@@ -157,24 +157,6 @@ fn admin_password(data_dir: &Path) -> Result<(String, bool)> {
     Ok((password, generated))
 }
 
-/// Raises the soft open-file limit to the hard one: every replica, socket and client
-/// connection holds descriptors, and the soft default (often 1024) runs out first.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "open-file limit not raised");
-            }
-        }
-    }
-}
-
 fn make_dir(p: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -205,7 +187,6 @@ impl Up {
             .data_dir
             .unwrap_or_else(crate::client::default_data_dir);
         make_dir(&data_dir)?;
-        raise_nofile();
         let (password, generated) = admin_password(&data_dir)?;
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
         let queue = queue_arg.open(&data_dir).await?;

@@ -18,6 +18,14 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A port nothing listens on now (for servers the tests start themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 pub struct Platform {
     child: Child,
     pub addr: String,
@@ -108,9 +116,21 @@ impl Platform {
     }
 
     pub fn cli_in(&self, cwd: &Path, args: &[&str], stdin: &str) -> Output {
+        self.cli_with_env(cwd, args, stdin, &[])
+    }
+
+    /// As [`Platform::cli_in`], with extra environment variables (a stack's `${VAR}`s).
+    pub fn cli_with_env(
+        &self,
+        cwd: &Path,
+        args: &[&str],
+        stdin: &str,
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
             .args(args)
             .current_dir(cwd)
+            .envs(env.iter().copied())
             .env("SKYFRI_URL", self.url())
             .env("SKYFRI_PASSWORD", PASSWORD)
             .env_remove("OPENFAAS_URL")

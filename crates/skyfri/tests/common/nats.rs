@@ -1,9 +1,11 @@
 //! A real nats-server with JetStream on a free port, for the tests of NATS features.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::free_port;
 
 /// Debian's nats-server, else one on the PATH.
 pub fn nats_server() -> PathBuf {
@@ -19,13 +21,6 @@ pub fn nats_server() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("no nats-server: install Debian's (apt-get install nats-server, see scripts/setup.sh)")
         })
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A nats-server with JetStream, on a free port, storing in a temporary dir.
