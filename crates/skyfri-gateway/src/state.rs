@@ -24,8 +24,10 @@ pub struct GatewayConfig {
     pub admin_password: String,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Scratch space for uploads.
+    /// Scratch space for uploads and backups.
     pub tmp_dir: std::path::PathBuf,
+    /// Where the platform's state lives (what a backup holds).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// One deployed function as the invoke path sees it.
@@ -62,6 +64,7 @@ pub struct Inner {
     pub admin_password: String,
     pub max_body: usize,
     pub tmp_dir: std::path::PathBuf,
+    pub data_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub client: UpstreamClient,
     /// Async calls, durable until they are done, dead or cancelled.
@@ -95,6 +98,7 @@ impl AppState {
             admin_password: config.admin_password,
             max_body: config.max_body,
             tmp_dir: config.tmp_dir,
+            data_dir: config.data_dir,
             metrics: Metrics::default(),
             client: upstream::client(),
             queue,

@@ -229,6 +229,7 @@ mod tests {
                 admin_password: "pw".into(),
                 max_body: 1024,
                 tmp_dir: dir.join("tmp"),
+                data_dir: dir.to_path_buf(),
             },
             Arc::new(skyfri_store::Store::open(&dir.join("skyfri.db")).unwrap()),
             Arc::new(Nowhere),

@@ -1,6 +1,7 @@
 //! One module per CLI command, each a clap struct with `run(self)`.
 
 mod async_calls;
+mod backup;
 mod build;
 pub mod deploy;
 mod describe;
@@ -8,6 +9,7 @@ mod invoke;
 mod login;
 mod logs;
 mod ls;
+mod restore;
 mod rm;
 mod scale;
 mod secret;
@@ -44,6 +46,10 @@ pub enum Command {
     Login(login::Login),
     /// Print the client's and the gateway's versions.
     Version(version::Version),
+    /// Download a backup of a running platform (functions, artefacts, secrets, async queue).
+    Backup(backup::Backup),
+    /// Restore a backup into a new or empty data dir (offline).
+    Restore(restore::Restore),
 }
 
 impl Command {
@@ -62,6 +68,8 @@ impl Command {
             Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
             Command::Version(c) => c.run().await,
+            Command::Backup(c) => c.run().await,
+            Command::Restore(c) => c.run().await,
         }
     }
 }

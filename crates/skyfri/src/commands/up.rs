@@ -186,6 +186,7 @@ impl Up {
                 admin_password: password.clone(),
                 max_body: self.max_body,
                 tmp_dir: data_dir.join("tmp"),
+                data_dir: data_dir.clone(),
             },
             store,
             provider.clone(),
