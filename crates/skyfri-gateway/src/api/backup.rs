@@ -23,10 +23,9 @@ pub async fn backup(State(state): State<AppState>) -> Result<Response, GatewayEr
     let (data_dir, tmp_dir) = (state.data_dir.clone(), state.tmp_dir.clone());
     let queue = state.queue.backend();
     // Snapshots before the answer starts, so a failure there is a proper error status.
-    let snapshot =
-        tokio::task::spawn_blocking(move || Snapshot::take(&data_dir, &tmp_dir, queue))
-            .await
-            .map_err(GatewayError::internal)??;
+    let snapshot = tokio::task::spawn_blocking(move || Snapshot::take(&data_dir, &tmp_dir, queue))
+        .await
+        .map_err(GatewayError::internal)??;
     let m = snapshot.manifest();
     tracing::info!(
         functions = m.functions,

@@ -180,7 +180,9 @@ impl Snapshot {
                         Ok(f) => f,
                         // Gone since it was listed (a rotated log): nothing to keep.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(BackupError::io(format!("reading {}", src.display()))(e)),
+                        Err(e) => {
+                            return Err(BackupError::io(format!("reading {}", src.display()))(e))
+                        }
                     };
                     let len = file
                         .metadata()
@@ -199,9 +201,7 @@ impl Snapshot {
                 item.rel().display()
             )))?;
         }
-        tar.into_inner()
-            .and_then(GzEncoder::finish)
-            .map_err(err)
+        tar.into_inner().and_then(GzEncoder::finish).map_err(err)
     }
 }
 
@@ -234,7 +234,8 @@ fn top_level_files(data_dir: &Path) -> Result<Vec<OsString>, BackupError> {
 
 pub(super) fn is_sqlite(path: &Path) -> Result<bool, BackupError> {
     let mut magic = [0u8; 16];
-    let mut file = File::open(path).map_err(BackupError::io(format!("reading {}", path.display())))?;
+    let mut file =
+        File::open(path).map_err(BackupError::io(format!("reading {}", path.display())))?;
     match file.read_exact(&mut magic) {
         Ok(()) => Ok(&magic == SQLITE_MAGIC),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
@@ -255,10 +256,11 @@ fn snapshot(src: &Path, dest: &Path) -> Result<(), BackupError> {
     )
     .map_err(sqlite)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
-    let dest_text = dest.to_str().ok_or_else(|| {
-        BackupError::Refused(format!("{}: not a UTF-8 path", dest.display()))
-    })?;
-    conn.execute("VACUUM INTO ?1", [dest_text]).map_err(sqlite)?;
+    let dest_text = dest
+        .to_str()
+        .ok_or_else(|| BackupError::Refused(format!("{}: not a UTF-8 path", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", [dest_text])
+        .map_err(sqlite)?;
     fs::set_permissions(dest, fs::Permissions::from_mode(0o600))
         .map_err(BackupError::io(format!("protecting {}", dest.display())))
 }
@@ -303,7 +305,10 @@ fn list(
         let entry = match entry {
             Ok(e) => e,
             // Removed while walking (a finished build's staging folder, a rotated log).
-            Err(e) if e.io_error().is_some_and(|e| e.kind() == io::ErrorKind::NotFound) => {
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+            {
                 continue
             }
             Err(e) => {
@@ -334,8 +339,10 @@ fn list(
                 len: meta.len(),
             });
         } else if kind.is_symlink() {
-            let target = fs::read_link(entry.path())
-                .map_err(BackupError::io(format!("reading {}", entry.path().display())))?;
+            let target = fs::read_link(entry.path()).map_err(BackupError::io(format!(
+                "reading {}",
+                entry.path().display()
+            )))?;
             match check_link(&rel, &target) {
                 Ok(()) => items.push(Item::Link { rel, target }),
                 Err(reason) => skipped.push(Skipped {

@@ -52,8 +52,11 @@ fn open(archive: &Path) -> Result<tar::Archive<GzDecoder<File>>, BackupError> {
 /// The first pass: see the module documentation.
 fn scan(archive: &Path) -> Result<Manifest, BackupError> {
     let name = archive.display().to_string();
-    let unreadable =
-        |e: io::Error| BackupError::Invalid(format!("{name}: not a readable skyfri backup (a gzip-compressed tar): {e}"));
+    let unreadable = |e: io::Error| {
+        BackupError::Invalid(format!(
+            "{name}: not a readable skyfri backup (a gzip-compressed tar): {e}"
+        ))
+    };
     let mut tar = open(archive)?;
     let mut entries = tar.entries().map_err(unreadable)?;
     let manifest = match entries.next() {
@@ -96,10 +99,12 @@ fn scan(archive: &Path) -> Result<Manifest, BackupError> {
             return Err(refuse("it comes twice".into()));
         }
     }
-    if let Some((path, link)) = paths
-        .iter()
-        .find_map(|p| p.ancestors().skip(1).find(|a| links.contains(*a)).map(|a| (p, a)))
-    {
+    if let Some((path, link)) = paths.iter().find_map(|p| {
+        p.ancestors()
+            .skip(1)
+            .find(|a| links.contains(*a))
+            .map(|a| (p, a))
+    }) {
         return Err(BackupError::Invalid(format!(
             "{name}: entry {:?} is refused: it lies beneath the link {:?}",
             path.display().to_string(),
@@ -120,8 +125,12 @@ fn scan(archive: &Path) -> Result<Manifest, BackupError> {
     Ok(manifest)
 }
 
-fn read_manifest(name: &str, mut entry: tar::Entry<'_, GzDecoder<File>>) -> Result<Manifest, BackupError> {
-    let not_backup = |why: String| BackupError::Invalid(format!("{name}: not a skyfri backup: {why}"));
+fn read_manifest(
+    name: &str,
+    mut entry: tar::Entry<'_, GzDecoder<File>>,
+) -> Result<Manifest, BackupError> {
+    let not_backup =
+        |why: String| BackupError::Invalid(format!("{name}: not a skyfri backup: {why}"));
     let path = entry
         .path()
         .map_err(|e| not_backup(e.to_string()))?
@@ -137,8 +146,8 @@ fn read_manifest(name: &str, mut entry: tar::Entry<'_, GzDecoder<File>>) -> Resu
         .take(MAX_MANIFEST)
         .read_to_end(&mut json)
         .map_err(|e| not_backup(e.to_string()))?;
-    let manifest: Manifest = serde_json::from_slice(&json)
-        .map_err(|e| not_backup(format!("{MANIFEST}: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&json).map_err(|e| not_backup(format!("{MANIFEST}: {e}")))?;
     if manifest.format > FORMAT {
         return Err(BackupError::Invalid(format!(
             "{name}: archive format {} was written by a newer skyfri ({}); this one ({}) reads format {FORMAT}: restore it with skyfri {} or newer",
@@ -146,7 +155,11 @@ fn read_manifest(name: &str, mut entry: tar::Entry<'_, GzDecoder<File>>) -> Resu
         )));
     }
     if manifest.store_schema > SCHEMA_VERSION {
-        return Err(newer_schema(name, manifest.store_schema, &manifest.skyfri_version));
+        return Err(newer_schema(
+            name,
+            manifest.store_schema,
+            &manifest.skyfri_version,
+        ));
     }
     Ok(manifest)
 }
@@ -194,7 +207,10 @@ fn prepare(data_dir: &Path) -> Result<bool, BackupError> {
                 .recursive(true)
                 .mode(0o700)
                 .create(data_dir)
-                .map_err(BackupError::io(format!("cannot create {}", data_dir.display())))?;
+                .map_err(BackupError::io(format!(
+                    "cannot create {}",
+                    data_dir.display()
+                )))?;
             Ok(true)
         }
         Err(e) => Err(BackupError::Refused(format!(
@@ -236,8 +252,9 @@ fn unpack(archive: &Path, data_dir: &Path) -> Result<(), BackupError> {
             (false, false) => mode & 0o755,
         };
         let target = data_dir.join(&path);
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-            .map_err(BackupError::io(format!("setting the mode of {}", target.display())))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(BackupError::io(
+            format!("setting the mode of {}", target.display()),
+        ))?;
     }
     Ok(())
 }
