@@ -85,12 +85,13 @@ fn a_backup_of_a_running_platform_restores_functions_secrets_and_queued_calls() 
     let r = p.http("POST", "/function/reader", &[], b"api-key");
     assert_eq!((r.status, r.text().as_str()), (200, VALUE));
 
-    // `slow` runs one async call at a time: while the first sleeps, the others wait.
+    // `slow` runs one async call at a time: while the first sleeps, the others wait. It
+    // sleeps long enough for the backup to be taken meanwhile; the stop waits for it to end.
     let r = p.http(
         "POST",
         "/async-function/slow",
         &[("X-Call-Id", "long")],
-        b"120",
+        b"15",
     );
     assert_eq!(r.status, 202, "{}", r.text());
     p.wait_call_state("long", "running", Duration::from_secs(30));
