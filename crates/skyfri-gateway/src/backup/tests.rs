@@ -272,6 +272,9 @@ fn manifest() -> Manifest {
     }
 }
 
+/// Adds entries to a crafted archive.
+type Build = Box<dyn FnOnce(&mut Crafted)>;
+
 /// Restores what `build` crafts into a new dir and returns the error, checking nothing was
 /// written.
 fn refused(build: impl FnOnce(&mut Crafted), m: Manifest) -> String {
@@ -300,7 +303,7 @@ fn archives_that_reach_outside_or_are_not_backups_are_refused() {
             c.entry(name, Regular, b"x", None);
         }
     };
-    let cases: Vec<(Box<dyn FnOnce(&mut Crafted)>, &str)> = vec![
+    let cases: Vec<(Build, &str)> = vec![
         (Box::new(file("../evil")), "`..`"),
         (Box::new(file("logs/../../evil")), "`..`"),
         (Box::new(file("/tmp/evil")), "absolute"),
