@@ -104,7 +104,12 @@ fn a_backup_of_a_running_platform_restores_functions_secrets_and_queued_calls() 
         );
     }
 
-    // The backup, while it all runs.
+    // The backup, while it all runs; only for the admin.
+    let r = p.http("GET", "/system/backup", &[], b"");
+    assert_eq!(
+        r.status, 401,
+        "a backup was handed out without the password"
+    );
     let file = tmp.path().join("skyfri-backup.tar.gz");
     let file_arg = file.to_str().expect("utf-8 path");
     let out = p.cli(&["backup", file_arg], "");
