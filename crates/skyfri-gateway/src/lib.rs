@@ -7,6 +7,7 @@ pub mod api;
 pub mod async_calls;
 pub mod auth;
 pub mod autoscale;
+pub mod backup;
 pub mod error;
 pub mod invoke;
 pub mod metrics;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             "/system/async/calls/{id}/redrive",
             post(api::async_calls::redrive),
         )
+        .route("/system/backup", get(api::backup::backup))
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
         .route("/system/namespaces", get(api::system::namespaces))

@@ -25,7 +25,7 @@ pub struct GatewayConfig {
     pub admin_password: String,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Scratch space for uploads.
+    /// Scratch space for uploads and backups.
     pub tmp_dir: std::path::PathBuf,
     /// Where data lives, for `/system/info/residency`.
     pub locations: Locations,

@@ -78,8 +78,9 @@
 //!
 //! Beside `queue.db`, SQLite keeps `queue.db-wal` (the commits not yet copied into
 //! `queue.db`; kept under about 128 MB under load, cut back to 64 MB after) and
-//! `queue.db-shm` (its index, rebuilt if lost). All three are mode 0600. Move or back up the
-//! three together, or none while skyfri runs.
+//! `queue.db-shm` (its index, rebuilt if lost). All three are mode 0600. Move or copy the
+//! three together, or none while skyfri runs; `skyfri backup` snapshots the database
+//! consistently while it runs.
 
 mod checkpointer;
 mod schema;

@@ -157,17 +157,7 @@ fn call_json(p: &Platform, id: &str) -> serde_json::Value {
 }
 
 fn wait_state(p: &Platform, id: &str, state: &str, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = p
-            .admin("GET", &format!("/system/async/calls/{id}"), "")
-            .json();
-        if v["state"] == state {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{id} not {state}: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_call_state(id, state, within)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 pub mod artefacts;
 pub mod async_calls;
+pub mod backup;
 pub mod functions;
 pub mod logs;
 pub mod residency;

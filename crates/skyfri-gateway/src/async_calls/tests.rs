@@ -184,7 +184,10 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
             admin_password: "pw".into(),
             max_body: 1024,
             tmp_dir: tmp.path().join("tmp"),
-            locations: Default::default(),
+            locations: crate::state::Locations {
+                data_dir: tmp.path().to_path_buf(),
+                ..Default::default()
+            },
         },
         Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
         Arc::new(OneReplica(Endpoint::Tcp(function.addr))),

@@ -229,7 +229,10 @@ mod tests {
                 admin_password: "pw".into(),
                 max_body: 1024,
                 tmp_dir: dir.join("tmp"),
-                locations: Default::default(),
+                locations: crate::state::Locations {
+                    data_dir: dir.to_path_buf(),
+                    ..Default::default()
+                },
             },
             Arc::new(skyfri_store::Store::open(&dir.join("skyfri.db")).unwrap()),
             Arc::new(Nowhere),

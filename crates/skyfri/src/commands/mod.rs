@@ -1,6 +1,7 @@
 //! One module per CLI command, each a clap struct with `run(self)`.
 
 mod async_calls;
+mod backup;
 mod build;
 pub mod deploy;
 mod describe;
@@ -11,6 +12,7 @@ mod invoke;
 mod login;
 mod logs;
 mod ls;
+mod restore;
 mod rm;
 mod scale;
 mod secret;
@@ -53,6 +55,10 @@ pub enum Command {
     Install(install::Install),
     /// Show the gateway's information; --residency: where data lives and what leaves the machine.
     Info(info::Info),
+    /// Download a backup of a running platform (functions, artefacts, secrets, async queue).
+    Backup(backup::Backup),
+    /// Restore a backup into a new or empty data dir (offline).
+    Restore(restore::Restore),
 }
 
 impl Command {
@@ -74,6 +80,8 @@ impl Command {
             Command::Doctor(c) => c.run().await,
             Command::Install(c) => c.run().await,
             Command::Info(c) => c.run().await,
+            Command::Backup(c) => c.run().await,
+            Command::Restore(c) => c.run().await,
         }
     }
 }

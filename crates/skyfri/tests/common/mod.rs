@@ -171,6 +171,25 @@ impl Platform {
         self.http(method, path, &[("Authorization", &auth)], body.as_bytes())
     }
 
+    /// Waits until async call `id` is in `state` (as `/system/async/calls/ID` says) and
+    /// returns the call; panics with the last answer after `within`.
+    pub fn wait_call_state(&self, id: &str, state: &str, within: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let v = self
+                .admin("GET", &format!("/system/async/calls/{id}"), "")
+                .json();
+            if v["state"] == state {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} not {state}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
