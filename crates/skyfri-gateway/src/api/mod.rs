@@ -2,7 +2,9 @@
 
 pub mod artefacts;
 pub mod async_calls;
+pub mod audit;
 pub mod functions;
 pub mod logs;
 pub mod secrets;
 pub mod system;
+pub mod tokens;

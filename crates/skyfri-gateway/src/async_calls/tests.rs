@@ -184,6 +184,7 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
             admin_password: "pw".into(),
             max_body: 1024,
             tmp_dir: tmp.path().join("tmp"),
+            trusted_proxies: Vec::new(),
         },
         Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
         Arc::new(OneReplica(Endpoint::Tcp(function.addr))),

@@ -229,6 +229,7 @@ mod tests {
                 admin_password: "pw".into(),
                 max_body: 1024,
                 tmp_dir: dir.join("tmp"),
+                trusted_proxies: Vec::new(),
             },
             Arc::new(skyfri_store::Store::open(&dir.join("skyfri.db")).unwrap()),
             Arc::new(Nowhere),
