@@ -3,12 +3,13 @@
 //!
 //! Admin actions are written one row each. Rejections — failed logins on `/system` and
 //! requests a token's scopes do not allow — come from callers who may be attackers, so they
-//! are folded: one row per action and client per UTC minute whose `count` says how many
-//! there were, and at most [`MAX_CLIENTS_PER_MINUTE`] clients per minute get a row of their
-//! own; the rest share one row with client `*`. The log so grows by at most
-//! 2 × ([`MAX_CLIENTS_PER_MINUTE`] + 1) rejection rows a minute however fast the requests
-//! come. A row's count is written at most once a second, at the minute's end (on the next
-//! rejection) and whenever the log is read.
+//! are folded: one row per action, claimed identity and client per UTC minute (keeping the
+//! first target), whose `count` says how many there were. At most [`MAX_ROWS_PER_MINUTE`]
+//! such rows are made a minute; beyond them, each action's rejections share one row with
+//! who and client `*`. The log so grows by at most [`MAX_ROWS_PER_MINUTE`] + 2 rejection
+//! rows a minute (about 100,000 a day, some 15 MB) however fast or widely spread the
+//! requests are. A row's count is written at most once a second, at the minute's end (on
+//! the next rejection) and whenever the log is read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,12 +20,12 @@ use skyfri_store::{NewAuditEntry, Store};
 
 use crate::error::GatewayError;
 
-/// Clients per minute whose rejections get a row of their own.
-pub const MAX_CLIENTS_PER_MINUTE: usize = 64;
+/// Rejection rows made per minute before the rest are folded into one per action.
+pub const MAX_ROWS_PER_MINUTE: usize = 64;
 /// How often a folded row's count is written, at most.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
-/// The client of the row that folds the clients beyond the limit.
-const OTHER_CLIENTS: &str = "*";
+/// The who and client of the row that folds the rejections beyond the limit.
+const OTHERS: &str = "*";
 
 /// Who sent an authenticated `/system` request, and from where: a request extension the
 /// auth middleware sets for the handlers.
@@ -46,7 +47,8 @@ struct Fold {
 #[derive(Default)]
 struct Folded {
     minute: i64,
-    rows: HashMap<(&'static str, String), Fold>,
+    /// By action, who and client.
+    rows: HashMap<(&'static str, String, String), Fold>,
 }
 
 pub struct Audit {
@@ -116,9 +118,9 @@ impl Audit {
             f.rows.clear();
             f.minute = minute;
         }
-        let mut key = (action, actor.client.clone());
-        if !f.rows.contains_key(&key) && f.rows.len() >= MAX_CLIENTS_PER_MINUTE {
-            key.1 = OTHER_CLIENTS.to_string();
+        let mut key = (action, actor.who.clone(), actor.client.clone());
+        if !f.rows.contains_key(&key) && f.rows.len() >= MAX_ROWS_PER_MINUTE {
+            key = (action, OTHERS.to_string(), OTHERS.to_string());
         }
         if let Some(row) = f.rows.get_mut(&key) {
             row.count += 1;
@@ -129,10 +131,10 @@ impl Audit {
         }
         let entry = NewAuditEntry {
             at: now,
-            who: actor.who.clone(),
+            who: key.1.clone(),
             action: action.to_string(),
             target: target.to_string(),
-            client: key.1.clone(),
+            client: key.2.clone(),
             outcome: outcome.to_string(),
         };
         tracing::warn!(who = %actor.who, client = %actor.client, action, target, outcome, "audit");
@@ -212,15 +214,15 @@ mod tests {
         let rows = store.list_audit(None, 10_000)?;
         assert_eq!(
             rows.len(),
-            MAX_CLIENTS_PER_MINUTE + 1,
+            MAX_ROWS_PER_MINUTE + 1,
             "1,500 failures, bounded rows"
         );
         assert_eq!(rows[0].entry.client, "10.0.0.1");
         assert_eq!(rows[0].count, 1000);
-        let other = rows.iter().find(|r| r.entry.client == OTHER_CLIENTS);
+        let other = rows.iter().find(|r| r.entry.client == OTHERS);
         assert_eq!(
             other.map(|r| r.count),
-            Some(500 - (MAX_CLIENTS_PER_MINUTE as u64 - 1))
+            Some(500 - (MAX_ROWS_PER_MINUTE as u64 - 1))
         );
         assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 1500);
 
@@ -228,9 +230,23 @@ mod tests {
         fail(minute + chrono::Duration::seconds(59), "10.0.0.1".into());
         fail(minute + chrono::Duration::seconds(61), "10.0.0.1".into());
         let rows = store.list_audit(None, 10_000)?;
-        assert_eq!(rows.len(), MAX_CLIENTS_PER_MINUTE + 2);
+        assert_eq!(rows.len(), MAX_ROWS_PER_MINUTE + 2);
         assert_eq!(rows[0].count, 1001);
-        assert_eq!(rows[MAX_CLIENTS_PER_MINUTE + 1].count, 1);
+        assert_eq!(rows[MAX_ROWS_PER_MINUTE + 1].count, 1);
+
+        // Claiming a new user each time does not escape the bound either.
+        let later = minute + chrono::Duration::seconds(180);
+        for i in 0..300 {
+            let actor = Actor {
+                who: format!("basic:user{i}"),
+                client: "10.0.0.9".into(),
+            };
+            audit.rejected_at(later, "login.failure", &actor, "GET /system/info", "401");
+        }
+        audit.flush();
+        let rows = store.list_audit(Some(later), 10_000)?;
+        assert_eq!(rows.len(), MAX_ROWS_PER_MINUTE + 1);
+        assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 300);
         Ok(())
     }
 }

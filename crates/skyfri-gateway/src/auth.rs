@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
-use ipnet::IpNet;
+pub use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use skyfri_core::auth::{grants, system_need, Scope};
 use subtle::ConstantTimeEq;
@@ -167,6 +167,14 @@ fn held_text(t: &Token) -> String {
         .map(Scope::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A `--trusted-proxy` value: an address (`10.0.0.5`) or a network (`10.0.0.0/8`).
+pub fn parse_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or a network such as 10.0.0.0/8"))
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last address in
@@ -321,6 +329,14 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn proxies_parse() {
+        assert_eq!(parse_proxy("10.0.0.5").map(|n| n.prefix_len()), Ok(32));
+        assert_eq!(parse_proxy("fd00::/8").map(|n| n.prefix_len()), Ok(8));
+        assert!(parse_proxy("10.0.0.0/33").is_err());
+        assert!(parse_proxy("proxy.local").is_err());
     }
 
     #[test]

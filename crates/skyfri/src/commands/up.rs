@@ -48,6 +48,10 @@ pub struct Up {
     /// topic is deployed.
     #[arg(long)]
     nats: Option<String>,
+    /// A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the
+    /// client in the audit log; without one, the client is the peer address.
+    #[arg(long = "trusted-proxy", value_parser = skyfri_gateway::auth::parse_proxy)]
+    trusted_proxies: Vec<skyfri_gateway::auth::IpNet>,
 }
 
 /// Where topic triggers look for NATS unless told.
@@ -186,6 +190,7 @@ impl Up {
                 admin_password: password.clone(),
                 max_body: self.max_body,
                 tmp_dir: data_dir.join("tmp"),
+                trusted_proxies: self.trusted_proxies,
             },
             store,
             provider.clone(),
