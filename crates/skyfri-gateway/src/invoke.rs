@@ -93,7 +93,7 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
         ))
         .into_response();
     };
-    if let Err(refused) = crate::auth::check_invoke(&state, &name, live.private, req.headers_mut())
+    if let Some(refused) = crate::auth::check_invoke(&state, &name, live.private, req.headers_mut())
     {
         return refused;
     }

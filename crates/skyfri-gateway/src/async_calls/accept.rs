@@ -40,7 +40,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
             "function {name:?} is not deployed (see `skyfri ls`)"
         )));
     };
-    if let Err(refused) = crate::auth::check_invoke(state, name, live.private, req.headers_mut()) {
+    if let Some(refused) = crate::auth::check_invoke(state, name, live.private, req.headers_mut()) {
         return Ok(refused);
     }
     let (parts, body) = req.into_parts();
