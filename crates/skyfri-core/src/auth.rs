@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::function::{validate_name, FunctionSpec};
 use crate::scaling::{Place, PolicyError};
 
@@ -189,6 +191,45 @@ pub fn parse_lifetime(s: &str) -> Result<u64, String> {
         Some(0) | None => Err(bad()),
         Some(secs) => Ok(secs),
     }
+}
+
+/// A token as `GET /system/tokens` lists it (never the token itself); times are RFC3339 UTC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
+}
+
+/// The answer to `POST /system/tokens`: the only place a token ever appears.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+/// An entry of `GET /system/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    /// RFC3339 UTC.
+    pub at: String,
+    /// `admin`, `token:NAME`, or what a failed login claimed (`basic:USER`, `token`).
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    /// The client's IP address.
+    pub client: String,
+    /// `ok`, or the status and error.
+    pub outcome: String,
+    /// Events this entry stands for (failed logins and refusals are folded per minute).
+    pub count: u64,
 }
 
 #[cfg(test)]

@@ -146,6 +146,28 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// GETs a JSON list. With `json`, prints it as the gateway sent it (pretty) and returns
+    /// `None`; else returns it parsed, for a table.
+    pub async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        json: bool,
+        what: &str,
+    ) -> Result<Option<Vec<T>>> {
+        let body = self.expect_ok(Method::GET, path, Bytes::new()).await?;
+        if json {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .with_context(|| format!("the gateway's {what} is not JSON"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(None);
+        }
+        let list = serde_json::from_slice(&body)
+            .with_context(|| format!("the gateway's {what} is not readable"))?;
+        Ok(Some(list))
+    }
+}
+
 /// The `error` field of a JSON error answer, else the body as text.
 pub fn error_text(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)

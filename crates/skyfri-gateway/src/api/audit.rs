@@ -5,7 +5,8 @@ use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use skyfri_core::auth::AuditRecord;
 
 use crate::error::GatewayError;
 use crate::state::AppState;
@@ -17,19 +18,6 @@ const MAX_LIMIT: u32 = 10_000;
 pub struct AuditQuery {
     since: Option<String>,
     limit: Option<u32>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Entry {
-    id: i64,
-    at: String,
-    who: String,
-    action: String,
-    target: String,
-    client: String,
-    outcome: String,
-    count: u64,
 }
 
 fn since(s: &str) -> Result<DateTime<Utc>, GatewayError> {
@@ -60,7 +48,7 @@ pub async fn list(
     Ok(Json(
         entries
             .into_iter()
-            .map(|e| Entry {
+            .map(|e| AuditRecord {
                 id: e.id,
                 at: e.entry.at.to_rfc3339_opts(SecondsFormat::Millis, true),
                 who: e.entry.who,

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
-use skyfri_core::auth::{parse_lifetime, Scope};
+use serde::Deserialize;
+use skyfri_core::auth::{parse_lifetime, CreatedToken, Scope, TokenInfo};
 use skyfri_core::validate_name;
 use skyfri_store::TokenRecord;
 
@@ -26,49 +26,25 @@ pub struct CreateRequest {
     expires_in: Option<String>,
 }
 
-/// A token as listed.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenInfo {
-    name: String,
-    scopes: Vec<String>,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_used: Option<String>,
-}
-
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-impl From<TokenRecord> for TokenInfo {
-    fn from(r: TokenRecord) -> TokenInfo {
-        TokenInfo {
-            name: r.name,
-            scopes: r.scopes,
-            created_at: time(r.created_at),
-            expires_at: r.expires_at.map(time),
-            last_used: r.last_used.map(time),
-        }
+fn info(r: TokenRecord) -> TokenInfo {
+    TokenInfo {
+        name: r.name,
+        scopes: r.scopes,
+        created_at: time(r.created_at),
+        expires_at: r.expires_at.map(time),
+        last_used: r.last_used.map(time),
     }
-}
-
-/// The answer to a create: the only place the token ever appears.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Created {
-    #[serde(flatten)]
-    info: TokenInfo,
-    token: String,
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, GatewayError> {
     let all = state.store.list_tokens()?;
     Ok(Json(
         all.into_iter()
-            .map(|r| TokenInfo::from(state.tokens.overlay(r)))
+            .map(|r| info(state.tokens.overlay(r)))
             .collect::<Vec<_>>(),
     ))
 }
@@ -89,7 +65,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-fn new_token(state: &AppState, req: CreateRequest) -> Result<Created, GatewayError> {
+fn new_token(state: &AppState, req: CreateRequest) -> Result<CreatedToken, GatewayError> {
     validate_name(&req.name).map_err(|e| GatewayError::bad_request(format!("token {e}")))?;
     let scopes = Scope::parse_all(&req.scopes).map_err(GatewayError::bad_request)?;
     let created_at = Utc::now();
@@ -123,8 +99,8 @@ fn new_token(state: &AppState, req: CreateRequest) -> Result<Created, GatewayErr
         });
     }
     state.tokens.reload(&state.store)?;
-    Ok(Created {
-        info: TokenInfo::from(record),
+    Ok(CreatedToken {
+        info: info(record),
         token,
     })
 }

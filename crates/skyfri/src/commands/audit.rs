@@ -1,9 +1,7 @@
 //! `skyfri audit`: the gateway's audit log (admin actions, failed logins, refusals).
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use hyper::Method;
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
+use skyfri_core::auth::AuditRecord;
 
 use crate::client::GatewayArgs;
 
@@ -22,17 +20,6 @@ pub struct Audit {
     gateway: GatewayArgs,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    at: String,
-    who: String,
-    action: String,
-    target: String,
-    client: String,
-    outcome: String,
-    count: u64,
-}
-
 impl Audit {
     pub async fn run(self) -> Result<()> {
         let mut path = format!("/system/audit?limit={}", self.limit);
@@ -46,13 +33,12 @@ impl Audit {
             path.push_str(&format!("&since={}", s.replace('+', "%2B")));
         }
         let gw = self.gateway.connect(None)?;
-        let body = gw.expect_ok(Method::GET, &path, Bytes::new()).await?;
-        let entries: Vec<Entry> =
-            serde_json::from_slice(&body).context("the gateway's audit log is not readable")?;
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&entries)?);
+        let Some(entries) = gw
+            .list::<AuditRecord>(&path, self.json, "audit log")
+            .await?
+        else {
             return Ok(());
-        }
+        };
         println!(
             "{:<24} {:<20} {:<16} {:<16} {:<28} OUTCOME",
             "TIME (UTC)", "WHO", "FROM", "ACTION", "TARGET"

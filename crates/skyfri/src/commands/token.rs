@@ -4,8 +4,7 @@
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::Method;
-use serde::Deserialize;
-use skyfri_core::auth::Scope;
+use skyfri_core::auth::{CreatedToken, Scope, TokenInfo};
 
 use crate::client::GatewayArgs;
 
@@ -49,25 +48,6 @@ pub struct Create {
     gateway: GatewayArgs,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Listed {
-    name: String,
-    scopes: Vec<String>,
-    created_at: String,
-    #[serde(default)]
-    expires_at: Option<String>,
-    #[serde(default)]
-    last_used: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    token: String,
-    #[serde(flatten)]
-    info: Listed,
-}
-
 impl Create {
     async fn run(self) -> Result<()> {
         skyfri_core::validate_name(&self.name).map_err(|e| anyhow::anyhow!("token {e}"))?;
@@ -94,7 +74,7 @@ impl Create {
                 Bytes::from(body.to_string()),
             )
             .await?;
-        let created: Created =
+        let created: CreatedToken =
             serde_json::from_slice(&answer).context("the gateway's answer has no token")?;
         let expires = created
             .info
@@ -122,16 +102,12 @@ pub struct Ls {
 impl Ls {
     async fn run(self) -> Result<()> {
         let gw = self.gateway.connect(None)?;
-        let body = gw
-            .expect_ok(Method::GET, "/system/tokens", Bytes::new())
-            .await?;
-        if self.json {
-            let v: serde_json::Value = serde_json::from_slice(&body)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        let Some(list) = gw
+            .list::<TokenInfo>("/system/tokens", self.json, "token list")
+            .await?
+        else {
             return Ok(());
-        }
-        let list: Vec<Listed> =
-            serde_json::from_slice(&body).context("the gateway's token list is not readable")?;
+        };
         println!(
             "{:<24} {:<30} {:<20} {:<20} EXPIRES",
             "NAME", "SCOPES", "CREATED", "LAST USED"
