@@ -22,6 +22,8 @@ use crate::error::GatewayError;
 
 /// Rejection rows made per minute before the rest are folded into one per action.
 pub const MAX_ROWS_PER_MINUTE: usize = 64;
+/// The longest outcome recorded.
+const MAX_OUTCOME_CHARS: usize = 500;
 /// How often a folded row's count is written, at most.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// The who and client of the row that folds the rejections beyond the limit.
@@ -90,7 +92,11 @@ impl Audit {
     ) -> Result<T, GatewayError> {
         let outcome = match &result {
             Ok(_) => "ok".to_string(),
-            Err(e) => format!("{}: {e}", e.status().as_u16()),
+            // A failed deploy's message can carry an installer's output: its start will do.
+            Err(e) => format!("{}: {e}", e.status().as_u16())
+                .chars()
+                .take(MAX_OUTCOME_CHARS)
+                .collect(),
         };
         self.record(actor, action, target, &outcome);
         result
