@@ -1,6 +1,7 @@
 //! skyfri-core: domain types and the parsers of what users bring (stack.yml, Knative
 //! Service manifests). No I/O: callers read files and pass their text in.
 
+pub mod auth;
 pub mod function;
 pub mod manifest;
 pub mod openfaas;

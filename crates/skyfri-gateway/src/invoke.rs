@@ -81,7 +81,7 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
-pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
+pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
     let start = Instant::now();
     let Some((name, _)) = split_path(req.uri().path()) else {
         return GatewayError::not_found("no such route").into_response();
@@ -93,6 +93,10 @@ pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
         ))
         .into_response();
     };
+    if let Some(refused) = crate::auth::check_invoke(&state, &name, live.private, req.headers_mut())
+    {
+        return refused;
+    }
     let call_id = req
         .headers()
         .get("x-call-id")

@@ -1,10 +1,11 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
-//! (basic auth), the invoke proxy under `/function`, async calls under `/async-function`
+//! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
 //! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
 //! Prometheus metrics.
 
 pub mod api;
 pub mod async_calls;
+pub mod audit;
 pub mod auth;
 pub mod autoscale;
 pub mod backup;
@@ -15,13 +16,14 @@ pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod tokens;
 pub mod triggers;
 pub mod upstream;
 
 use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -59,6 +61,12 @@ pub fn router(state: AppState) -> Router {
             post(api::async_calls::redrive),
         )
         .route("/system/backup", get(api::backup::backup))
+        .route(
+            "/system/tokens",
+            get(api::tokens::list).post(api::tokens::create),
+        )
+        .route("/system/tokens/{name}", delete(api::tokens::revoke))
+        .route("/system/audit", get(api::audit::list))
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
         .route("/system/namespaces", get(api::system::namespaces))
@@ -69,7 +77,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_admin,
+            auth::require,
         ));
     Router::new()
         .merge(system)
@@ -90,6 +98,7 @@ pub fn router(state: AppState) -> Router {
 /// Brings back every stored function (after a restart). Failures are logged per function
 /// and do not stop the others.
 pub async fn restore(state: &AppState) -> Result<usize, GatewayError> {
+    state.tokens.reload(&state.store)?;
     let stored = state.store.list_functions()?;
     let mut started = 0;
     for f in stored {

@@ -14,9 +14,11 @@ use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
 use crate::async_calls::callback::Callbacks;
+use crate::audit::Audit;
 use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
 use crate::router::{Limits, Router};
+use crate::tokens::Tokens;
 use crate::upstream::{self, UpstreamClient};
 
 /// Gateway settings.
@@ -27,6 +29,8 @@ pub struct GatewayConfig {
     pub max_body: usize,
     /// Scratch space for uploads and backups.
     pub tmp_dir: std::path::PathBuf,
+    /// Peers whose `X-Forwarded-For` names the client (for the audit log); none by default.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where data lives, for `/system/info/residency`.
     pub locations: Locations,
 }
@@ -48,6 +52,8 @@ pub struct Live {
     pub invocations: AtomicU64,
     /// Survives redeploys: calls in flight keep counting against their replicas.
     pub router: Arc<Router>,
+    /// `com.skyfri.auth: token`: callers need a token with `invoke:NAME`.
+    pub private: bool,
     /// A scale-up from zero is on its way.
     activating: AtomicBool,
 }
@@ -81,6 +87,12 @@ pub struct Inner {
     pub provider: Arc<dyn Provider>,
     pub artefacts: Arc<ArtefactStore>,
     pub admin_password: String,
+    /// SHA-256 of `admin:PASSWORD`, what basic auth is compared against.
+    pub admin_digest: [u8; 32],
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The API tokens, by hash (loaded by `restore`, reloaded on every change).
+    pub tokens: Tokens,
+    pub audit: Audit,
     pub max_body: usize,
     pub tmp_dir: std::path::PathBuf,
     pub locations: Locations,
@@ -111,10 +123,14 @@ impl AppState {
         queue: Arc<dyn Queue>,
     ) -> AppState {
         AppState(Arc::new(Inner {
+            audit: Audit::new(Arc::clone(&store)),
             store,
             provider,
             artefacts,
+            admin_digest: crate::auth::admin_digest(&config.admin_password),
             admin_password: config.admin_password,
+            trusted_proxies: config.trusted_proxies,
+            tokens: Tokens::default(),
             max_body: config.max_body,
             tmp_dir: config.tmp_dir,
             locations: config.locations,
@@ -172,6 +188,9 @@ impl AppState {
         self.metrics.set_replicas(&name, deployment.replicas);
         if let Ok(mut m) = self.functions.write() {
             let limits = limits(&deployment);
+            // Deploys validate the annotation; one that no longer parses keeps callers out.
+            let private = skyfri_core::auth::access(&deployment.spec)
+                .map_or(true, |a| a == skyfri_core::auth::Access::Token);
             let live = match m.get(&name) {
                 Some(old) => {
                     old.router.configure(limits);
@@ -179,6 +198,7 @@ impl AppState {
                         deployment,
                         invocations: AtomicU64::new(old.invocations.load(Ordering::Relaxed)),
                         router: Arc::clone(&old.router),
+                        private,
                         activating: AtomicBool::new(false),
                     }
                 }
@@ -186,6 +206,7 @@ impl AppState {
                     deployment,
                     invocations: AtomicU64::new(0),
                     router: Arc::new(Router::new(limits)),
+                    private,
                     activating: AtomicBool::new(false),
                 },
             };

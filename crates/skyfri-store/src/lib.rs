@@ -1,12 +1,16 @@
 //! skyfri-store: the embedded durable store (SQLite in WAL mode). Owns what must survive a
 //! restart: deployed functions, the image names that point at built artefacts, and secrets
-//! (encrypted, see `secrets`). The database and the secret key are readable by their owner
-//! only.
+//! (encrypted, see `secrets`), API tokens (hashed, see `tokens`) and the audit log. The
+//! database and the secret key are readable by their owner only.
 
+mod audit;
 mod schema;
 mod secrets;
+mod tokens;
 
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use schema::SCHEMA_VERSION;
+pub use tokens::TokenRecord;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -200,6 +204,17 @@ fn restrict(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// A time as stored: RFC3339 UTC with milliseconds, so that text order is time order.
+pub(crate) fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 fn decode((name, json, created): (String, String, String)) -> Result<StoredFunction, StoreError> {
     let deployment =
         serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { name, source })?;
@@ -247,6 +262,73 @@ mod tests {
         assert!(s.remove_function("echo")?);
         assert!(!s.remove_function("echo")?);
         assert!(s.get_function("echo")?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn tokens_are_created_once_listed_touched_and_revoked() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let s = Store::open(&dir.path().join("skyfri.db"))?;
+        let now = Utc::now();
+        let t = TokenRecord {
+            name: "ci".into(),
+            hash: [7; 32],
+            scopes: vec!["deploy".into(), "invoke:f".into()],
+            created_at: now,
+            expires_at: Some(now + chrono::Duration::days(30)),
+            last_used: None,
+        };
+        assert!(s.create_token(&t)?);
+        assert!(!s.create_token(&t)?, "a second token with the same name");
+        let bad = TokenRecord {
+            name: "../x".into(),
+            ..t.clone()
+        };
+        assert!(s.create_token(&bad).is_err());
+        let later = now + chrono::Duration::minutes(5);
+        s.touch_token("ci", later)?;
+        s.touch_token("ci", now)?;
+        let listed = s.list_tokens()?;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].scopes, t.scopes);
+        assert_eq!(listed[0].hash, t.hash);
+        assert_eq!(
+            listed[0].last_used.map(time_text),
+            Some(time_text(later)),
+            "last use never goes back"
+        );
+        assert!(s.revoke_token("ci")?);
+        assert!(!s.revoke_token("ci")?);
+        assert!(s.get_token("ci")?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn audit_lists_the_latest_since_oldest_first() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let s = Store::open(&dir.path().join("skyfri.db"))?;
+        let t0 = Utc::now() - chrono::Duration::hours(2);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(s.append_audit(&NewAuditEntry {
+                at: t0 + chrono::Duration::minutes(30 * i),
+                who: "admin".into(),
+                action: "function.deploy".into(),
+                target: format!("f{i}"),
+                client: "127.0.0.1".into(),
+                outcome: "ok".into(),
+            })?);
+        }
+        s.set_audit_count(ids[4], 9)?;
+        let all = s.list_audit(None, 100)?;
+        let targets: Vec<&str> = all.iter().map(|e| e.entry.target.as_str()).collect();
+        assert_eq!(targets, ["f0", "f1", "f2", "f3", "f4"]);
+        assert_eq!(all[4].count, 9);
+        let recent = s.list_audit(Some(t0 + chrono::Duration::minutes(60)), 100)?;
+        assert_eq!(recent.len(), 3);
+        let last_two = s.list_audit(None, 2)?;
+        let targets: Vec<&str> = last_two.iter().map(|e| e.entry.target.as_str()).collect();
+        assert_eq!(targets, ["f3", "f4"]);
         Ok(())
     }
 }

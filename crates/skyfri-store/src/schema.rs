@@ -38,6 +38,28 @@ CREATE TABLE IF NOT EXISTS secret_key_check (
     ciphertext BLOB NOT NULL
 );
 ",
+    // 2: API tokens (SHA-256 of the token, never the token) and the audit log.
+    "
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    last_used TEXT
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    client TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX audit_at ON audit (at);
+",
 ];
 
 /// The schema version this build writes.

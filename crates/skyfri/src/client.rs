@@ -36,26 +36,44 @@ impl GatewayArgs {
             .to_string()
     }
 
+    /// A client with the first credential found: SKYFRI_TOKEN, SKYFRI_PASSWORD, then what
+    /// `skyfri login` saved for this gateway.
     pub fn connect(&self, stack_gateway: Option<&str>) -> Result<Gateway> {
         let url = self.url(stack_gateway);
-        let password = std::env::var("SKYFRI_PASSWORD")
-            .ok()
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let credential = env("SKYFRI_TOKEN")
+            .map(Credential::Token)
+            .or_else(|| env("SKYFRI_PASSWORD").map(Credential::Password))
             .or_else(|| crate::credentials::load(&url));
-        Ok(Gateway::new(url, password))
+        Ok(Gateway::with(url, credential))
     }
+}
+
+/// How the CLI authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The admin password (basic auth), sent to `/system/*` only.
+    Password(String),
+    /// An API token (bearer), sent to `/system/*` and to function calls, where it opens
+    /// private functions (the gateway never passes a skyfri token on to a function).
+    Token(String),
 }
 
 pub struct Gateway {
     pub url: String,
-    password: Option<String>,
+    credential: Option<Credential>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Gateway {
     pub fn new(url: String, password: Option<String>) -> Gateway {
+        Gateway::with(url, password.map(Credential::Password))
+    }
+
+    pub fn with(url: String, credential: Option<Credential>) -> Gateway {
         Gateway {
             url,
-            password,
+            credential,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -70,10 +88,18 @@ impl Gateway {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("{}{}", self.url, path));
-        // Credentials go to the admin API only: /function/* forwards headers to user code.
-        if let (Some(p), true) = (&self.password, path.starts_with("/system/")) {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{p}"));
-            req = req.header("authorization", format!("Basic {token}"));
+        // The password goes to the admin API only: /function/* forwards headers to user code.
+        let system = path.starts_with("/system/");
+        let invoke = path.starts_with("/function/") || path.starts_with("/async-function/");
+        match &self.credential {
+            Some(Credential::Password(p)) if system => {
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{p}"));
+                req = req.header("authorization", format!("Basic {basic}"));
+            }
+            Some(Credential::Token(t)) if system || invoke => {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            _ => {}
         }
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
@@ -108,14 +134,37 @@ impl Gateway {
         let (status, body) = self.call(method.clone(), path, body).await?;
         if status == StatusCode::UNAUTHORIZED {
             bail!(
-                "{method} {path}: the gateway at {} wants the admin password: set SKYFRI_PASSWORD or run `skyfri login`",
-                self.url
+                "{method} {path}: the gateway at {} refused the credentials ({}): set SKYFRI_PASSWORD or SKYFRI_TOKEN, or run `skyfri login`",
+                self.url,
+                error_text(&body)
             );
         }
         if !status.is_success() {
             bail!("{method} {path}: {status}: {}", error_text(&body));
         }
         Ok(body)
+    }
+}
+
+impl Gateway {
+    /// GETs a JSON list. With `json`, prints it as the gateway sent it (pretty) and returns
+    /// `None`; else returns it parsed, for a table.
+    pub async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        json: bool,
+        what: &str,
+    ) -> Result<Option<Vec<T>>> {
+        let body = self.expect_ok(Method::GET, path, Bytes::new()).await?;
+        if json {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .with_context(|| format!("the gateway's {what} is not JSON"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(None);
+        }
+        let list = serde_json::from_slice(&body)
+            .with_context(|| format!("the gateway's {what} is not readable"))?;
+        Ok(Some(list))
     }
 }
 

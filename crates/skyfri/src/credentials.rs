@@ -1,4 +1,5 @@
-//! Saved admin passwords per gateway (`skyfri login`), in the user's config dir (mode 0600).
+//! Saved credentials per gateway (`skyfri login`): the admin password or an API token, in
+//! the user's config dir (mode 0600).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -6,22 +7,37 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Credential;
+
+/// One gateway's entry: a bare string is a password (the first releases' format).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Saved {
+    Password(String),
+    Token { token: String },
+}
 
 fn path() -> Option<PathBuf> {
     Some(dirs::config_dir()?.join("skyfri").join("credentials.json"))
 }
 
-fn read_all() -> BTreeMap<String, String> {
+fn read_all() -> BTreeMap<String, Saved> {
     path()
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
-/// The saved password for a gateway; for a gateway on this machine, the admin password
+/// The saved credential for a gateway; for a gateway on this machine, the admin password
 /// that `skyfri up` wrote into the default data dir, when readable.
-pub fn load(gateway: &str) -> Option<String> {
-    read_all().remove(gateway).or_else(|| {
+pub fn load(gateway: &str) -> Option<Credential> {
+    let saved = read_all().remove(gateway).map(|s| match s {
+        Saved::Password(p) => Credential::Password(p),
+        Saved::Token { token } => Credential::Token(token),
+    });
+    saved.or_else(|| {
         let local = is_local(gateway);
         local
             .then(|| {
@@ -29,14 +45,18 @@ pub fn load(gateway: &str) -> Option<String> {
                     .ok()
             })
             .flatten()
-            .map(|s| s.trim().to_string())
+            .map(|s| Credential::Password(s.trim().to_string()))
     })
 }
 
-pub fn save(gateway: &str, password: &str) -> Result<PathBuf> {
+pub fn save(gateway: &str, credential: &Credential) -> Result<PathBuf> {
     let path = path().context("no config directory for this user")?;
     let mut all = read_all();
-    all.insert(gateway.to_string(), password.to_string());
+    let saved = match credential {
+        Credential::Password(p) => Saved::Password(p.clone()),
+        Credential::Token(t) => Saved::Token { token: t.clone() },
+    };
+    all.insert(gateway.to_string(), saved);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -67,7 +87,7 @@ fn is_local(gateway: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_local;
+    use super::{is_local, Saved};
 
     #[test]
     fn only_loopback_is_local() {
@@ -77,5 +97,14 @@ mod tests {
         assert!(!is_local("http://127.0.0.1.evil.example"));
         assert!(!is_local("http://localhost.evil.example:8080"));
         assert!(!is_local("https://gateway.example"));
+    }
+
+    #[test]
+    fn old_password_entries_still_read() {
+        let all: std::collections::BTreeMap<String, Saved> =
+            serde_json::from_str(r#"{"http://a": "pw", "http://b": {"token": "sky_x"}}"#)
+                .expect("both forms parse");
+        assert!(matches!(all.get("http://a"), Some(Saved::Password(p)) if p == "pw"));
+        assert!(matches!(all.get("http://b"), Some(Saved::Token { token }) if token == "sky_x"));
     }
 }

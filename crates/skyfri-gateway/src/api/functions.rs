@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::SecondsFormat;
 use serde::Deserialize;
 use skyfri_core::openfaas::{
@@ -13,6 +13,7 @@ use skyfri_core::scaling::ScalePolicy;
 use skyfri_core::{validate_name, Deployment};
 use skyfri_store::StoredFunction;
 
+use crate::audit::Actor;
 use crate::error::GatewayError;
 use crate::state::AppState;
 
@@ -124,24 +125,35 @@ pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
-    apply(&state, parse_deployment(&body)?).await?;
+    let d = parse_deployment(&body)?;
+    let name = d.service.clone();
+    let result = apply(&state, d).await;
+    state
+        .audit
+        .outcome(&actor, "function.deploy", &name, result)?;
     Ok(StatusCode::ACCEPTED)
 }
 
 pub async fn update(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let d = parse_deployment(&body)?;
-    if state.store.get_function(&d.service)?.is_none() {
-        return Err(GatewayError::not_found(format!(
-            "function {:?} not found",
-            d.service
-        )));
-    }
-    apply(&state, d).await?;
+    let name = d.service.clone();
+    let result = match state.store.get_function(&d.service) {
+        Ok(Some(_)) => apply(&state, d).await,
+        Ok(None) => Err(GatewayError::not_found(format!(
+            "function {name:?} not found"
+        ))),
+        Err(e) => Err(e.into()),
+    };
+    state
+        .audit
+        .outcome(&actor, "function.update", &name, result)?;
     Ok(StatusCode::OK)
 }
 
@@ -153,25 +165,34 @@ pub struct DeleteRequest {
 
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req: DeleteRequest = serde_json::from_slice(&body).map_err(|e| {
         GatewayError::bad_request(format!("expected {{\"functionName\": \"...\"}}: {e}"))
     })?;
     let name = req.function_name;
-    if !state.store.remove_function(&name)? {
+    let result = remove(&state, &name).await;
+    state
+        .audit
+        .outcome(&actor, "function.remove", &name, result)?;
+    Ok(StatusCode::OK)
+}
+
+async fn remove(state: &AppState, name: &str) -> Result<(), GatewayError> {
+    if !state.store.remove_function(name)? {
         return Err(GatewayError::not_found(format!(
             "function {name:?} not found"
         )));
     }
-    state.remove_live(&name);
+    state.remove_live(name);
     state
         .provider
-        .remove(&name)
+        .remove(name)
         .await
         .map_err(GatewayError::internal)?;
     tracing::info!(function = %name, "removed");
-    Ok(StatusCode::OK)
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -185,6 +206,7 @@ const MAX_REPLICAS: u32 = 100;
 
 pub async fn scale(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
@@ -194,24 +216,32 @@ pub async fn scale(
             "expected {{\"serviceName\": \"...\", \"replicas\": N}}: {e}"
         ))
     })?;
-    if req.replicas > MAX_REPLICAS {
+    let target = format!("{name} replicas={}", req.replicas);
+    let result = set_replicas(&state, &name, req.replicas).await;
+    state
+        .audit
+        .outcome(&actor, "function.scale", &target, result)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(), GatewayError> {
+    if replicas > MAX_REPLICAS {
         return Err(GatewayError::bad_request(format!(
-            "replicas: {} is more than the maximum of {MAX_REPLICAS}",
-            req.replicas
+            "replicas: {replicas} is more than the maximum of {MAX_REPLICAS}"
         )));
     }
     let mut stored = state
         .store
-        .get_function(&name)?
+        .get_function(name)?
         .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))?
         .deployment;
     state
         .provider
-        .scale(&name, req.replicas)
+        .scale(name, replicas)
         .await
         .map_err(GatewayError::internal)?;
-    stored.replicas = req.replicas;
+    stored.replicas = replicas;
     state.store.put_function(&stored)?;
     state.set_live(stored);
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }

@@ -2,9 +2,11 @@
 
 pub mod artefacts;
 pub mod async_calls;
+pub mod audit;
 pub mod backup;
 pub mod functions;
 pub mod logs;
 pub mod residency;
 pub mod secrets;
 pub mod system;
+pub mod tokens;

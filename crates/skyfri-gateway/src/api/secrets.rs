@@ -4,12 +4,13 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use skyfri_core::function::DEFAULT_NAMESPACE;
 use skyfri_core::validate_secret_name;
 
+use crate::audit::Actor;
 use crate::error::GatewayError;
 use crate::state::AppState;
 
@@ -115,44 +116,59 @@ pub async fn list(
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, WRITE_SHAPE)?;
-    if !state.store.create_secret(&req.name, &value(&req)?)? {
-        return Err(GatewayError::Caller {
-            status: StatusCode::CONFLICT,
-            message: format!(
-                "secret {:?} already exists: change its value with `skyfri secret update {}`",
-                req.name, req.name
-            ),
-        });
-    }
-    tracing::info!(secret = %req.name, "secret created");
-    Ok(StatusCode::CREATED)
+    let result = (|| {
+        if !state.store.create_secret(&req.name, &value(&req)?)? {
+            return Err(GatewayError::Caller {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "secret {:?} already exists: change its value with `skyfri secret update {}`",
+                    req.name, req.name
+                ),
+            });
+        }
+        Ok(StatusCode::CREATED)
+    })();
+    state
+        .audit
+        .outcome(&actor, "secret.create", &req.name, result)
 }
 
 pub async fn update(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, WRITE_SHAPE)?;
-    if !state.store.update_secret(&req.name, &value(&req)?)? {
-        return Err(not_found(&req.name));
-    }
-    tracing::info!(secret = %req.name, "secret updated");
-    Ok(StatusCode::OK)
+    let result = (|| {
+        if !state.store.update_secret(&req.name, &value(&req)?)? {
+            return Err(not_found(&req.name));
+        }
+        Ok(StatusCode::OK)
+    })();
+    state
+        .audit
+        .outcome(&actor, "secret.update", &req.name, result)
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, r#"{"name": "..."}"#)?;
-    if !state.store.remove_secret(&req.name)? {
-        return Err(not_found(&req.name));
-    }
-    tracing::info!(secret = %req.name, "secret removed");
-    Ok(StatusCode::NO_CONTENT)
+    let result = (|| {
+        if !state.store.remove_secret(&req.name)? {
+            return Err(not_found(&req.name));
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })();
+    state
+        .audit
+        .outcome(&actor, "secret.remove", &req.name, result)
 }
 
 fn not_found(name: &str) -> GatewayError {

@@ -25,7 +25,7 @@ pub async fn accept(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-async fn enqueue(state: &AppState, req: Request) -> Result<Response, GatewayError> {
+async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, GatewayError> {
     let path = req.uri().path().to_string();
     let (segment, suffix) =
         split_under(PREFIX, &path).ok_or_else(|| GatewayError::not_found("no such route"))?;
@@ -40,6 +40,9 @@ async fn enqueue(state: &AppState, req: Request) -> Result<Response, GatewayErro
             "function {name:?} is not deployed (see `skyfri ls`)"
         )));
     };
+    if let Some(refused) = crate::auth::check_invoke(state, name, live.private, req.headers_mut()) {
+        return Ok(refused);
+    }
     let (parts, body) = req.into_parts();
     let id = match parts.headers.get("x-call-id") {
         Some(v) => {

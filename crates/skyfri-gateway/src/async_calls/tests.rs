@@ -188,6 +188,7 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
                 data_dir: tmp.path().to_path_buf(),
                 ..Default::default()
             },
+            trusted_proxies: Vec::new(),
         },
         Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
         Arc::new(OneReplica(Endpoint::Tcp(function.addr))),

@@ -233,6 +233,7 @@ mod tests {
                     data_dir: dir.to_path_buf(),
                     ..Default::default()
                 },
+                trusted_proxies: Vec::new(),
             },
             Arc::new(skyfri_store::Store::open(&dir.join("skyfri.db")).unwrap()),
             Arc::new(Nowhere),

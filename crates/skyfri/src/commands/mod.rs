@@ -1,6 +1,7 @@
 //! One module per CLI command, each a clap struct with `run(self)`.
 
 mod async_calls;
+mod audit;
 mod backup;
 mod build;
 pub mod deploy;
@@ -16,6 +17,7 @@ mod restore;
 mod rm;
 mod scale;
 mod secret;
+mod token;
 mod up;
 mod version;
 
@@ -45,7 +47,12 @@ pub enum Command {
     /// Manage the secrets functions read from /var/openfaas/secrets/.
     #[command(subcommand)]
     Secret(secret::Secret),
-    /// Save the admin password for a gateway.
+    /// Manage API tokens (scoped credentials for CI and private functions).
+    #[command(subcommand)]
+    Token(token::Token),
+    /// Show the audit log of admin actions and failed logins.
+    Audit(audit::Audit),
+    /// Save the admin password or an API token for a gateway.
     Login(login::Login),
     /// Print the client's and the gateway's versions.
     Version(version::Version),
@@ -75,6 +82,8 @@ impl Command {
             Command::Logs(c) => c.run().await,
             Command::Scale(c) => c.run().await,
             Command::Secret(c) => c.run().await,
+            Command::Token(c) => c.run().await,
+            Command::Audit(c) => c.run().await,
             Command::Login(c) => c.run().await,
             Command::Version(c) => c.run().await,
             Command::Doctor(c) => c.run().await,

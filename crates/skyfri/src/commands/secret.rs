@@ -128,16 +128,12 @@ struct Listed {
 impl Ls {
     async fn run(self) -> Result<()> {
         let gw = self.gateway.connect(None)?;
-        let body = gw
-            .expect_ok(Method::GET, "/system/secrets", Bytes::new())
-            .await?;
-        if self.json {
-            let v: serde_json::Value = serde_json::from_slice(&body)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        let Some(list) = gw
+            .list::<Listed>("/system/secrets", self.json, "secret list")
+            .await?
+        else {
             return Ok(());
-        }
-        let list: Vec<Listed> = serde_json::from_slice(&body)
-            .context("the gateway's secret list is not [{\"name\": ...}]")?;
+        };
         println!("NAME");
         for s in list {
             println!("{}", s.name);

@@ -69,6 +69,10 @@ pub struct Up {
     /// Most client connections open at once; more wait to be accepted.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the
+    /// client in the audit log; without one, the client is the peer address.
+    #[arg(long = "trusted-proxy", value_parser = skyfri_gateway::auth::parse_proxy)]
+    trusted_proxies: Vec<skyfri_gateway::auth::IpNet>,
 }
 
 /// Where topic triggers look for NATS unless told.
@@ -227,6 +231,7 @@ impl Up {
                     },
                     nats_url: Some(nats_url.clone()),
                 },
+                trusted_proxies: self.trusted_proxies,
             },
             store,
             provider.clone(),

@@ -116,7 +116,7 @@ impl Platform {
     }
 
     pub fn cli_in(&self, cwd: &Path, args: &[&str], stdin: &str) -> Output {
-        self.cli_with_env(cwd, args, stdin, &[])
+        self.cli_as(cwd, None, args, stdin, &[])
     }
 
     /// As [`Platform::cli_in`], with extra environment variables (a stack's `${VAR}`s).
@@ -127,7 +127,28 @@ impl Platform {
         stdin: &str,
         env: &[(&str, &str)],
     ) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
+        self.cli_as(cwd, None, args, stdin, env)
+    }
+
+    /// Runs the CLI with an API token (`SKYFRI_TOKEN`, which wins over the password).
+    pub fn cli_with_token(&self, token: &str, args: &[&str], stdin: &str) -> Output {
+        self.cli_as(&fixtures(), Some(token), args, stdin, &[])
+    }
+
+    fn cli_as(
+        &self,
+        cwd: &Path,
+        token: Option<&str>,
+        args: &[&str],
+        stdin: &str,
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyfri"));
+        match token {
+            Some(t) => cmd.env("SKYFRI_TOKEN", t),
+            None => cmd.env_remove("SKYFRI_TOKEN"),
+        };
+        let mut child = cmd
             .args(args)
             .current_dir(cwd)
             .envs(env.iter().copied())
