@@ -8,6 +8,7 @@ pub mod quantity;
 pub mod retry;
 pub mod scaling;
 pub mod triggers;
+pub mod usage;
 
 pub use function::{
     validate_name, validate_secret_name, Deployment, FunctionSpec, Resources, Template,
