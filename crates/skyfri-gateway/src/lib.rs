@@ -1,7 +1,7 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth), the invoke proxy under `/function`, async calls under `/async-function`
 //! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
-//! Prometheus metrics.
+//! Prometheus metrics, and usage metering ([`usage`]).
 
 pub mod api;
 pub mod async_calls;
@@ -15,6 +15,10 @@ pub mod secrets;
 pub mod state;
 pub mod triggers;
 pub mod upstream;
+pub mod usage;
+
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             post(api::async_calls::redrive),
         )
         .route("/system/info", get(api::system::info))
+        .route("/system/usage", get(api::usage::usage))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
         .route(

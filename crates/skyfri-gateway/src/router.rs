@@ -1,6 +1,7 @@
 //! Per-function routing: picks the least-loaded ready replica, enforces each replica's
 //! concurrency (containerConcurrency / max_inflight), and holds calls beyond the current
-//! capacity in a bounded queue while the scaler adds replicas.
+//! capacity in a bounded queue while the scaler adds replicas. Each call is metered (its
+//! function's [`Account`]) when it lets go of its replica.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use skyfri_runtime::Endpoint;
 use tokio::sync::Notify;
+
+use crate::usage::Account;
 
 /// How often a waiting call looks again for a ready replica (a new replica does not notify).
 const RECHECK: Duration = Duration::from_millis(2);
@@ -35,6 +38,7 @@ pub struct Router {
     /// Calls that got a replica, ever: the rps metric is its rate.
     started: AtomicU64,
     next: AtomicUsize,
+    account: Arc<Account>,
 }
 
 impl Router {
@@ -51,7 +55,13 @@ impl Router {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             next: AtomicUsize::new(0),
+            account: Arc::new(Account::default()),
         }
+    }
+
+    /// Where the function's calls are metered.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.account
     }
 
     /// New limits after a redeploy; calls in flight keep their replicas.
@@ -147,7 +157,8 @@ impl Router {
             .filter(|(load, _)| capacity == 0 || *load < capacity)
             .min_by_key(|(load, _)| *load)?;
         *slots.load.entry(endpoint.clone()).or_insert(0) += 1;
-        slots.busy.change(Instant::now(), 1);
+        let now = Instant::now();
+        slots.busy.change(now, 1);
         drop(slots);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -155,10 +166,12 @@ impl Router {
             router: Arc::clone(self),
             endpoint: endpoint.clone(),
             cold: false,
+            since: now,
         })
     }
 
-    fn release(&self, endpoint: &Endpoint) {
+    fn release(&self, endpoint: &Endpoint, since: Instant) {
+        let now = Instant::now();
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(load) = slots.load.get_mut(endpoint) {
@@ -166,9 +179,10 @@ impl Router {
                 if *load == 0 {
                     slots.load.remove(endpoint);
                 }
-                slots.busy.change(Instant::now(), -1);
+                slots.busy.change(now, -1);
             }
         }
+        self.account.record(now.saturating_duration_since(since));
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
     }
@@ -218,6 +232,8 @@ pub struct Lease {
     router: Arc<Router>,
     endpoint: Endpoint,
     cold: bool,
+    /// When the call got its replica: its metered time starts.
+    since: Instant,
 }
 
 impl Lease {
@@ -233,7 +249,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.router.release(&self.endpoint);
+        self.router.release(&self.endpoint, self.since);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::upstream::{self, UpstreamClient};
+use crate::usage::Meter;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub struct Inner {
     /// replicas' unix sockets.
     pub callbacks: Callbacks,
     pub decisions: Decisions,
+    /// Usage per function and month, until it is flushed to the store.
+    pub meter: Meter,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
@@ -100,6 +103,7 @@ impl AppState {
             queue,
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
+            meter: Meter::default(),
             functions: RwLock::new(HashMap::new()),
         }))
     }
@@ -166,6 +170,9 @@ impl AppState {
                     activating: AtomicBool::new(false),
                 },
             };
+            let account = live.router.account();
+            account.set_memory_mib(skyfri_core::usage::metered_mib(&live.deployment.spec));
+            self.meter.register(&name, account);
             m.insert(name, Arc::new(live));
         }
     }

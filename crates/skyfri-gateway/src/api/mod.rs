@@ -6,3 +6,4 @@ pub mod functions;
 pub mod logs;
 pub mod secrets;
 pub mod system;
+pub mod usage;

@@ -92,7 +92,12 @@ mod tests {
         std::fs::write(&usage, "1000000")?;
         let meter = CpuMeter::new(Some(&group));
         let ledger = CpuLedger::default();
-        for (counter, reported) in [(5_000_000, 4), (5_000_000, 0), (3_000_000, 0), (8_000_000, 3)] {
+        for (counter, reported) in [
+            (5_000_000, 4),
+            (5_000_000, 0),
+            (3_000_000, 0),
+            (8_000_000, 3),
+        ] {
             std::fs::write(&usage, counter.to_string())?;
             meter.read(Some(&group), "f", &ledger);
             let got: Vec<_> = ledger.take();
