@@ -204,12 +204,17 @@ impl Prices {
         Ok(())
     }
 
+    /// A validated amount of dollars in pico-dollars.
+    pub fn pico(usd: f64) -> u128 {
+        (usd * PICO).round() as u128
+    }
+
     fn request_pico_per_million(&self) -> u128 {
-        (self.request_usd_per_million * PICO).round() as u128
+        Prices::pico(self.request_usd_per_million)
     }
 
     fn gb_second_pico(&self) -> u128 {
-        (self.gb_second_usd * PICO).round() as u128
+        Prices::pico(self.gb_second_usd)
     }
 
     fn free_mib_ms(&self) -> u128 {
@@ -217,7 +222,7 @@ impl Prices {
     }
 
     fn server_pico(&self) -> u128 {
-        (self.server_monthly_usd * PICO).round() as u128
+        Prices::pico(self.server_monthly_usd)
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod async_calls;
 mod build;
+mod cost;
 pub mod deploy;
 mod describe;
 mod invoke;
@@ -42,6 +43,8 @@ pub enum Command {
     Secret(secret::Secret),
     /// Save the admin password for a gateway.
     Login(login::Login),
+    /// What this month's usage would cost on a pay-per-request FaaS, beside the servers.
+    Cost(cost::Cost),
     /// Print the client's and the gateway's versions.
     Version(version::Version),
 }
@@ -61,6 +64,7 @@ impl Command {
             Command::Scale(c) => c.run().await,
             Command::Secret(c) => c.run().await,
             Command::Login(c) => c.run().await,
+            Command::Cost(c) => c.run().await,
             Command::Version(c) => c.run().await,
         }
     }
