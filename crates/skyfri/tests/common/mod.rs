@@ -150,6 +150,13 @@ impl Platform {
         self.child.id()
     }
 
+    /// Kills the platform with SIGKILL: a crash, nothing flushed on the way out.
+    pub fn kill(mut self) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
     /// Stops the platform as SIGTERM would.
     pub fn stop(mut self) {
         // SAFETY: sending a signal to our own child.
