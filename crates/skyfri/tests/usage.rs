@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fixtures, Platform};
+use common::Platform;
 use serde_json::Value;
 use skyfri_core::usage::{self, Prices, Usage};
 
@@ -23,15 +23,6 @@ const MIN_CALL_MS: u64 = 150;
 const MIN_CALL_CPU_US: u64 = 50_000;
 /// No call comes near this (the default exec timeout is 60 s): a bound for sanity.
 const MAX_CALL_MS: u64 = 30_000;
-
-fn deploy(p: &Platform) {
-    let out = p.cli_in(
-        &fixtures().join("usage"),
-        &["deploy", "-f", "stack.yml"],
-        "",
-    );
-    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
-}
 
 /// `function`'s line of `/system/usage` (this month), if it has one.
 fn line(report: &Value, function: &str) -> Option<Usage> {
@@ -100,7 +91,7 @@ fn usage_is_metered_flushed_and_survives_restarts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let p = Platform::start_in(&data, &["--usage-flush", "1s"]);
-    deploy(&p);
+    p.deploy_stack("usage");
 
     for _ in 0..SYNC {
         invoke(&p);

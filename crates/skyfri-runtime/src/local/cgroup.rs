@@ -56,7 +56,7 @@ impl Layout {
         Layout::detect_at(Path::new(ROOT))
     }
 
-    pub(super) fn detect_at(root: &Path) -> Layout {
+    fn detect_at(root: &Path) -> Layout {
         if let Some(v2) = detect_v2(root) {
             return v2;
         }
@@ -403,6 +403,16 @@ fn quota_us(millis: u64) -> u64 {
     (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
+/// A fake cgroup v1 root in `root` with `controllers` mounted, for tests.
+#[cfg(test)]
+pub(super) fn fake_v1(root: &Path, controllers: &[&str]) -> std::io::Result<Layout> {
+    for c in controllers {
+        fs::create_dir_all(root.join(c))?;
+        fs::write(root.join(c).join("cgroup.procs"), "")?;
+    }
+    Ok(Layout::detect_at(root))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,11 +430,7 @@ mod tests {
     #[test]
     fn v1_layout_from_a_fake_tree() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        for c in ["memory", "pids"] {
-            fs::create_dir_all(dir.path().join(c))?;
-            fs::write(dir.path().join(c).join("cgroup.procs"), "")?;
-        }
-        let layout = Layout::detect_at(dir.path());
+        let layout = fake_v1(dir.path(), &["memory", "pids"])?;
         assert_eq!(
             layout.enforced(),
             Enforced {
@@ -464,11 +470,7 @@ mod tests {
     #[test]
     fn v1_cpu_accounting_from_a_separate_cpuacct_mount() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        for c in ["cpu", "cpuacct"] {
-            fs::create_dir_all(dir.path().join(c))?;
-            fs::write(dir.path().join(c).join("cgroup.procs"), "")?;
-        }
-        let layout = Layout::detect_at(dir.path());
+        let layout = fake_v1(dir.path(), &["cpu", "cpuacct"])?;
         assert!(layout.accounts_cpu());
         let group = Group::create(&layout, "f-3", Limits::default())?;
         fs::write(
@@ -482,13 +484,11 @@ mod tests {
     #[test]
     fn v1_cpu_and_cpuacct_mounted_together_are_one_directory() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let both = dir.path().join("cpu,cpuacct");
-        fs::create_dir_all(&both)?;
-        fs::write(both.join("cgroup.procs"), "")?;
         for link in ["cpu", "cpuacct"] {
             std::os::unix::fs::symlink("cpu,cpuacct", dir.path().join(link))?;
         }
-        let layout = Layout::detect_at(dir.path());
+        let layout = fake_v1(dir.path(), &["cpu,cpuacct"])?;
+        let both = dir.path().join("cpu,cpuacct");
         assert!(matches!(layout, Layout::V1 { cpuacct: None, .. }));
         let group = Group::create(&layout, "f-4", Limits::default())?;
         assert_eq!(group.joiner().procs.len(), 1, "joined once");

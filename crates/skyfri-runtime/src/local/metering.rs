@@ -78,14 +78,10 @@ mod tests {
 
     #[test]
     fn a_replica_reports_what_its_group_used_since_it_was_adopted() -> std::io::Result<()> {
-        use super::super::cgroup::{Layout, Limits};
+        use super::super::cgroup::{fake_v1, Limits};
         let dir = tempfile::tempdir()?;
-        for c in ["pids", "cpuacct"] {
-            std::fs::create_dir_all(dir.path().join(c))?;
-            std::fs::write(dir.path().join(c).join("cgroup.procs"), "")?;
-        }
+        let layout = fake_v1(dir.path(), &["pids", "cpuacct"])?;
         let acct = dir.path().join("cpuacct");
-        let layout = Layout::detect_at(dir.path());
         let group = Group::create(&layout, "f-1", Limits::default())?;
         let usage = acct.join("skyfri/f-1/cpuacct.usage");
         // A stem cell's boot, before the replica exists.

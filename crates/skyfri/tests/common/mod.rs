@@ -97,6 +97,17 @@ impl Platform {
         format!("http://{}", self.addr)
     }
 
+    /// Deploys `tests/fixtures/DIR/stack.yml` with the CLI; a failure fails the test.
+    pub fn deploy_stack(&self, dir: &str) {
+        let out = self.cli_in(&fixtures().join(dir), &["deploy", "-f", "stack.yml"], "");
+        assert!(
+            out.ok,
+            "deploy failed: {}
+{}",
+            out.stderr, out.stdout
+        );
+    }
+
     /// Runs the CLI against this platform.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         self.cli_in(&fixtures(), args, stdin)
