@@ -11,6 +11,7 @@ pub mod retry;
 pub mod scaling;
 pub mod sysctl;
 pub mod triggers;
+pub mod usage;
 
 pub use function::{
     validate_name, validate_secret_name, Deployment, FunctionSpec, Resources, Template,

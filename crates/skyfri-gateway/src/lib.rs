@@ -1,7 +1,7 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
 //! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
-//! Prometheus metrics.
+//! Prometheus metrics, and usage metering ([`usage`]).
 
 pub mod api;
 pub mod async_calls;
@@ -19,6 +19,10 @@ pub mod state;
 pub mod tokens;
 pub mod triggers;
 pub mod upstream;
+pub mod usage;
+
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 
@@ -69,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/audit", get(api::audit::list))
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
+        .route("/system/usage", get(api::usage::usage))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
         .route(

@@ -1,7 +1,8 @@
 //! Per-function routing: picks the least-loaded ready replica, enforces each replica's
 //! concurrency (containerConcurrency / max_inflight) and the function's cap on calls in
 //! flight across its replicas (`com.skyfri.max-concurrency`), and holds calls beyond the
-//! current capacity in a bounded queue while the scaler adds replicas.
+//! current capacity in a bounded queue while the scaler adds replicas. Each call is metered
+//! (its function's [`Account`]) when it lets go of its replica.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use skyfri_runtime::Endpoint;
 use tokio::sync::Notify;
+
+use crate::usage::Account;
 
 /// How soon a waiting call first looks again for a ready replica (a new replica does not
 /// notify); the wait doubles up to [`MAX_RECHECK`].
@@ -59,6 +62,7 @@ pub struct Router {
     /// Calls that got a replica, ever: the rps metric is its rate.
     started: AtomicU64,
     next: AtomicUsize,
+    account: Arc<Account>,
 }
 
 impl Router {
@@ -76,7 +80,13 @@ impl Router {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             next: AtomicUsize::new(0),
+            account: Arc::new(Account::default()),
         }
+    }
+
+    /// Where the function's calls are metered.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.account
     }
 
     /// New limits after a redeploy; calls in flight keep their replicas.
@@ -191,7 +201,8 @@ impl Router {
             .filter(|(load, _)| capacity == 0 || *load < capacity)
             .min_by_key(|(load, _)| *load)?;
         *slots.load.entry(endpoint.clone()).or_insert(0) += 1;
-        slots.busy.change(Instant::now(), 1);
+        let now = Instant::now();
+        slots.busy.change(now, 1);
         // Under the lock too, so that the count never shows a call over the cap.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         drop(slots);
@@ -200,10 +211,12 @@ impl Router {
             router: Arc::clone(self),
             endpoint: endpoint.clone(),
             cold: false,
+            since: now,
         })
     }
 
-    fn release(&self, endpoint: &Endpoint) {
+    fn release(&self, endpoint: &Endpoint, since: Instant) {
+        let now = Instant::now();
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(load) = slots.load.get_mut(endpoint) {
@@ -211,10 +224,11 @@ impl Router {
                 if *load == 0 {
                     slots.load.remove(endpoint);
                 }
-                slots.busy.change(Instant::now(), -1);
+                slots.busy.change(now, -1);
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        self.account.record(now.saturating_duration_since(since));
         self.freed.notify_one();
     }
 }
@@ -263,6 +277,8 @@ pub struct Lease {
     router: Arc<Router>,
     endpoint: Endpoint,
     cold: bool,
+    /// When the call got its replica: its metered time starts.
+    since: Instant,
 }
 
 impl Lease {
@@ -278,7 +294,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.router.release(&self.endpoint);
+        self.router.release(&self.endpoint, self.since);
     }
 }
 

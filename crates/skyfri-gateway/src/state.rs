@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::router::{Limits, Router};
 use crate::tokens::Tokens;
 use crate::upstream::{self, UpstreamClient};
+use crate::usage::Meter;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -104,6 +105,8 @@ pub struct Inner {
     /// replicas' unix sockets.
     pub callbacks: Callbacks,
     pub decisions: Decisions,
+    /// Usage per function and month, until it is flushed to the store.
+    pub meter: Meter,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
@@ -139,6 +142,7 @@ impl AppState {
             queue,
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
+            meter: Meter::default(),
             functions: RwLock::new(HashMap::new()),
         }))
     }
@@ -210,6 +214,9 @@ impl AppState {
                     activating: AtomicBool::new(false),
                 },
             };
+            let account = live.router.account();
+            account.set_memory_mib(skyfri_core::usage::metered_mib(&live.deployment.spec));
+            self.meter.register(&name, account);
             m.insert(name, Arc::new(live));
         }
     }

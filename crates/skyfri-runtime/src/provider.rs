@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,11 @@ pub trait Provider: Send + Sync + 'static {
     /// `tail` lines.
     fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine>;
     fn follow_logs(&self, name: &str) -> tokio::sync::broadcast::Receiver<LogLine>;
+    /// The CPU time each function's replicas used since the last call (stopped replicas
+    /// included), for metering; `None` where the provider cannot measure it.
+    fn take_cpu_usage(&self) -> Option<Vec<(String, Duration)>> {
+        None
+    }
     /// Stops every replica (kill process groups) and waits for them.
     async fn shutdown(&self);
 }

@@ -1,7 +1,8 @@
 //! skyfri-store: the embedded durable store (SQLite in WAL mode). Owns what must survive a
-//! restart: deployed functions, the image names that point at built artefacts, and secrets
-//! (encrypted, see `secrets`), API tokens (hashed, see `tokens`) and the audit log. The
-//! database and the secret key are readable by their owner only.
+//! restart: deployed functions, the image names that point at built artefacts, secrets
+//! (encrypted, see `secrets`), API tokens (hashed, see `tokens`), the audit log and metered
+//! usage per function and month. The database and the secret key are readable by their owner
+//! only.
 
 mod audit;
 mod schema;
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
+use skyfri_core::usage::{Month, Usage};
 use skyfri_core::{Deployment, Template};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +190,66 @@ impl Store {
     }
 }
 
+/// Metered usage.
+impl Store {
+    /// Adds `rows` (function, month, usage) to the stored totals, in one transaction: all of
+    /// them count or none does.
+    pub fn add_usage(&self, rows: &[(String, Month, Usage)]) -> Result<(), StoreError> {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO usage (function, month, invocations, duration_ms, mib_ms, cpu_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(function, month) DO UPDATE SET
+                        invocations = invocations + excluded.invocations,
+                        duration_ms = duration_ms + excluded.duration_ms,
+                        mib_ms = mib_ms + excluded.mib_ms,
+                        cpu_us = cpu_us + excluded.cpu_us",
+                )?;
+                for (function, month, u) in rows {
+                    stmt.execute(params![
+                        function,
+                        month.to_string(),
+                        int(u.invocations),
+                        int(u.duration_ms),
+                        int(u.mib_ms),
+                        int(u.cpu_us)
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every function's usage in `month`, by name.
+    pub fn usage(&self, month: Month) -> Result<Vec<(String, Usage)>, StoreError> {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT function, invocations, duration_ms, mib_ms, cpu_us FROM usage
+                 WHERE month = ?1 ORDER BY function",
+            )?;
+            let rows = stmt
+                .query_map([month.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        Usage {
+                            invocations: count(r.get(1)?),
+                            duration_ms: count(r.get(2)?),
+                            mib_ms: count(r.get(3)?),
+                            cpu_us: count(r.get(4)?),
+                        },
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+}
+
 /// Makes an existing file readable and writable by its owner only.
 fn restrict(path: &Path) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
@@ -329,6 +391,54 @@ mod tests {
         let last_two = s.list_audit(None, 2)?;
         let targets: Vec<&str> = last_two.iter().map(|e| e.entry.target.as_str()).collect();
         assert_eq!(targets, ["f3", "f4"]);
+        Ok(())
+    }
+
+    fn month(s: &str) -> Month {
+        s.parse().expect("a month")
+    }
+
+    #[test]
+    fn usage_adds_up_per_function_and_month_and_survives_reopen() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let path = dir.path().join("skyfri.db");
+        let (nov, dec) = (month("2026-11"), month("2026-12"));
+        let call = |ms| Usage::call(128, ms);
+        {
+            let s = Store::open(&path)?;
+            assert!(s.usage(dec)?.is_empty());
+            s.add_usage(&[
+                ("echo".into(), dec, call(10)),
+                ("echo".into(), nov, call(7)),
+                ("resize".into(), dec, call(3)),
+            ])?;
+            // A second flush adds to the first; CPU arrives on its own.
+            s.add_usage(&[
+                ("echo".into(), dec, call(5)),
+                (
+                    "echo".into(),
+                    dec,
+                    Usage {
+                        cpu_us: 1_500,
+                        ..Usage::default()
+                    },
+                ),
+            ])?;
+            s.add_usage(&[])?;
+        }
+        let s = Store::open(&path)?;
+        let want_echo = Usage {
+            invocations: 2,
+            duration_ms: 15,
+            mib_ms: 128 * 15,
+            cpu_us: 1_500,
+        };
+        assert_eq!(
+            s.usage(dec)?,
+            vec![("echo".into(), want_echo), ("resize".into(), call(3))]
+        );
+        assert_eq!(s.usage(nov)?, vec![("echo".into(), call(7))]);
+        assert!(s.usage(month("2027-01"))?.is_empty());
         Ok(())
     }
 }

@@ -60,6 +60,18 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_at ON audit (at);
 ",
+    // 3: metered usage per function and month (see skyfri_core::usage).
+    "
+CREATE TABLE usage (
+    function TEXT NOT NULL,
+    month TEXT NOT NULL,
+    invocations INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    mib_ms INTEGER NOT NULL,
+    cpu_us INTEGER NOT NULL,
+    PRIMARY KEY (function, month)
+) WITHOUT ROWID;
+",
 ];
 
 /// The schema version this build writes.

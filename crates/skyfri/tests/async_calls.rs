@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, Platform};
+use common::Platform;
 
 /// One POST the gateway made to the receiver.
 #[derive(Clone, Debug)]
@@ -132,12 +132,7 @@ fn read_request(stream: &TcpStream) -> Option<Callback> {
 }
 
 fn deploy(p: &Platform) {
-    let out = p.cli_in(
-        &fixtures().join("async"),
-        &["deploy", "-f", "stack.yml"],
-        "",
-    );
-    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
+    p.deploy_stack("async");
 }
 
 /// Posts an async call with a callback to `cb`; returns its id.

@@ -5,12 +5,7 @@ mod common;
 use common::{fixtures, Platform};
 
 fn deploy_fixtures(p: &Platform) {
-    let out = p.cli_in(
-        &fixtures().join("functions"),
-        &["deploy", "-f", "stack.yml"],
-        "",
-    );
-    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
+    p.deploy_stack("functions");
 }
 
 #[test]

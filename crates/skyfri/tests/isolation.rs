@@ -6,12 +6,7 @@ mod common;
 use common::{fixtures, Platform};
 
 fn deploy_isolation_stack(p: &Platform) {
-    let out = p.cli_in(
-        &fixtures().join("isolation"),
-        &["deploy", "-f", "stack.yml"],
-        "",
-    );
-    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
+    p.deploy_stack("isolation");
 }
 
 /// The isolation this host gives, as /system/info reports it; `None` (with a loud message)

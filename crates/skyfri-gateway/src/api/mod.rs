@@ -10,3 +10,4 @@ pub mod residency;
 pub mod secrets;
 pub mod system;
 pub mod tokens;
+pub mod usage;

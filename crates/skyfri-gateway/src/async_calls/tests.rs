@@ -11,18 +11,19 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use skyfri_core::{Deployment, FunctionSpec, Template};
 use skyfri_queue::{CallState, EmbeddedQueue};
-use skyfri_runtime::{ArtefactStore, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+use skyfri_runtime::{ArtefactStore, Endpoint};
 use skyfri_store::Store;
 use tokio::sync::watch;
 
 use super::validate_call_id;
 use crate::state::{AppState, GatewayConfig};
+use crate::testing::FakeProvider;
 
 /// One request a test server saw.
 #[derive(Clone, Debug)]
@@ -122,43 +123,6 @@ impl Recorder {
 }
 
 /// A provider with one ready replica: the test's function server.
-struct OneReplica(Endpoint);
-
-#[async_trait::async_trait]
-impl Provider for OneReplica {
-    async fn deploy(&self, _: &Deployment) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn scale(&self, _: &str, _: u32) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    fn endpoints(&self, _: &str) -> Vec<Endpoint> {
-        vec![self.0.clone()]
-    }
-    fn status(&self, _: &str) -> Option<ReplicaStatus> {
-        Some(ReplicaStatus {
-            desired: 1,
-            available: 1,
-        })
-    }
-    fn report_failure(&self, _: &str, _: &Endpoint) -> Option<String> {
-        None
-    }
-    fn info(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
-    fn logs(&self, _: &str, _: Option<DateTime<Utc>>, _: Option<usize>) -> Vec<LogLine> {
-        Vec::new()
-    }
-    fn follow_logs(&self, _: &str) -> tokio::sync::broadcast::Receiver<LogLine> {
-        tokio::sync::broadcast::channel(1).1
-    }
-    async fn shutdown(&self) {}
-}
-
 struct Harness {
     state: AppState,
     gateway: SocketAddr,
@@ -191,7 +155,7 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
             trusted_proxies: Vec::new(),
         },
         Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
-        Arc::new(OneReplica(Endpoint::Tcp(function.addr))),
+        Arc::new(FakeProvider::serving(Endpoint::Tcp(function.addr))),
         Arc::new(ArtefactStore::open(tmp.path().join("artefacts")).unwrap()),
         EmbeddedQueue::open(&tmp.path().join("queue.db")).unwrap(),
     );

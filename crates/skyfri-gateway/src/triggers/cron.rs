@@ -184,42 +184,7 @@ mod tests {
     use chrono::TimeZone;
     use skyfri_core::{Deployment, FunctionSpec, Template};
     use skyfri_queue::{EmbeddedQueue, ListFilter, Queue};
-    use skyfri_runtime::{ArtefactStore, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
-
-    /// A provider with nothing behind it: these tests look at the queue only.
-    struct Nowhere;
-
-    #[async_trait::async_trait]
-    impl Provider for Nowhere {
-        async fn deploy(&self, _: &Deployment) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn remove(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn scale(&self, _: &str, _: u32) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn endpoints(&self, _: &str) -> Vec<Endpoint> {
-            Vec::new()
-        }
-        fn status(&self, _: &str) -> Option<ReplicaStatus> {
-            None
-        }
-        fn report_failure(&self, _: &str, _: &Endpoint) -> Option<String> {
-            None
-        }
-        fn info(&self) -> serde_json::Value {
-            serde_json::json!({})
-        }
-        fn logs(&self, _: &str, _: Option<DateTime<Utc>>, _: Option<usize>) -> Vec<LogLine> {
-            Vec::new()
-        }
-        fn follow_logs(&self, _: &str) -> tokio::sync::broadcast::Receiver<LogLine> {
-            tokio::sync::broadcast::channel(1).1
-        }
-        async fn shutdown(&self) {}
-    }
+    use skyfri_runtime::ArtefactStore;
 
     /// A gateway on `queue` with one function invoked every second.
     fn gateway(dir: &std::path::Path, queue: Arc<dyn Queue>) -> AppState {
@@ -236,7 +201,7 @@ mod tests {
                 trusted_proxies: Vec::new(),
             },
             Arc::new(skyfri_store::Store::open(&dir.join("skyfri.db")).unwrap()),
-            Arc::new(Nowhere),
+            Arc::new(crate::testing::FakeProvider::default()),
             Arc::new(ArtefactStore::open(dir.join("artefacts")).unwrap()),
             queue,
         );

@@ -39,6 +39,7 @@ use super::cgroup::{Group, Limits};
 use super::isolation::Isolation;
 use super::launch::{Interpreters, Launch, Probe, Runtime, DEFAULT_PIDS, DEFAULT_TMP_BYTES};
 use super::logs::LogSink;
+use super::metering::CpuLedger;
 use super::mounts;
 use super::probe;
 use super::sandbox::{self, Spec};
@@ -169,6 +170,8 @@ pub struct Cells {
     used: AtomicU64,
     stop: watch::Sender<bool>,
     refiller: Mutex<Option<JoinHandle<()>>>,
+    /// Where the replicas made from cells report their CPU.
+    ledger: Arc<CpuLedger>,
 }
 
 impl Cells {
@@ -177,6 +180,7 @@ impl Cells {
         run_dir: &Path,
         isolation: &Isolation,
         interpreters: &Interpreters,
+        ledger: &Arc<CpuLedger>,
     ) -> Option<Arc<Cells>> {
         let unavailable = |why: &str| {
             tracing::warn!("no stem cells, functions start from scratch: {why}");
@@ -216,6 +220,7 @@ impl Cells {
             used: AtomicU64::new(0),
             stop: watch::channel(false).0,
             refiller: Mutex::new(None),
+            ledger: Arc::clone(ledger),
         });
         let task = tokio::spawn(Arc::clone(&cells).keep_filled());
         *cells
@@ -418,6 +423,7 @@ impl Cells {
                 group: cell.group,
                 keep: Box::new(MountPoint(cell.mount)),
             },
+            Arc::clone(&self.ledger),
         );
         let _ = owner.set((Arc::downgrade(&replica), Arc::clone(logs)));
         self.used.fetch_add(1, Ordering::Relaxed);

@@ -1,10 +1,12 @@
 //! Resource limits of one replica, written straight into the kernel's cgroup files: cgroup v1
 //! (one hierarchy per controller, as on hosts with v2 mounted without controllers) or v2 (one
-//! unified hierarchy with the controllers enabled).
+//! unified hierarchy with the controllers enabled). The group also tells how much CPU its
+//! processes used (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`), which metering reads.
 
 use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -25,6 +27,9 @@ pub enum Layout {
         memory: Option<PathBuf>,
         cpu: Option<PathBuf>,
         pids: Option<PathBuf>,
+        /// CPU accounting; `None` also when it is mounted together with `cpu` (then `cpu`
+        /// holds its files).
+        cpuacct: Option<PathBuf>,
     },
     /// The unified hierarchy, with the controllers it delegates to skyfri's subtree.
     V2 {
@@ -64,12 +69,25 @@ impl Layout {
         if memory.is_none() && cpu.is_none() && pids.is_none() {
             return Layout::None;
         }
-        Layout::V1 { memory, cpu, pids }
+        // Usually `cpu` and `cpuacct` are one mount (`cpu,cpuacct`, with links to it).
+        let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let cpuacct = v1("cpuacct").filter(|acct| !cpu.as_deref().is_some_and(|c| same(c, acct)));
+        Layout::V1 {
+            memory,
+            cpu,
+            pids,
+            cpuacct,
+        }
     }
 
     pub fn enforced(&self) -> Enforced {
         match self {
-            Layout::V1 { memory, cpu, pids } => Enforced {
+            Layout::V1 {
+                memory, cpu, pids, ..
+            } => Enforced {
                 memory: memory.is_some(),
                 cpu: cpu.is_some(),
                 pids: pids.is_some(),
@@ -82,6 +100,16 @@ impl Layout {
                 pids: *pids,
             },
             Layout::None => Enforced::default(),
+        }
+    }
+
+    /// Whether a replica's group tells the CPU it used.
+    pub fn accounts_cpu(&self) -> bool {
+        match self {
+            Layout::V1 { cpu, cpuacct, .. } => cpuacct.is_some() || cpu.is_some(),
+            // `cpu.stat` is there in every v2 group, with or without the cpu controller.
+            Layout::V2 { .. } => true,
+            Layout::None => false,
         }
     }
 
@@ -139,6 +167,8 @@ pub struct Limits {
 pub struct Group {
     dirs: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
+    /// The directory with the group's CPU accounting.
+    cpu_dir: Option<PathBuf>,
     v2: bool,
     /// `cgroup.procs` of every directory, ready for the child to write itself into between
     /// fork and exec (no allocation allowed there).
@@ -151,12 +181,18 @@ impl Group {
         let mut group = Group {
             dirs: Vec::new(),
             memory_dir: None,
+            cpu_dir: None,
             v2: matches!(layout, Layout::V2 { .. }),
             procs: Vec::new(),
         };
         match layout {
             Layout::None => {}
-            Layout::V1 { memory, cpu, pids } => {
+            Layout::V1 {
+                memory,
+                cpu,
+                pids,
+                cpuacct,
+            } => {
                 if let Some(base) = memory {
                     let dir = group.add(base, name)?;
                     if let Some(bytes) = limits.memory {
@@ -179,6 +215,10 @@ impl Group {
                     if let Some(millis) = limits.cpu_request_millis {
                         fs::write(dir.join("cpu.shares"), shares(millis).to_string())?;
                     }
+                    group.cpu_dir = Some(dir);
+                }
+                if let Some(base) = cpuacct {
+                    group.cpu_dir = Some(group.add(base, name)?);
                 }
                 if let Some(base) = pids {
                     let dir = group.add(base, name)?;
@@ -213,8 +253,9 @@ impl Group {
                     fs::write(dir.join("pids.max"), n.to_string())?;
                 }
                 if *memory {
-                    group.memory_dir = Some(dir);
+                    group.memory_dir = Some(dir.clone());
                 }
+                group.cpu_dir = Some(dir);
             }
         }
         Ok(group)
@@ -230,6 +271,7 @@ impl Group {
             *dir = renamed;
         }
         self.memory_dir = self.memory_dir.as_ref().map(|d| d.with_file_name(name));
+        self.cpu_dir = self.cpu_dir.as_ref().map(|d| d.with_file_name(name));
         *self = Group::create(layout, name, limits)?;
         Ok(())
     }
@@ -274,6 +316,23 @@ impl Group {
                 })
             })
             .unwrap_or(0)
+    }
+
+    /// CPU time the group's processes have used since it was made (those gone included),
+    /// `None` where the host does not account it.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        let dir = self.cpu_dir.as_ref()?;
+        if self.v2 {
+            let text = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            let usec = text.lines().find_map(|line| {
+                let (k, v) = line.split_once(' ')?;
+                (k == "usage_usec").then(|| v.trim().parse().ok()).flatten()
+            })?;
+            Some(Duration::from_micros(usec))
+        } else {
+            let text = fs::read_to_string(dir.join("cpuacct.usage")).ok()?;
+            Some(Duration::from_nanos(text.trim().parse().ok()?))
+        }
     }
 
     /// SIGKILLs every process left in the group (a sandbox's stragglers).
@@ -344,6 +403,16 @@ fn quota_us(millis: u64) -> u64 {
     (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
+/// A fake cgroup v1 root in `root` with `controllers` mounted, for tests.
+#[cfg(test)]
+pub(super) fn fake_v1(root: &Path, controllers: &[&str]) -> std::io::Result<Layout> {
+    for c in controllers {
+        fs::create_dir_all(root.join(c))?;
+        fs::write(root.join(c).join("cgroup.procs"), "")?;
+    }
+    Ok(Layout::detect_at(root))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,11 +430,7 @@ mod tests {
     #[test]
     fn v1_layout_from_a_fake_tree() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        for c in ["memory", "pids"] {
-            fs::create_dir_all(dir.path().join(c))?;
-            fs::write(dir.path().join(c).join("cgroup.procs"), "")?;
-        }
-        let layout = Layout::detect_at(dir.path());
+        let layout = fake_v1(dir.path(), &["memory", "pids"])?;
         assert_eq!(
             layout.enforced(),
             Enforced {
@@ -396,6 +461,39 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         )?;
         assert_eq!(group.oom_kills(), 2);
+        // No cpu or cpuacct controller: no CPU accounting.
+        assert!(!layout.accounts_cpu());
+        assert_eq!(group.cpu_usage(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn v1_cpu_accounting_from_a_separate_cpuacct_mount() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let layout = fake_v1(dir.path(), &["cpu", "cpuacct"])?;
+        assert!(layout.accounts_cpu());
+        let group = Group::create(&layout, "f-3", Limits::default())?;
+        fs::write(
+            dir.path().join("cpuacct/skyfri/f-3/cpuacct.usage"),
+            "1500000000\n",
+        )?;
+        assert_eq!(group.cpu_usage(), Some(Duration::from_millis(1500)));
+        Ok(())
+    }
+
+    #[test]
+    fn v1_cpu_and_cpuacct_mounted_together_are_one_directory() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for link in ["cpu", "cpuacct"] {
+            std::os::unix::fs::symlink("cpu,cpuacct", dir.path().join(link))?;
+        }
+        let layout = fake_v1(dir.path(), &["cpu,cpuacct"])?;
+        let both = dir.path().join("cpu,cpuacct");
+        assert!(matches!(layout, Layout::V1 { cpuacct: None, .. }));
+        let group = Group::create(&layout, "f-4", Limits::default())?;
+        assert_eq!(group.joiner().procs.len(), 1, "joined once");
+        fs::write(both.join("skyfri/f-4/cpuacct.usage"), "2000")?;
+        assert_eq!(group.cpu_usage(), Some(Duration::from_micros(2)));
         Ok(())
     }
 
@@ -412,7 +510,7 @@ mod tests {
             fs::read_to_string(dir.path().join("skyfri/cgroup.subtree_control"))?,
             "+memory +cpu +pids"
         );
-        Group::create(
+        let group = Group::create(
             &layout,
             "f-2",
             Limits {
@@ -422,7 +520,13 @@ mod tests {
                 pids: Some(32),
             },
         )?;
-        let group = dir.path().join("skyfri/f-2");
+        let group_dir = dir.path().join("skyfri/f-2");
+        fs::write(
+            group_dir.join("cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n",
+        )?;
+        assert_eq!(group.cpu_usage(), Some(Duration::from_micros(2500)));
+        let group = group_dir;
         assert_eq!(fs::read_to_string(group.join("memory.max"))?, "67108864");
         assert_eq!(fs::read_to_string(group.join("cpu.max"))?, "2500 10000");
         assert_eq!(fs::read_to_string(group.join("pids.max"))?, "32");

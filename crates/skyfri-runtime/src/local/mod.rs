@@ -6,6 +6,7 @@ mod cgroup;
 mod isolation;
 mod launch;
 mod logs;
+mod metering;
 mod mounts;
 mod probe;
 mod sandbox;
@@ -28,6 +29,7 @@ use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, 
 use cells::Cells;
 use launch::Launch;
 use logs::LogStore;
+use metering::CpuLedger;
 use supervisor::Replica;
 
 /// How long a deploy waits for its first replica to become ready (after the initial delay
@@ -54,6 +56,8 @@ pub struct LocalProvider {
     functions: RwLock<HashMap<String, Function>>,
     /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
     retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
+    /// CPU the replicas used, per function, until the gateway collects it.
+    cpu: Arc<CpuLedger>,
     /// One lock per function so deploy/scale/remove of a function never interleave, while
     /// a slow deploy of one function does not hold up the others.
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -82,7 +86,8 @@ impl LocalProvider {
         }
         let interpreters = Interpreters::resolve();
         tracing::debug!(?interpreters, "resolved interpreters");
-        let cells = Cells::start(&run_dir, &isolation, &interpreters);
+        let cpu = Arc::new(CpuLedger::default());
+        let cells = Cells::start(&run_dir, &isolation, &interpreters, &cpu);
         Ok(Arc::new(LocalProvider {
             cells,
             artefacts,
@@ -93,6 +98,7 @@ impl LocalProvider {
             secrets,
             functions: RwLock::new(HashMap::new()),
             retiring: Arc::new(Mutex::new(Vec::new())),
+            cpu,
             op_locks: Mutex::new(HashMap::new()),
         }))
     }
@@ -125,6 +131,7 @@ impl LocalProvider {
                 Arc::clone(&sink),
                 &self.run_dir,
                 &self.isolation,
+                Arc::clone(&self.cpu),
             ) {
                 Ok(r) => replicas.push(r),
                 Err(e) => {
@@ -451,6 +458,32 @@ impl Provider for LocalProvider {
 
     fn follow_logs(&self, name: &str) -> broadcast::Receiver<LogLine> {
         self.logs.subscribe(name)
+    }
+
+    fn take_cpu_usage(&self) -> Option<Vec<(String, Duration)>> {
+        if !self.isolation.cgroups.accounts_cpu() {
+            return None;
+        }
+        // Replicas that stopped have reported already; the running ones report now.
+        let running: Vec<Arc<Replica>> = {
+            let functions = self
+                .functions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            functions
+                .values()
+                .flat_map(|f| f.replicas.iter().cloned())
+                .collect()
+        };
+        let retiring = self
+            .retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for replica in running.iter().chain(&retiring) {
+            replica.meter_cpu();
+        }
+        Some(self.cpu.take())
     }
 
     async fn shutdown(&self) {

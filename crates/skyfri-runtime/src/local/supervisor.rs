@@ -20,6 +20,7 @@ use super::cgroup::Group;
 use super::isolation::Isolation;
 use super::launch::Launch;
 use super::logs::LogSink;
+use super::metering::{CpuLedger, CpuMeter};
 use super::probe;
 use super::sandbox::{self, Sandbox, Spec};
 use crate::provider::{Endpoint, LogLine, RuntimeError};
@@ -72,6 +73,9 @@ pub struct Replica {
     /// The group's OOM-kill count when the current process started.
     oom_baseline: AtomicU64,
     last_oom: Mutex<Option<Instant>>,
+    cpu: CpuMeter,
+    /// Where the CPU the replica used is reported.
+    ledger: Arc<CpuLedger>,
 }
 
 impl Replica {
@@ -81,6 +85,7 @@ impl Replica {
         logs: Arc<LogSink>,
         run_dir: &Path,
         isolation: &Isolation,
+        ledger: Arc<CpuLedger>,
     ) -> Result<Arc<Replica>, RuntimeError> {
         let instance = format!("{}-{:08x}", launch.function, rand::random::<u32>());
         let dir = run_dir.join(&instance);
@@ -111,9 +116,11 @@ impl Replica {
             tail: Mutex::new(VecDeque::new()),
             dir,
             sandbox: isolation.sandbox.clone(),
+            cpu: CpuMeter::new(Some(&group)),
             group: Some(group),
             oom_baseline: AtomicU64::new(0),
             last_oom: Mutex::new(None),
+            ledger,
         });
         tokio::spawn(Arc::clone(&replica).supervise(launch, logs, None));
         Ok(replica)
@@ -127,6 +134,7 @@ impl Replica {
         logs: Arc<LogSink>,
         isolation: &Isolation,
         adopted: Adopted,
+        ledger: Arc<CpuLedger>,
     ) -> Arc<Replica> {
         let pid = adopted
             .child
@@ -150,9 +158,11 @@ impl Replica {
             tail: Mutex::new(VecDeque::new()),
             dir: adopted.dir,
             sandbox: isolation.sandbox.clone(),
+            cpu: CpuMeter::new(adopted.group.as_ref()),
             group: adopted.group,
             oom_baseline: AtomicU64::new(oom_baseline),
             last_oom: Mutex::new(None),
+            ledger,
         });
         let first = (adopted.child, adopted.readers, adopted.keep);
         tokio::spawn(Arc::clone(&replica).supervise(launch, logs, Some(first)));
@@ -273,6 +283,8 @@ impl Replica {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The last reading: the group and its counter go now.
+        self.meter_cpu();
         if let Some(group) = &self.group {
             group.remove();
         }
@@ -438,6 +450,12 @@ impl Replica {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some_and(|t| t.elapsed() < OOM_MEMORY)
+    }
+
+    /// Reports the CPU the replica used since the last reading.
+    pub fn meter_cpu(&self) {
+        self.cpu
+            .read(self.group.as_ref(), &self.function, &self.ledger);
     }
 
     fn kill_cgroup(&self) {

@@ -4,6 +4,7 @@ mod async_calls;
 mod audit;
 mod backup;
 mod build;
+mod cost;
 pub mod deploy;
 mod describe;
 mod doctor;
@@ -54,6 +55,8 @@ pub enum Command {
     Audit(audit::Audit),
     /// Save the admin password or an API token for a gateway.
     Login(login::Login),
+    /// What this month's usage would cost on a pay-per-request FaaS, beside the servers.
+    Cost(cost::Cost),
     /// Print the client's and the gateway's versions.
     Version(version::Version),
     /// Check this host: kernel settings, isolation, limits, disk, interpreters, NATS.
@@ -85,6 +88,7 @@ impl Command {
             Command::Token(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Login(c) => c.run().await,
+            Command::Cost(c) => c.run().await,
             Command::Version(c) => c.run().await,
             Command::Doctor(c) => c.run().await,
             Command::Install(c) => c.run().await,

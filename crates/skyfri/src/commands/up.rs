@@ -73,6 +73,17 @@ pub struct Up {
     /// client in the audit log; without one, the client is the peer address.
     #[arg(long = "trusted-proxy", value_parser = skyfri_gateway::auth::parse_proxy)]
     trusted_proxies: Vec<skyfri_gateway::auth::IpNet>,
+    /// How often metered usage is written to the store (`skyfri cost`): a crash loses at
+    /// most this much of it.
+    #[arg(long, default_value = "5s", value_parser = flush_interval)]
+    usage_flush: std::time::Duration,
+}
+
+fn flush_interval(s: &str) -> Result<std::time::Duration, String> {
+    match skyfri_core::quantity::parse_duration(s)? {
+        d if d.is_zero() => Err("the flush interval must be longer than 0".into()),
+        d => Ok(d),
+    }
 }
 
 /// Where topic triggers look for NATS unless told.
@@ -273,6 +284,11 @@ impl Up {
             state.clone(),
             stop_rx.clone(),
         ));
+        tokio::spawn(skyfri_gateway::usage::run(
+            state.clone(),
+            self.usage_flush,
+            stop_rx.clone(),
+        ));
         let mut dispatchers = tokio::spawn(skyfri_gateway::async_calls::dispatcher::run(
             state.clone(),
             stop_rx.clone(),
@@ -317,6 +333,8 @@ impl Up {
         dispatchers.abort();
         triggers.abort();
         provider.shutdown().await;
+        // The replicas' last CPU readings are in now; nothing is metered after this.
+        skyfri_gateway::usage::flush(&state);
         if let Some(served) = served {
             served?.context("gateway failed")?;
         }

@@ -110,6 +110,17 @@ impl Platform {
         format!("http://{}", self.addr)
     }
 
+    /// Deploys `tests/fixtures/DIR/stack.yml` with the CLI; a failure fails the test.
+    pub fn deploy_stack(&self, dir: &str) {
+        let out = self.cli_in(&fixtures().join(dir), &["deploy", "-f", "stack.yml"], "");
+        assert!(
+            out.ok,
+            "deploy failed: {}
+{}",
+            out.stderr, out.stdout
+        );
+    }
+
     /// Runs the CLI against this platform.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         self.cli_in(&fixtures(), args, stdin)
@@ -213,6 +224,13 @@ impl Platform {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the platform with SIGKILL: a crash, nothing flushed on the way out.
+    pub fn kill(mut self) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Stops the platform as SIGTERM would.
