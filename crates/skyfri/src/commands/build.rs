@@ -21,9 +21,6 @@ impl Build {
     pub async fn run(self) -> Result<()> {
         let stack = StackFile::load(&self.file, self.filter.as_deref())?;
         let gw = self.gateway.connect(stack.manifest.gateway.as_deref())?;
-        for f in &stack.manifest.functions {
-            stackfile::build(&gw, &stack, f).await?;
-        }
-        Ok(())
+        stackfile::build_all(&gw, &stack).await
     }
 }

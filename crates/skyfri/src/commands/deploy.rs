@@ -29,9 +29,7 @@ impl Deploy {
 
 /// Builds every function first, then deploys: a build failure deploys nothing.
 pub async fn deploy_all(gw: &crate::client::Gateway, stack: &StackFile) -> Result<()> {
-    for f in &stack.manifest.functions {
-        stackfile::build(gw, stack, f).await?;
-    }
+    stackfile::build_all(gw, stack).await?;
     for f in &stack.manifest.functions {
         stackfile::deploy(gw, f).await?;
     }

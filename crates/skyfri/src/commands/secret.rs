@@ -138,7 +138,7 @@ impl Ls {
         }
         let list: Vec<Listed> = serde_json::from_slice(&body)
             .context("the gateway's secret list is not [{\"name\": ...}]")?;
-        println!("NAME");
+        println!("{}", crate::term::header("NAME"));
         for s in list {
             println!("{}", s.name);
         }
