@@ -59,9 +59,10 @@ impl New {
         };
         let stack = match std::fs::read_to_string(&self.file) {
             Ok(text) => {
-                let before = stackfile::parse(&self.file, &text)
-                    .context("fix the stack file first: `skyfri new` adds to it")?;
-                if before.functions.iter().any(|f| f.spec.name == self.name) {
+                // A file without functions yet does not parse; the result is checked below.
+                let before = stackfile::parse(&self.file, &text).ok();
+                let functions = before.iter().flat_map(|m| &m.functions);
+                if functions.into_iter().any(|f| f.spec.name == self.name) {
                     bail!(
                         "{}: function {:?} already exists",
                         self.file.display(),
@@ -76,7 +77,13 @@ impl New {
             }
         };
         // The text is checked with the parser `deploy` uses before anything is written.
-        let after = stackfile::parse(&self.file, &stack)?;
+        let after = stackfile::parse(&self.file, &stack).with_context(|| {
+            format!(
+                "{} would not be valid with {:?} added: fix it first",
+                self.file.display(),
+                self.name
+            )
+        })?;
         if !after
             .functions
             .iter()
@@ -171,13 +178,25 @@ fn new_stack(entry: &Entry) -> String {
 fn add_function(text: &str, entry: &Entry) -> Result<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let top_level = |l: &str| !l.starts_with([' ', '\t', '#']) && !l.trim().is_empty();
+    let is_content = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    // The indentation the user writes with, from the first indented line of `lines`.
+    let unit_of = |lines: &[&str]| -> String {
+        lines
+            .iter()
+            .filter(|l| is_content(l))
+            .map(|l| &l[..l.len() - l.trim_start().len()])
+            .find(|u| !u.is_empty())
+            .filter(|u| u.bytes().all(|b| b == b' '))
+            .unwrap_or("  ")
+            .to_string()
+    };
     let Some(start) = lines.iter().position(|l| l.starts_with("functions:")) else {
         let mut out = text.to_string();
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
         out.push_str("functions:\n");
-        out.push_str(&entry.render("  "));
+        out.push_str(&entry.render(&unit_of(&lines)));
         return Ok(out);
     };
     let value = lines[start]["functions:".len()..]
@@ -191,7 +210,7 @@ fn add_function(text: &str, entry: &Entry) -> Result<String> {
         "{}" => {
             // An empty inline map becomes a block holding the new function.
             out.push_str("functions:\n");
-            out.push_str(&entry.render("  "));
+            out.push_str(&entry.render(&unit_of(&lines)));
             out.push_str(&lines[start + 1..].concat());
             return Ok(out);
         }
@@ -203,25 +222,23 @@ fn add_function(text: &str, entry: &Entry) -> Result<String> {
         .iter()
         .position(|l| top_level(l))
         .map_or(lines.len(), |i| start + 1 + i);
-    let is_content = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
     let body = &lines[start + 1..end];
-    let unit = body
-        .iter()
-        .find(|l| is_content(l))
-        .map(|l| &l[..l.len() - l.trim_start().len()])
-        .filter(|u| !u.is_empty() && u.bytes().all(|b| b == b' '))
-        .unwrap_or("  ");
+    let unit = unit_of(if body.iter().any(is_content) {
+        body
+    } else {
+        &lines
+    });
     // After the block's last indented line: blank lines and comments that follow it stay
     // below the new function.
     let insert = body
         .iter()
-        .rposition(|l| is_content(l))
+        .rposition(is_content)
         .map_or(start + 1, |i| start + 2 + i);
     out.push_str(&lines[start..insert].concat());
     if !out.ends_with('\n') {
         out.push('\n');
     }
-    out.push_str(&entry.render(unit));
+    out.push_str(&entry.render(&unit));
     out.push_str(&lines[insert..].concat());
     Ok(out)
 }
@@ -290,6 +307,9 @@ mod tests {
             format!("functions:\n{block}")
         );
         assert!(add_function("functions: {a: {lang: exec}}\n", &ENTRY).is_err());
+        // The file's own indentation.
+        assert!(add_function("provider:\n    name: openfaas\n", &ENTRY)?
+            .ends_with("functions:\n    hello:\n        lang: python3\n        handler: ./hello\n        image: hello:latest\n"));
         Ok(())
     }
 
