@@ -20,8 +20,17 @@ pub struct Task {
 }
 
 impl Progress {
+    /// Bars when stderr is a terminal, else plain lines.
     pub fn new() -> Progress {
-        let bars = crate::term::stderr_is_terminal();
+        Progress::with_bars(crate::term::stderr_is_terminal())
+    }
+
+    /// Plain lines only: for output shared with other writers (`skyfri up`'s log).
+    pub fn plain() -> Progress {
+        Progress::with_bars(false)
+    }
+
+    fn with_bars(bars: bool) -> Progress {
         Progress {
             multi: bars.then(MultiProgress::new),
             lines: !bars || !std::io::stdout().is_terminal(),

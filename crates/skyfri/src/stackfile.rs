@@ -10,6 +10,7 @@ use skyfri_core::manifest::{self, Manifest, ManifestFunction};
 use skyfri_core::openfaas::FunctionDeployment;
 
 use crate::client::{error_text, status_error, Gateway};
+use crate::progress::{Progress, Task};
 
 pub struct StackFile {
     pub path: PathBuf,
@@ -87,7 +88,7 @@ const PARALLEL_BUILDS: usize = 3;
 
 /// Builds the artefacts of every function with a handler, a few at a time, showing each
 /// one's progress. Every build is tried; the error lists each one that failed.
-pub async fn build_all(gw: &Gateway, stack: &StackFile) -> Result<()> {
+pub async fn build_all(gw: &Gateway, stack: &StackFile, progress: &Progress) -> Result<()> {
     use futures_util::StreamExt;
 
     let functions: Vec<&ManifestFunction> = stack
@@ -96,7 +97,6 @@ pub async fn build_all(gw: &Gateway, stack: &StackFile) -> Result<()> {
         .iter()
         .filter(|f| f.handler.is_some() && f.template.is_some())
         .collect();
-    let progress = crate::progress::Progress::new();
     let width = functions
         .iter()
         .map(|f| f.spec.name.len())
@@ -140,7 +140,7 @@ async fn build(
     gw: &Gateway,
     stack: &StackFile,
     f: &ManifestFunction,
-    task: &mut crate::progress::Task,
+    task: &mut Task,
 ) -> Result<()> {
     let (Some(handler), Some(template)) = (&f.handler, f.template) else {
         return Ok(());
