@@ -22,6 +22,23 @@ const STARTERS: [(&str, &str, &str); 5] = [
 const USER_STACK: &str =
     "# our functions\nversion: 1.0\nprovider:\n    name: openfaas  # local\n\n";
 
+/// Runs the CLI on a pseudo-terminal (util-linux `script`) and returns what it drew.
+fn on_terminal(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = format!("'{}'", env!("CARGO_BIN_EXE_skyfri"));
+    for a in args {
+        command.push_str(&format!(" '{a}'"));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(cwd)
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn new(dir: &Path, args: &[&str]) -> common::Output {
     let mut all = vec!["new"];
     all.extend_from_slice(args);
