@@ -168,6 +168,16 @@ fn template_ls_and_completions() {
         "colour on a pipe: {:?}",
         out.stdout
     );
+    let drawn = on_terminal(here, &["template", "ls"], &[]);
+    assert!(
+        drawn.contains("\u{1b}[1mTEMPLATE"),
+        "no bold header on a terminal: {drawn:?}"
+    );
+    let drawn = on_terminal(here, &["template", "ls"], &[("NO_COLOR", "1")]);
+    assert!(
+        drawn.contains("TEMPLATE") && !drawn.contains('\u{1b}'),
+        "NO_COLOR: {drawn:?}"
+    );
     let out = cli(here, &["template", "ls", "--json"], "", &[]);
     let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("template ls --json");
     let names: Vec<&str> = list
@@ -302,4 +312,19 @@ fn a_failed_build_names_its_file_and_the_others_still_build() {
         "a failed build deploys nothing: {}",
         out.stdout
     );
+
+    // On a terminal: a line per function, ending in done or failed.
+    let url = p.url();
+    let env = [("SKYFRI_URL", url.as_str()), ("SKYFRI_PASSWORD", PASSWORD)];
+    let drawn = on_terminal(dir, &["build"], &env);
+    for (name, outcome) in [
+        ("good-one", "done"),
+        ("good-two", "done"),
+        ("broken", "failed"),
+    ] {
+        let line = drawn
+            .split(['\r', '\n'])
+            .rfind(|l| l.contains(name) && l.contains(outcome));
+        assert!(line.is_some(), "no {outcome} line for {name}: {drawn:?}");
+    }
 }
