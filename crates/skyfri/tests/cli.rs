@@ -103,6 +103,34 @@ fn new_functions_of_every_template_deploy_and_answer() {
         out.stdout
     );
 
+    // A Knative manifest or a broken file is left alone, and no folder is made.
+    let other = tempfile::tempdir().expect("tempdir");
+    let knative = common::fixtures().join("knative-service.yaml");
+    std::fs::copy(&knative, other.path().join("stack.yml")).expect("copy manifest");
+    std::fs::write(
+        other.path().join("bad.yml"),
+        "version: 1.0\nprovider:\n  nme: x\n",
+    )
+    .expect("write bad.yml");
+    for (file, says) in [
+        ("stack.yml", "Knative"),
+        ("bad.yml", "bad.yml:3:3: provider.nme"),
+    ] {
+        let out = new(other.path(), &["fresh", "--lang", "exec", "-f", file]);
+        assert_eq!(out.code, Some(1), "{file}: {}", out.stdout);
+        assert!(out.stderr.contains(says), "{file}: {}", out.stderr);
+        assert!(
+            !other.path().join("fresh").exists(),
+            "{file}: a folder was made"
+        );
+    }
+    let kept = std::fs::read(other.path().join("stack.yml")).expect("read");
+    assert_eq!(
+        kept,
+        std::fs::read(&knative).expect("read"),
+        "the manifest changed"
+    );
+
     // Put the starter back and deploy everything: each one answers as it is.
     std::fs::create_dir(dir.join("hello-py")).expect("mkdir");
     let again = tempfile::tempdir().expect("tempdir");

@@ -57,10 +57,12 @@ impl New {
             image: &image,
             fprocess: starter.fprocess,
         };
+        // Whether the file as it is parses: one without functions yet does not.
+        let mut parsed_before = false;
         let stack = match std::fs::read_to_string(&self.file) {
             Ok(text) => {
-                // A file without functions yet does not parse; the result is checked below.
                 let before = stackfile::parse(&self.file, &text).ok();
+                parsed_before = before.is_some();
                 let functions = before.iter().flat_map(|m| &m.functions);
                 if functions.into_iter().any(|f| f.spec.name == self.name) {
                     bail!(
@@ -77,18 +79,15 @@ impl New {
             }
         };
         // The text is checked with the parser `deploy` uses before anything is written.
-        let after = stackfile::parse(&self.file, &stack).with_context(|| {
-            format!(
-                "{} would not be valid with {:?} added: fix it first",
-                self.file.display(),
-                self.name
-            )
-        })?;
-        if !after
-            .functions
-            .iter()
-            .any(|f| f.spec.name == self.name && f.template == Some(template))
-        {
+        let added = match stackfile::parse(&self.file, &stack) {
+            Ok(after) => after
+                .functions
+                .iter()
+                .any(|f| f.spec.name == self.name && f.template == Some(template)),
+            Err(e) if !parsed_before => return Err(e.context("fix the stack file first")),
+            Err(_) => false,
+        };
+        if !added {
             bail!(
                 "{}: could not add {:?} to it (is it a Knative manifest? `skyfri new` adds to stack.yml files)",
                 self.file.display(),
