@@ -51,11 +51,14 @@ pub fn for_status(status: StatusCode, message: String) -> anyhow::Error {
 
 /// The exit code of a failed command.
 pub fn code(err: &anyhow::Error) -> ExitCode {
-    let code = err
-        .chain()
+    ExitCode::from(raw(err))
+}
+
+/// The exit code of an error, as a number.
+pub fn raw(err: &anyhow::Error) -> u8 {
+    err.chain()
         .find_map(|c| c.downcast_ref::<Coded>())
-        .map_or(ERROR, |c| c.code);
-    ExitCode::from(code)
+        .map_or(ERROR, |c| c.code)
 }
 
 #[cfg(test)]

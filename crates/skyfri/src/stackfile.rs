@@ -121,6 +121,14 @@ pub async fn build_all(gw: &Gateway, stack: &StackFile, progress: &Progress) -> 
         .collect()
         .await;
     let mut failures: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    // Refused credentials or an unreachable gateway fail every build alike: once is enough,
+    // with its exit code.
+    let shared = |e: &anyhow::Error| {
+        [crate::exit::AUTH, crate::exit::UNREACHABLE].contains(&crate::exit::raw(e))
+    };
+    if !failures.is_empty() && failures.iter().all(shared) {
+        return Err(failures.remove(0));
+    }
     match failures.len() {
         0 => Ok(()),
         1 => Err(failures.remove(0)),

@@ -248,6 +248,24 @@ fn exit_codes_tell_not_found_auth_and_unreachable_apart() {
         "{}",
         out.stderr
     );
+    let out = p.cli_with_env(
+        &fixtures,
+        &["build", "-f", "functions/stack.yml"],
+        "",
+        &wrong,
+    );
+    assert_eq!(
+        out.code,
+        Some(4),
+        "builds with a wrong password: {}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("refused the credentials").count(),
+        1,
+        "said once for all builds: {}",
+        out.stderr
+    );
     let out = p.cli_with_env(&fixtures, &["secret", "ls"], "", &wrong);
     assert_eq!(out.code, Some(4), "wrong password: {}", out.stderr);
     let out = p.cli(&["frobnicate"], "");
