@@ -20,6 +20,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # The orders-db test starts its own PostgreSQL (initdb, postgres, psql) and PgBouncer.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# The CLI tests run skyfri on a pseudo-terminal (colour, progress lines) with script(1).
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

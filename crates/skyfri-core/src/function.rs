@@ -25,16 +25,22 @@ pub enum Template {
 }
 
 impl Template {
-    /// Maps an OpenFaaS `lang` value to a template.
+    /// Maps an OpenFaaS `lang` value (a template's name or one of its aliases) to a template.
     pub fn from_lang(lang: &str) -> Option<Template> {
-        Some(match lang {
-            "python3" | "python" | "python3-flask" => Template::Python3,
-            "python3-http" | "python3-http-debian" => Template::Python3Http,
-            "node" | "node18" | "node20" | "node22" | "node-http" => Template::Node,
-            "exec" | "dockerfile" => Template::Exec,
-            "http" => Template::Http,
-            _ => return None,
-        })
+        Template::ALL
+            .into_iter()
+            .find(|t| t.name() == lang || t.aliases().contains(&lang))
+    }
+
+    /// Other `lang` values that mean this template (OpenFaaS template names).
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Template::Python3 => &["python", "python3-flask"],
+            Template::Python3Http => &["python3-http-debian"],
+            Template::Node => &["node18", "node20", "node22", "node-http"],
+            Template::Exec => &["dockerfile"],
+            Template::Http => &[],
+        }
     }
 
     pub fn name(self) -> &'static str {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +11,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use crate::exit::Coded;
 
 pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
@@ -107,11 +109,30 @@ impl Gateway {
         let req = req
             .body(Full::new(body))
             .with_context(|| format!("invalid request {method} {path}"))?;
-        self.client.request(req).await.with_context(|| {
-            format!(
-                "cannot reach the gateway at {} (is `skyfri up` running? set --gateway or SKYFRI_URL)",
-                self.url
-            )
+        let started = std::time::Instant::now();
+        let result = self.client.request(req).await;
+        if debug_enabled() {
+            // Method, URL, status and time only: never headers (the credentials) or bodies
+            // (secret values).
+            let outcome = match &result {
+                Ok(res) => res.status().to_string(),
+                Err(e) => format!("failed: {e}"),
+            };
+            eprintln!(
+                "skyfri debug: {method} {}{path} -> {outcome} ({} ms)",
+                self.url,
+                started.elapsed().as_millis()
+            );
+        }
+        result.map_err(|e| {
+            anyhow::Error::new(Coded {
+                code: crate::exit::UNREACHABLE,
+                message: format!(
+                    "cannot reach the gateway at {} (is `skyfri up` running? set --gateway or SKYFRI_URL)",
+                    self.url
+                ),
+                cause: Some(Box::new(e)),
+            })
         })
     }
 
@@ -132,15 +153,8 @@ impl Gateway {
     /// Like `call`, but an answer outside 2xx is an error carrying the gateway's message.
     pub async fn expect_ok(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes> {
         let (status, body) = self.call(method.clone(), path, body).await?;
-        if status == StatusCode::UNAUTHORIZED {
-            bail!(
-                "{method} {path}: the gateway at {} refused the credentials ({}): set SKYFRI_PASSWORD or SKYFRI_TOKEN, or run `skyfri login`",
-                self.url,
-                error_text(&body)
-            );
-        }
         if !status.is_success() {
-            bail!("{method} {path}: {status}: {}", error_text(&body));
+            return Err(status_error(&self.url, &method, path, status, &body));
         }
         Ok(body)
     }
@@ -166,6 +180,29 @@ impl Gateway {
             .with_context(|| format!("the gateway's {what} is not readable"))?;
         Ok(Some(list))
     }
+}
+
+/// The error for a gateway's answer outside 2xx, with the exit code its status calls for.
+pub fn status_error(
+    url: &str,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> anyhow::Error {
+    let message = match status {
+        StatusCode::UNAUTHORIZED => format!(
+            "{method} {path}: the gateway at {url} refused the credentials ({}): set SKYFRI_PASSWORD or SKYFRI_TOKEN, or run `skyfri login`",
+            error_text(body)
+        ),
+        _ => format!("{method} {path}: {status}: {}", error_text(body)),
+    };
+    crate::exit::for_status(status, message)
+}
+
+/// Whether `SKYFRI_DEBUG` asks for each HTTP call to be printed.
+fn debug_enabled() -> bool {
+    std::env::var("SKYFRI_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The `error` field of a JSON error answer, else the body as text.

@@ -3,21 +3,25 @@
 mod client;
 mod commands;
 mod credentials;
+mod exit;
 mod owned_file;
+mod progress;
 mod service;
 mod stackfile;
+mod term;
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(name = "skyfri", version, about = "Self-hosted Function-as-a-Service")]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: commands::Command,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    term::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -28,8 +32,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.command.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!(
+                "{} {e:#}",
+                console::style("error:").red().bold().for_stderr()
+            );
+            exit::code(&e)
         }
     }
 }

@@ -185,16 +185,12 @@ fn a_backup_of_a_running_platform_restores_functions_secrets_and_queued_calls() 
 
 /// `skyfri restore FILE --data-dir DIR`, offline.
 fn restore(file: &Path, dir: &Path) -> common::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyfri"))
-        .arg("restore")
-        .arg(file)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .expect("run skyfri restore");
-    common::Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let file = file.to_str().expect("utf-8 path");
+    let dir = dir.to_str().expect("utf-8 path");
+    common::cli(
+        Path::new("."),
+        &["restore", file, "--data-dir", dir],
+        "",
+        &[],
+    )
 }

@@ -33,3 +33,74 @@ pub fn python_mode(template: Template) -> Option<&'static str> {
         Template::Node | Template::Http => None,
     }
 }
+
+/// What `skyfri new` writes for a template: a handler folder that builds and answers calls
+/// as it is, and the stack.yml fields it needs.
+pub struct Starter {
+    /// The language, for `skyfri template ls`.
+    pub language: &'static str,
+    /// One line saying what the template's handler is.
+    pub description: &'static str,
+    /// Files of the handler folder (name, contents); `{{name}}` stands for the function's name.
+    pub files: &'static [(&'static str, &'static str)],
+    /// The `fprocess` the template needs, run in the handler folder.
+    pub fprocess: Option<&'static str>,
+}
+
+/// The starter handler of a template.
+pub fn starter(template: Template) -> Starter {
+    match template {
+        Template::Python3 => Starter {
+            language: "Python 3",
+            description: "handle(req): the body as text in, the answer out (OpenFaaS python3)",
+            files: &[
+                ("handler.py", include_str!("starters/python3/handler.py")),
+                (
+                    "requirements.txt",
+                    include_str!("starters/python3/requirements.txt"),
+                ),
+            ],
+            fprocess: None,
+        },
+        Template::Python3Http => Starter {
+            language: "Python 3",
+            description:
+                "handle(event, context): method, path, headers, body in; status, headers, body out",
+            files: &[
+                (
+                    "handler.py",
+                    include_str!("starters/python3-http/handler.py"),
+                ),
+                (
+                    "requirements.txt",
+                    include_str!("starters/python3-http/requirements.txt"),
+                ),
+            ],
+            fprocess: None,
+        },
+        Template::Node => Starter {
+            language: "JavaScript (Node.js)",
+            description:
+                "async (event, context) => context.status(200).succeed(body) (OpenFaaS node18/20)",
+            files: &[
+                ("handler.js", include_str!("starters/node/handler.js")),
+                ("package.json", include_str!("starters/node/package.json")),
+            ],
+            fprocess: None,
+        },
+        Template::Exec => Starter {
+            language: "any command",
+            description:
+                "runs fprocess per call: body on stdin, answer on stdout (classic watchdog)",
+            files: &[("handler.sh", include_str!("starters/exec/handler.sh"))],
+            fprocess: Some("sh handler.sh"),
+        },
+        Template::Http => Starter {
+            language: "any HTTP server",
+            description:
+                "fprocess starts a server listening on 127.0.0.1:$PORT that gets every call",
+            files: &[("server.py", include_str!("starters/http/server.py"))],
+            fprocess: Some("python3 server.py"),
+        },
+    }
+}

@@ -116,10 +116,11 @@ impl Ls {
             return Ok(());
         }
         let now = Utc::now();
-        println!(
+        let header = format!(
             "{:<36}  {:<20} {:<9} {:>7} {:>6} {:>5}  DETAIL",
             "CALL ID", "FUNCTION", "STATE", "ATTEMPT", "STATUS", "AGE"
         );
+        println!("{}", crate::term::header(&header));
         for c in &calls {
             let status = c.status.map_or("-".to_string(), |s| s.to_string());
             let mut detail = detail(c, now);

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use skyfri_gateway::backup::Manifest;
 use tokio::io::AsyncWriteExt;
 
-use crate::client::{error_text, GatewayArgs};
+use crate::client::{status_error, GatewayArgs};
 
 #[derive(clap::Args)]
 pub struct Backup {
@@ -78,15 +78,15 @@ async fn download(gw: &crate::client::Gateway, path: &Path) -> Result<()> {
         .send(Method::GET, "/system/backup", &[], Bytes::new())
         .await?;
     let status = res.status();
-    if status == StatusCode::UNAUTHORIZED {
-        bail!(
-            "the gateway at {} wants the admin password: set SKYFRI_PASSWORD or run `skyfri login`",
-            gw.url
-        );
-    }
     if !status.is_success() {
         let body = res.into_body().collect().await?.to_bytes();
-        bail!("GET /system/backup: {status}: {}", error_text(&body));
+        return Err(status_error(
+            &gw.url,
+            &Method::GET,
+            "/system/backup",
+            status,
+            &body,
+        ));
     }
     // A partial file left by an earlier attempt may have another mode: start afresh.
     let _ = tokio::fs::remove_file(path).await;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::client::GatewayArgs;
+use crate::progress::Progress;
 use crate::stackfile::{self, StackFile};
 
 #[derive(clap::Args)]
@@ -21,9 +22,6 @@ impl Build {
     pub async fn run(self) -> Result<()> {
         let stack = StackFile::load(&self.file, self.filter.as_deref())?;
         let gw = self.gateway.connect(stack.manifest.gateway.as_deref())?;
-        for f in &stack.manifest.functions {
-            stackfile::build(&gw, &stack, f).await?;
-        }
-        Ok(())
+        stackfile::build_all(&gw, &stack, &Progress::new()).await
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::client::GatewayArgs;
+use crate::progress::Progress;
 use crate::stackfile::{self, StackFile};
 
 #[derive(clap::Args)]
@@ -23,15 +24,17 @@ impl Deploy {
     pub async fn run(self) -> Result<()> {
         let stack = StackFile::load(&self.file, self.filter.as_deref())?;
         let gw = self.gateway.connect(stack.manifest.gateway.as_deref())?;
-        deploy_all(&gw, &stack).await
+        deploy_all(&gw, &stack, &Progress::new()).await
     }
 }
 
 /// Builds every function first, then deploys: a build failure deploys nothing.
-pub async fn deploy_all(gw: &crate::client::Gateway, stack: &StackFile) -> Result<()> {
-    for f in &stack.manifest.functions {
-        stackfile::build(gw, stack, f).await?;
-    }
+pub async fn deploy_all(
+    gw: &crate::client::Gateway,
+    stack: &StackFile,
+    progress: &Progress,
+) -> Result<()> {
+    stackfile::build_all(gw, stack, progress).await?;
     for f in &stack.manifest.functions {
         stackfile::deploy(gw, f).await?;
     }

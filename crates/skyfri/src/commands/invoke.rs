@@ -97,10 +97,23 @@ impl Invoke {
                 ),
             };
         }
+        if status == hyper::StatusCode::NOT_FOUND && from_gateway(&body) {
+            return Err(crate::exit::for_status(
+                status,
+                format!("{}: {}", self.name, crate::client::error_text(&body)),
+            ));
+        }
         std::io::stdout().write_all(&body)?;
         if !status.is_success() {
             bail!("{} answered {status}", self.name);
         }
         Ok(())
     }
+}
+
+/// Whether an answer is the gateway's own error (`{"error", "source", "status"}`), not the
+/// function's: only then does a 404 mean that no such function is deployed.
+fn from_gateway(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("error").is_some() && v.get("source").is_some())
 }

@@ -2,12 +2,12 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Method;
 
-use crate::client::{error_text, GatewayArgs};
+use crate::client::{status_error, GatewayArgs};
 
 #[derive(clap::Args)]
 pub struct Logs {
@@ -54,7 +54,8 @@ impl Logs {
         let mut body = res.into_body();
         if !status.is_success() {
             let b = body.collect().await?.to_bytes();
-            bail!("logs of {}: {status}: {}", self.name, error_text(&b));
+            return Err(status_error(&gw.url, &Method::GET, &path, status, &b))
+                .with_context(|| format!("logs of {}", self.name));
         }
         let mut pending = Vec::new();
         let mut out = std::io::stdout();

@@ -27,10 +27,11 @@ impl Ls {
             println!("{}", serde_json::to_string_pretty(&list)?);
             return Ok(());
         }
-        println!(
+        let header = format!(
             "{:<32} {:>12} {:>9}  IMAGE",
             "FUNCTION", "INVOCATIONS", "REPLICAS"
         );
+        println!("{}", crate::term::header(&header));
         for f in list {
             println!(
                 "{:<32} {:>12} {:>4}/{:<4}  {}",

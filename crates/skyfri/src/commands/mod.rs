@@ -4,6 +4,7 @@ mod async_calls;
 mod audit;
 mod backup;
 mod build;
+mod completion;
 mod cost;
 pub mod deploy;
 mod describe;
@@ -14,10 +15,12 @@ mod invoke;
 mod login;
 mod logs;
 mod ls;
+mod new;
 mod restore;
 mod rm;
 mod scale;
 mod secret;
+mod template;
 mod token;
 mod up;
 mod version;
@@ -26,6 +29,11 @@ mod version;
 pub enum Command {
     /// Run the platform: gateway, store and local runtime.
     Up(up::Up),
+    /// Create a function: a starter handler folder and its entry in stack.yml.
+    New(new::New),
+    /// The built-in templates `skyfri new` starts from.
+    #[command(subcommand)]
+    Template(template::TemplateCmd),
     /// Build and deploy the functions of a stack.yml or Knative Service.
     Deploy(deploy::Deploy),
     /// Build the functions of a stack.yml into artefacts on the gateway.
@@ -69,12 +77,16 @@ pub enum Command {
     Backup(backup::Backup),
     /// Restore a backup into a new or empty data dir (offline).
     Restore(restore::Restore),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completion(completion::Completion),
 }
 
 impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Up(c) => c.run().await,
+            Command::New(c) => c.run().await,
+            Command::Template(c) => c.run().await,
             Command::Deploy(c) => c.run().await,
             Command::Build(c) => c.run().await,
             Command::Ls(c) => c.run().await,
@@ -95,6 +107,7 @@ impl Command {
             Command::Info(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,
+            Command::Completion(c) => c.run().await,
         }
     }
 }

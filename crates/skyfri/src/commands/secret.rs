@@ -134,7 +134,7 @@ impl Ls {
         else {
             return Ok(());
         };
-        println!("NAME");
+        println!("{}", crate::term::header("NAME"));
         for s in list {
             println!("{}", s.name);
         }

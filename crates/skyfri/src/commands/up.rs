@@ -17,6 +17,7 @@ use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
 use skyfri_store::Store;
 
 use crate::client::Gateway;
+use crate::progress::Progress;
 use crate::stackfile::StackFile;
 
 /// How long open connections may take to finish after SIGINT/SIGTERM.
@@ -304,7 +305,9 @@ impl Up {
         });
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));
-            if let Err(e) = crate::commands::deploy::deploy_all(&gw, &stack).await {
+            if let Err(e) =
+                crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain()).await
+            {
                 eprintln!("error: {e:#}");
             }
         }
@@ -408,6 +411,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !crate::term::no_color())
         .try_init();
 }

@@ -130,7 +130,8 @@ impl Platform {
         self.cli_as(cwd, None, args, stdin, &[])
     }
 
-    /// As [`Platform::cli_in`], with extra environment variables (a stack's `${VAR}`s).
+    /// As [`Platform::cli_in`], with extra environment variables (a stack's `${VAR}`s, or
+    /// ones that override the platform's URL and password).
     pub fn cli_with_env(
         &self,
         cwd: &Path,
@@ -154,35 +155,13 @@ impl Platform {
         stdin: &str,
         env: &[(&str, &str)],
     ) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyfri"));
-        match token {
-            Some(t) => cmd.env("SKYFRI_TOKEN", t),
-            None => cmd.env_remove("SKYFRI_TOKEN"),
-        };
-        let mut child = cmd
-            .args(args)
-            .current_dir(cwd)
-            .envs(env.iter().copied())
-            .env("SKYFRI_URL", self.url())
-            .env("SKYFRI_PASSWORD", PASSWORD)
-            .env_remove("OPENFAAS_URL")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run skyfri cli");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("cli output");
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        let url = self.url();
+        let mut all = vec![("SKYFRI_URL", url.as_str()), ("SKYFRI_PASSWORD", PASSWORD)];
+        if let Some(t) = token {
+            all.push(("SKYFRI_TOKEN", t));
         }
+        all.extend_from_slice(env);
+        cli(cwd, args, stdin, &all)
     }
 
     /// A raw HTTP/1.1 request; returns status, lower-cased headers and body.
@@ -252,8 +231,41 @@ impl Drop for Platform {
     }
 }
 
+/// Runs the CLI in `cwd` with `env` (no gateway unless `env` names one).
+pub fn cli(cwd: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("OPENFAAS_URL")
+        .env_remove("SKYFRI_URL")
+        .env_remove("SKYFRI_PASSWORD")
+        .env_remove("SKYFRI_TOKEN")
+        .env_remove("SKYFRI_DEBUG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run skyfri cli");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("cli output");
+    Output {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub struct Output {
     pub ok: bool,
+    /// The exit code (None when killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
