@@ -2,6 +2,7 @@
 //! Service manifests). No I/O: callers read files and pass their text in.
 
 pub mod function;
+pub mod limits;
 pub mod manifest;
 pub mod openfaas;
 pub mod quantity;

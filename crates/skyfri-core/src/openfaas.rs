@@ -270,6 +270,7 @@ impl FunctionDeployment {
         ScalePolicy::from_spec(&spec, Template::Http)?;
         crate::retry::validate(&spec).map_err(|e| e.to_string())?;
         crate::triggers::validate(&spec).map_err(|e| e.to_string())?;
+        crate::limits::validate(&spec).map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }

@@ -220,6 +220,7 @@ fn function(
         .map(|_| ())
         .and_then(|()| retry::validate(&spec))
         .and_then(|()| crate::triggers::validate(&spec))
+        .and_then(|()| crate::limits::validate(&spec))
         .map_err(|e| {
             let mut path = at(&[]);
             path.push(place_field(e.place));
