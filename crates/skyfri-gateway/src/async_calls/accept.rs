@@ -40,6 +40,7 @@ async fn enqueue(state: &AppState, req: Request) -> Result<Response, GatewayErro
             "function {name:?} is not deployed (see `skyfri ls`)"
         )));
     };
+    crate::limits::admit(state, &live, crate::limits::peer(&req))?;
     let (parts, body) = req.into_parts();
     let id = match parts.headers.get("x-call-id") {
         Some(v) => {
@@ -66,7 +67,7 @@ async fn enqueue(state: &AppState, req: Request) -> Result<Response, GatewayErro
         })
         .transpose()?;
     let headers = stored_headers(&parts.headers)?;
-    let body = invoke::read_body(state, body).await?;
+    let body = invoke::read_body(state, &live, body).await?;
     let call = AsyncCall {
         id: id.clone(),
         function: live.deployment.spec.name.clone(),

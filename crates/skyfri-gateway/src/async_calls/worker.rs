@@ -284,6 +284,18 @@ pub(crate) async fn run_once(
     ran
 }
 
+/// The 504 a body ended with when the deadline cut it, found in the error's chain.
+fn cut_at_deadline<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a GatewayError> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(cut) = e.downcast_ref::<GatewayError>() {
+            return Some(cut);
+        }
+        next = e.source();
+    }
+    None
+}
+
 async fn read(state: &AppState, live: &Live, response: Response) -> Ran {
     let spec = &live.deployment.spec;
     let (parts, body) = response.into_parts();
@@ -293,37 +305,29 @@ async fn read(state: &AppState, live: &Live, response: Response) -> Ran {
         .get(axum::http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let timeout = Duration::from_secs(spec.timeout_secs);
-    let read = tokio::time::timeout(timeout, Limited::new(body, state.max_body).collect()).await;
+    // The body ends at the call's deadline (see `invoke::forward`).
+    let read = Limited::new(body, state.max_body).collect().await;
     let body = match read {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             tracing::warn!(function = %spec.name, limit = state.max_body, "async answer larger than the body limit: its body is dropped");
             Bytes::new()
         }
-        Ok(Err(e)) => {
-            return Ran::failed(
-                GatewayError::Function {
+        Err(e) => {
+            let error = match cut_at_deadline(e.as_ref()) {
+                Some(cut) => GatewayError::Function {
+                    status: cut.status(),
+                    message: cut.to_string(),
+                },
+                None => GatewayError::Function {
                     status: StatusCode::BAD_GATEWAY,
                     message: format!(
                         "function {:?} failed while sending its answer: {e}",
                         spec.name
                     ),
                 },
-                Duration::ZERO,
-            )
-        }
-        Err(_) => {
-            return Ran::failed(
-                GatewayError::Function {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    message: format!(
-                        "function {:?} did not finish its answer within its exec timeout of {}s",
-                        spec.name, spec.timeout_secs
-                    ),
-                },
-                Duration::ZERO,
-            )
+            };
+            return Ran::failed(error, Duration::ZERO);
         }
     };
     Ran {
