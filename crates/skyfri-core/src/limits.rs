@@ -211,7 +211,12 @@ mod tests {
                 "annotations.com.skyfri.burst",
                 "from 1",
             ),
-            (&[(RATE_KEY, "5"), (BURST_KEY, "2.5")], &[], BURST_KEY, "whole"),
+            (
+                &[(RATE_KEY, "5"), (BURST_KEY, "2.5")],
+                &[],
+                BURST_KEY,
+                "whole",
+            ),
             (
                 &[],
                 &[(BURST_KEY, "5")],
@@ -245,7 +250,9 @@ mod tests {
             })
         );
         for (rate, burst) in [(0.0, 1), (-1.0, 1), (f64::INFINITY, 1), (1.0, 0)] {
-            let err = Rate::new(rate, burst, "--rate-per-ip").err().unwrap_or_default();
+            let err = Rate::new(rate, burst, "--rate-per-ip")
+                .err()
+                .unwrap_or_default();
             assert!(err.starts_with("--rate-per-ip: "), "{rate} {burst}: {err}");
         }
     }

@@ -261,7 +261,10 @@ impl Found<'_> {
 }
 
 /// The key's value from the annotations, else the labels; both set must agree.
-pub(crate) fn find<'a>(spec: &'a FunctionSpec, key: &'static str) -> Result<Option<Found<'a>>, PolicyError> {
+pub(crate) fn find<'a>(
+    spec: &'a FunctionSpec,
+    key: &'static str,
+) -> Result<Option<Found<'a>>, PolicyError> {
     let annotation = spec.annotations.get(key).map(|v| Found {
         key,
         place: Place::Annotations,

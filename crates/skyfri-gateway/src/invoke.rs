@@ -281,9 +281,7 @@ pub async fn forward(
             let cause = state
                 .provider
                 .report_failure(&spec.name, &endpoint)
-                .unwrap_or_else(|| {
-                    format!("the replica crashed or closed the connection: {e}")
-                });
+                .unwrap_or_else(|| format!("the replica crashed or closed the connection: {e}"));
             return Err(GatewayError::Function {
                 status: StatusCode::BAD_GATEWAY,
                 message: format!(
@@ -349,9 +347,7 @@ where
             this.cut = None;
             return Poll::Ready(Some(Err(Box::new(error))));
         }
-        Pin::new(&mut this.body)
-            .poll_frame(cx)
-            .map_err(Into::into)
+        Pin::new(&mut this.body).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -10,7 +10,8 @@
 //!   `--max-body` (a deploy asking more is refused).
 //! - **Time** (504): one timeout per call, the function's (`exec_timeout` / `timeoutSeconds`,
 //!   default 60 s), bounded by the gateway's `--max-timeout` (default 15 min; a deploy asking
-//!   more is refused, a stored function above a lowered maximum is cut at the maximum). It
+//!   more is refused, while the default and a stored function above a lowered maximum are
+//!   cut at the maximum). It
 //!   runs from the moment the call is forwarded: waiting for a replica, the function's work
 //!   and the streaming of its answer all count. An answer whose head came in time but whose
 //!   body is still streaming at the deadline is cut (the connection is closed mid-body).
@@ -26,6 +27,7 @@ use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
+use skyfri_core::function::DEFAULT_TIMEOUT_SECS;
 use skyfri_core::limits::{Rate, BURST_KEY, MAX_BODY_KEY, RATE_KEY};
 use skyfri_core::FunctionSpec;
 
@@ -269,7 +271,8 @@ pub fn timed_out(spec: &FunctionSpec, limit: Limit, waited: Option<Duration>) ->
 pub fn check_deploy(state: &AppState, spec: &FunctionSpec) -> Result<(), GatewayError> {
     let name = &spec.name;
     let max = state.limits.max_timeout.as_secs();
-    if spec.timeout_secs > max {
+    // The default is not the function's wish: it is cut at a shorter maximum without fuss.
+    if spec.timeout_secs > max && spec.timeout_secs != DEFAULT_TIMEOUT_SECS {
         return Err(GatewayError::bad_request(format!(
             "function {name:?}: its timeout of {}s (exec_timeout / timeoutSeconds) is more than the gateway's maximum of {max}s (skyfri up --max-timeout): lower it, or raise the maximum",
             spec.timeout_secs

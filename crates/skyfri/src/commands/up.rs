@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
-use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::limits::{self, LimitSettings};
+use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::server::{self, ServerLimits, Tls};
 use skyfri_gateway::{AppState, GatewayConfig};
 use skyfri_queue::{EmbeddedQueue, JetStreamQueue, Queue};
