@@ -132,7 +132,10 @@ pub fn validate(spec: &FunctionSpec) -> Result<(), PolicyError> {
 mod tests {
     use super::*;
 
-    fn spec(annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> FunctionSpec {
+    /// Annotations or labels.
+    type Keys<'a> = &'a [(&'a str, &'a str)];
+
+    fn spec(annotations: Keys, labels: Keys) -> FunctionSpec {
         let mut s = FunctionSpec::new("f", "img");
         for (k, v) in annotations {
             s.annotations.insert(k.to_string(), v.to_string());
@@ -146,7 +149,7 @@ mod tests {
     #[test]
     fn good_values() {
         let rate = |per_second, burst| Some(Rate { per_second, burst });
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], CallLimits)] = &[
+        let cases: &[(Keys, Keys, CallLimits)] = &[
             (&[], &[], CallLimits::default()),
             (
                 &[(MAX_BODY_KEY, "1Mi")],
@@ -190,7 +193,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], &str, &str)] = &[
+        let cases: &[(Keys, Keys, &str, &str)] = &[
             (
                 &[(MAX_BODY_KEY, "lots")],
                 &[],
