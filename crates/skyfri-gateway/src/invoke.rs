@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Body as _;
 
 use crate::error::GatewayError;
 use crate::limits::{self, Limit};
@@ -146,8 +145,9 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Reads a request body for `live` whole, up to its limit (413 beyond it, naming the limit;
-/// a `Content-Length` over it is refused before anything is read).
+/// Reads a request body for `live` whole, up to its limit (413 beyond it, naming the limit).
+/// A body over the limit is read up to it rather than refused by its `Content-Length`, so
+/// that a client that sends its whole body before reading gets the 413, not a reset.
 pub(crate) async fn read_body(
     state: &AppState,
     live: &Live,
@@ -155,9 +155,6 @@ pub(crate) async fn read_body(
 ) -> Result<Bytes, GatewayError> {
     let (max, limit) = limits::body_limit(state, live);
     let too_large = |limit| limits::body_too_large(&live.deployment.spec.name, max, limit);
-    if body.size_hint().lower() > max as u64 {
-        return Err(too_large(limit));
-    }
     Ok(Limited::new(body, max)
         .collect()
         .await
