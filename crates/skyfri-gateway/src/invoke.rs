@@ -270,11 +270,15 @@ pub async fn forward(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
 
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let answer = tokio::time::timeout_at(deadline, state.client.request(upstream_req)).await;
+    // One timer for the whole call: it bounds the answer's head here, then its body.
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
+    let answer = tokio::select! {
+        biased;
+        answer = state.client.request(upstream_req) => answer,
+        () = timer.as_mut() => return Err(limits::timed_out(spec, limit, Some(waited))),
+    };
     let upstream_res = match answer {
-        Err(_) => return Err(limits::timed_out(spec, limit, Some(waited))),
-        Ok(Err(e)) => {
+        Err(e) => {
             let cause = state
                 .provider
                 .report_failure(&spec.name, &endpoint)
@@ -287,7 +291,7 @@ pub async fn forward(
                 ),
             });
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
     let (parts, body) = upstream_res.into_parts();
     let cold = lease.cold();
@@ -296,7 +300,7 @@ pub async fn forward(
         .status(parts.status)
         .body(Body::new(Leased {
             body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: timer,
             cut: Some((Arc::clone(live), limit)),
             _lease: lease,
         }))
