@@ -362,6 +362,36 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_body_cut_at_the_deadline_is_known_by_its_error() {
+        // As `invoke::forward`'s body ends at the deadline: a chunk, then the 504.
+        let cut = GatewayError::Function {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: "function \"f\" did not answer within its timeout of 1s".into(),
+        };
+        let frames: Vec<Result<Bytes, axum::BoxError>> =
+            vec![Ok(Bytes::from_static(b"data: 1\n\n")), Err(Box::new(cut))];
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(frames));
+        let e = Limited::new(body, 1024)
+            .collect()
+            .await
+            .err()
+            .expect("the body fails");
+        let found = cut_at_deadline(e.as_ref()).expect("the 504 in the chain");
+        assert_eq!(found.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(found.to_string().contains("timeout of 1s"), "{found}");
+        // Another failure is not mistaken for it.
+        let other: Vec<Result<Bytes, std::io::Error>> =
+            vec![Err(std::io::Error::other("connection reset"))];
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(other));
+        let e = Limited::new(body, 1024)
+            .collect()
+            .await
+            .err()
+            .expect("fails");
+        assert!(cut_at_deadline(e.as_ref()).is_none());
+    }
+
     #[test]
     fn stored_calls_go_out_as_they_came_in() {
         let out = outgoing(&call("PUT", "/a/b", "x=1"), 2).expect("valid");
