@@ -375,8 +375,7 @@ mod tests {
         let e = Limited::new(body, 1024)
             .collect()
             .await
-            .err()
-            .expect("the body fails");
+            .expect_err("the body fails");
         let found = cut_at_deadline(e.as_ref()).expect("the 504 in the chain");
         assert_eq!(found.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(found.to_string().contains("timeout of 1s"), "{found}");
@@ -384,11 +383,7 @@ mod tests {
         let other: Vec<Result<Bytes, std::io::Error>> =
             vec![Err(std::io::Error::other("connection reset"))];
         let body = axum::body::Body::from_stream(futures_util::stream::iter(other));
-        let e = Limited::new(body, 1024)
-            .collect()
-            .await
-            .err()
-            .expect("fails");
+        let e = Limited::new(body, 1024).collect().await.expect_err("fails");
         assert!(cut_at_deadline(e.as_ref()).is_none());
     }
 
