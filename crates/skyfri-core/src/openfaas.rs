@@ -271,6 +271,7 @@ impl FunctionDeployment {
         crate::retry::validate(&spec).map_err(|e| e.to_string())?;
         crate::triggers::validate(&spec).map_err(|e| e.to_string())?;
         crate::auth::validate(&spec).map_err(|e| e.to_string())?;
+        crate::limits::validate(&spec).map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }

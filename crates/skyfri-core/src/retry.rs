@@ -244,14 +244,14 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// One key found on a spec.
-struct Found<'a> {
-    key: &'static str,
-    place: Place,
-    value: &'a str,
+pub(crate) struct Found<'a> {
+    pub(crate) key: &'static str,
+    pub(crate) place: Place,
+    pub(crate) value: &'a str,
 }
 
 impl Found<'_> {
-    fn err(&self, message: impl Into<String>) -> PolicyError {
+    pub(crate) fn err(&self, message: impl Into<String>) -> PolicyError {
         PolicyError {
             place: self.place,
             key: self.key.to_string(),
@@ -261,7 +261,10 @@ impl Found<'_> {
 }
 
 /// The key's value from the annotations, else the labels; both set must agree.
-fn find<'a>(spec: &'a FunctionSpec, key: &'static str) -> Result<Option<Found<'a>>, PolicyError> {
+pub(crate) fn find<'a>(
+    spec: &'a FunctionSpec,
+    key: &'static str,
+) -> Result<Option<Found<'a>>, PolicyError> {
     let annotation = spec.annotations.get(key).map(|v| Found {
         key,
         place: Place::Annotations,

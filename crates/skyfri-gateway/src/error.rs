@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::limits::Limit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The caller sent something wrong.
@@ -16,6 +18,12 @@ pub enum GatewayError {
     /// skyfri itself could not serve the request.
     #[error("{message}")]
     Platform { status: StatusCode, message: String },
+    /// A limit stopped the call: the error, and which limit with its value.
+    #[error("{error}")]
+    Limited {
+        error: Box<GatewayError>,
+        limit: Box<Limit>,
+    },
 }
 
 impl GatewayError {
@@ -40,11 +48,20 @@ impl GatewayError {
         }
     }
 
+    /// This error, saying which limit caused it.
+    pub fn with_limit(self, limit: Limit) -> GatewayError {
+        GatewayError::Limited {
+            error: Box::new(self),
+            limit: Box::new(limit),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Caller { status, .. }
             | GatewayError::Function { status, .. }
             | GatewayError::Platform { status, .. } => *status,
+            GatewayError::Limited { error, .. } => error.status(),
         }
     }
 
@@ -53,18 +70,32 @@ impl GatewayError {
             GatewayError::Caller { .. } => "caller",
             GatewayError::Function { .. } => "function",
             GatewayError::Platform { .. } => "platform",
+            GatewayError::Limited { error, .. } => error.source_name(),
         }
     }
 }
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.to_string(),
             "source": self.source_name(),
             "status": self.status().as_u16(),
         });
-        (self.status(), Json(body)).into_response()
+        let retry_after = match &self {
+            GatewayError::Limited { limit, .. } => {
+                body["limit"] = serde_json::to_value(limit).unwrap_or_default();
+                limit.retry_after
+            }
+            _ => None,
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

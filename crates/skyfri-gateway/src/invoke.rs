@@ -3,11 +3,12 @@
 //! workers (`crate::async_calls`) send their calls through [`forward`] too, so that both get
 //! the same replica choice, activation from zero, concurrency limits and timeouts.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::error::GatewayError;
+use crate::limits::{self, Limit};
 use crate::router::{Busy, Lease};
 use crate::state::{AppState, Live, MAX_CONCURRENCY_KEY, QUEUE_ANNOTATION};
 use crate::upstream;
@@ -83,6 +85,7 @@ pub struct Outgoing {
 
 pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
     let start = Instant::now();
+    let peer = limits::peer(&req);
     let Some((name, _)) = split_path(req.uri().path()) else {
         return GatewayError::not_found("no such route").into_response();
     };
@@ -104,8 +107,11 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
         .unwrap_or_else(|| header_value(&uuid::Uuid::new_v4().to_string()));
     let start_ns = unix_nanos();
 
-    let result = match outgoing(&state, req).await {
-        Ok(call) => forward(&state, &live, call, &call_id, start_ns).await,
+    let result = match limits::admit(&state, &live, peer) {
+        Ok(()) => match outgoing(&state, &live, req).await {
+            Ok(call) => forward(&state, &live, call, &call_id, start_ns).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let mut response = match result {
@@ -143,20 +149,22 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Reads a request body whole, up to the gateway's limit (413 beyond it).
-pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, GatewayError> {
-    Ok(Limited::new(body, state.max_body)
+/// Reads a request body for `live` whole, up to its limit (413 beyond it, naming the limit).
+/// A body over the limit is read up to it rather than refused by its `Content-Length`, so
+/// that a client that sends its whole body before reading gets the 413, not a reset.
+pub(crate) async fn read_body(
+    state: &AppState,
+    live: &Live,
+    body: Body,
+) -> Result<Bytes, GatewayError> {
+    let (max, limit) = limits::body_limit(state, live);
+    let too_large = |limit| limits::body_too_large(&live.deployment.spec.name, max, limit);
+    Ok(Limited::new(body, max)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::Caller {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: format!(
-                        "request body is larger than the limit of {} bytes",
-                        state.max_body
-                    ),
-                }
+                too_large(limit)
             } else {
                 GatewayError::bad_request(format!("could not read the request body: {e}"))
             }
@@ -165,9 +173,9 @@ pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Gat
 }
 
 /// A `/function/NAME[/path]` request as the call to send on.
-async fn outgoing(state: &AppState, req: Request) -> Result<Outgoing, GatewayError> {
+async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoing, GatewayError> {
     let (parts, body) = req.into_parts();
-    let body = read_body(state, body).await?;
+    let body = read_body(state, live, body).await?;
     let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
     Ok(Outgoing {
         method: parts.method,
@@ -223,9 +231,10 @@ async fn lease(
         })
 }
 
-/// Sends one call to a replica of `live` with room for it: waits (bounded by the function's
-/// timeout) for capacity, activating a function at zero, then for the answer (bounded
-/// likewise). The response's body holds the replica's slot until it has been read or dropped.
+/// Sends one call to a replica of `live` with room for it: waits for capacity, activating a
+/// function at zero, then for the answer, and streams the answer back, all within the call's
+/// one timeout (see [`crate::limits`]). The response's body holds the replica's slot until it
+/// has been read or dropped, and ends with an error (a cut connection) at the deadline.
 pub async fn forward(
     state: &AppState,
     live: &Arc<Live>,
@@ -234,9 +243,11 @@ pub async fn forward(
     start_ns: u128,
 ) -> Result<Response, GatewayError> {
     let spec = &live.deployment.spec;
-    // The call may wait for capacity as long as it may run.
-    let timeout = Duration::from_secs(spec.timeout_secs);
-    let lease = lease(state, live, Instant::now() + timeout).await?;
+    let (timeout, limit) = limits::call_timeout(state, spec);
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let lease = lease(state, live, deadline).await?;
+    let waited = started.elapsed();
     let endpoint = lease.endpoint().clone();
     let path_and_query = match &call.query {
         Some(q) => format!("{}?{q}", call.suffix),
@@ -263,24 +274,19 @@ pub async fn forward(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
 
-    let answer = tokio::time::timeout(timeout, state.client.request(upstream_req)).await;
+    // One timer for the whole call: it bounds the answer's head here, then its body.
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
+    let answer = tokio::select! {
+        biased;
+        answer = state.client.request(upstream_req) => answer,
+        () = timer.as_mut() => return Err(limits::timed_out(spec, limit, Some(waited))),
+    };
     let upstream_res = match answer {
-        Err(_) => {
-            return Err(GatewayError::Function {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                message: format!(
-                    "function {:?} did not answer within its exec timeout of {}s (exec_timeout / timeoutSeconds)",
-                    spec.name, spec.timeout_secs
-                ),
-            })
-        }
-        Ok(Err(e)) => {
+        Err(e) => {
             let cause = state
                 .provider
                 .report_failure(&spec.name, &endpoint)
-                .unwrap_or_else(|| {
-                    format!("the replica crashed or closed the connection: {e}")
-                });
+                .unwrap_or_else(|| format!("the replica crashed or closed the connection: {e}"));
             return Err(GatewayError::Function {
                 status: StatusCode::BAD_GATEWAY,
                 message: format!(
@@ -289,7 +295,7 @@ pub async fn forward(
                 ),
             });
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
     let (parts, body) = upstream_res.into_parts();
     let cold = lease.cold();
@@ -298,6 +304,8 @@ pub async fn forward(
         .status(parts.status)
         .body(Body::new(Leased {
             body,
+            deadline: timer,
+            cut: Some((Arc::clone(live), limit)),
             _lease: lease,
         }))
         .map_err(GatewayError::internal)?;
@@ -312,25 +320,43 @@ pub async fn forward(
     Ok(response)
 }
 
-/// A response body that holds its call's replica slot until it is done.
+/// A response body that holds its call's replica slot until it is done, and ends with the
+/// call's 504 error (a [`GatewayError`]) if it is still streaming at the deadline.
 struct Leased<B> {
     body: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The function and the limit to name when the deadline cuts the answer; `None` once cut.
+    cut: Option<(Arc<Live>, Limit)>,
     _lease: Lease,
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Leased<B> {
+impl<B> hyper::body::Body for Leased<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = axum::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, axum::BoxError>>> {
+        let this = self.get_mut();
+        let Some((live, limit)) = &this.cut else {
+            return Poll::Ready(None);
+        };
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let error = limits::timed_out(&live.deployment.spec, limit.clone(), None);
+            tracing::warn!(function = %live.deployment.spec.name, error = %error, "answer cut at the deadline while streaming");
+            this.cut = None;
+            return Poll::Ready(Some(Err(Box::new(error))));
+        }
+        Pin::new(&mut this.body).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.cut.is_none() || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

@@ -11,6 +11,7 @@ pub mod autoscale;
 pub mod backup;
 pub mod error;
 pub mod invoke;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
@@ -108,6 +109,10 @@ pub async fn restore(state: &AppState) -> Result<usize, GatewayError> {
     let mut started = 0;
     for f in stored {
         let name = f.deployment.spec.name.clone();
+        // Stored under other gateway limits: it runs, within these ones.
+        if let Err(e) = limits::check_deploy(state, &f.deployment.spec) {
+            tracing::warn!(function = %name, "{e}; its calls are held to the gateway's limits");
+        }
         state.set_live(f.deployment.clone());
         match state.provider.deploy(&f.deployment).await {
             Ok(()) => started += 1,

@@ -24,6 +24,7 @@ pub struct Metrics {
     async_accepted: Family<Labels, Counter<u64, AtomicU64>>,
     async_calls: Family<Labels, Counter<u64, AtomicU64>>,
     async_callbacks: Family<Labels, Counter<u64, AtomicU64>>,
+    rate_limited: Family<Labels, Counter<u64, AtomicU64>>,
     /// Serialises refreshes of the queue gauges (clear, then set).
     async_refresh: Mutex<()>,
 }
@@ -93,6 +94,12 @@ impl Default for Metrics {
             "Async callbacks by result: delivered, failed (after all retries)",
             async_callbacks.clone(),
         );
+        let rate_limited = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "gateway_rate_limited",
+            "Calls refused 429 by a rate limit: limit=function (com.skyfri.rate) or client (--rate-per-ip)",
+            rate_limited.clone(),
+        );
         Metrics {
             registry,
             invocations,
@@ -104,6 +111,7 @@ impl Default for Metrics {
             async_accepted,
             async_calls,
             async_callbacks,
+            rate_limited,
             async_refresh: Mutex::new(()),
         }
     }
@@ -148,6 +156,16 @@ impl Metrics {
             .get_or_create(&vec![
                 ("function_name", function.to_string()),
                 ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A call refused by a rate limit: `function` or `client` (no addresses in labels).
+    pub fn rate_limited(&self, function: &str, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&vec![
+                ("function_name", function.to_string()),
+                ("limit", limit.to_string()),
             ])
             .inc();
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use skyfri_core::limits::CallLimits;
 use skyfri_core::scaling::DEFAULT_QUEUE_SIZE;
 pub use skyfri_core::scaling::MAX_CONCURRENCY_KEY;
 pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
@@ -16,6 +17,8 @@ use skyfri_store::Store;
 use crate::async_calls::callback::Callbacks;
 use crate::audit::Audit;
 use crate::autoscale::Decisions;
+use crate::limits::bucket::Bucket;
+use crate::limits::{function_bucket, GatewayLimits, LimitSettings};
 use crate::metrics::Metrics;
 use crate::router::{Limits, Router};
 use crate::tokens::Tokens;
@@ -34,6 +37,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where data lives, for `/system/info/residency`.
     pub locations: Locations,
+    /// Timeouts and rates (see [`crate::limits`]).
+    pub limits: LimitSettings,
 }
 
 /// Where the platform keeps its data and which servers it was told to use: the gateway
@@ -55,6 +60,10 @@ pub struct Live {
     pub router: Arc<Router>,
     /// `com.skyfri.auth: token`: callers need a token with `invoke:NAME`.
     pub private: bool,
+    /// Its body and rate limits (validated at deploy).
+    pub limits: CallLimits,
+    /// Its token bucket when it has a rate; survives redeploys that keep the rate.
+    pub rate: Option<Arc<Bucket>>,
     /// A scale-up from zero is on its way.
     activating: AtomicBool,
 }
@@ -95,6 +104,7 @@ pub struct Inner {
     pub tokens: Tokens,
     pub audit: Audit,
     pub max_body: usize,
+    pub limits: GatewayLimits,
     pub tmp_dir: std::path::PathBuf,
     pub locations: Locations,
     pub metrics: Metrics,
@@ -135,6 +145,7 @@ impl AppState {
             trusted_proxies: config.trusted_proxies,
             tokens: Tokens::default(),
             max_body: config.max_body,
+            limits: GatewayLimits::new(&config.limits),
             tmp_dir: config.tmp_dir,
             locations: config.locations,
             metrics: Metrics::default(),
@@ -190,6 +201,12 @@ impl AppState {
     pub fn set_live(&self, deployment: Deployment) {
         let name = deployment.spec.name.clone();
         self.metrics.set_replicas(&name, deployment.replicas);
+        // Deploys validate the limits; a stored function whose limits no longer parse runs
+        // without its own.
+        let call_limits = CallLimits::from_spec(&deployment.spec).unwrap_or_else(|e| {
+            tracing::warn!(function = %name, error = %e, "ignoring the function's call limits");
+            CallLimits::default()
+        });
         if let Ok(mut m) = self.functions.write() {
             let limits = limits(&deployment);
             // Deploys validate the annotation; one that no longer parses keeps callers out.
@@ -203,6 +220,8 @@ impl AppState {
                         invocations: AtomicU64::new(old.invocations.load(Ordering::Relaxed)),
                         router: Arc::clone(&old.router),
                         private,
+                        limits: call_limits,
+                        rate: function_bucket(call_limits.rate, old.rate.as_ref()),
                         activating: AtomicBool::new(false),
                     }
                 }
@@ -211,6 +230,8 @@ impl AppState {
                     invocations: AtomicU64::new(0),
                     router: Arc::new(Router::new(limits)),
                     private,
+                    limits: call_limits,
+                    rate: function_bucket(call_limits.rate, None),
                     activating: AtomicBool::new(false),
                 },
             };

@@ -205,6 +205,7 @@ fn service_function(ctx: &Ctx<'_>, s: Service) -> Result<ManifestFunction, Manif
         .and_then(|()| retry::validate(&spec))
         .and_then(|()| crate::triggers::validate(&spec))
         .and_then(|()| crate::auth::validate(&spec))
+        .and_then(|()| crate::limits::validate(&spec))
         .map_err(|e| {
             let mut path: Vec<&str> = Vec::new();
             if in_template.contains(&(e.place, e.key.clone())) {

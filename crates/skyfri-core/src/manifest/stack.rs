@@ -221,6 +221,7 @@ fn function(
         .and_then(|()| retry::validate(&spec))
         .and_then(|()| crate::triggers::validate(&spec))
         .and_then(|()| crate::auth::validate(&spec))
+        .and_then(|()| crate::limits::validate(&spec))
         .map_err(|e| {
             let mut path = at(&[]);
             path.push(place_field(e.place));

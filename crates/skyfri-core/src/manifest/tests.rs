@@ -362,6 +362,18 @@ fn bad_files() {
             "\"none\" is not a concurrency cap",
         ),
         (
+            stack("    image: x\n    annotations:\n      com.skyfri.max-body: 1MB\n"),
+            Some(6),
+            "functions.vipps-processor.annotations.com.skyfri.max-body",
+            "\"1MB\" is not a size",
+        ),
+        (
+            stack("    image: x\n    annotations:\n      com.skyfri.rate: \"5\"\n      com.skyfri.burst: \"0\"\n"),
+            Some(7),
+            "functions.vipps-processor.annotations.com.skyfri.burst",
+            "\"0\" is not a burst",
+        ),
+        (
             stack("    image: x\n    labels:\n      com.skyfri.async.concurrency: \"0\"\n"),
             Some(6),
             "functions.vipps-processor.labels.com.skyfri.async.concurrency",

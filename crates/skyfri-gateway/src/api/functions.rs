@@ -94,6 +94,7 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, GatewayError> {
 /// then records the function: a deploy that fails leaves the previous state untouched.
 pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment, GatewayError> {
     let spec = d.into_spec().map_err(GatewayError::bad_request)?;
+    crate::limits::check_deploy(state, &spec)?;
     super::secrets::require(state, &spec.name, &spec.secrets)?;
     let image = state.store.get_image(&spec.image)?.ok_or_else(|| {
         GatewayError::bad_request(format!(

@@ -43,6 +43,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
     if let Some(refused) = crate::auth::check_invoke(state, name, live.private, req.headers_mut()) {
         return Ok(refused);
     }
+    crate::limits::admit(state, &live, crate::limits::peer(&req))?;
     let (parts, body) = req.into_parts();
     let id = match parts.headers.get("x-call-id") {
         Some(v) => {
@@ -69,7 +70,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
         })
         .transpose()?;
     let headers = stored_headers(&parts.headers)?;
-    let body = invoke::read_body(state, body).await?;
+    let body = invoke::read_body(state, &live, body).await?;
     let call = AsyncCall {
         id: id.clone(),
         function: live.deployment.spec.name.clone(),

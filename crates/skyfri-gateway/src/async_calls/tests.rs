@@ -147,6 +147,7 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
         GatewayConfig {
             admin_password: "pw".into(),
             max_body: 1024,
+            limits: Default::default(),
             tmp_dir: tmp.path().join("tmp"),
             locations: crate::state::Locations {
                 data_dir: tmp.path().to_path_buf(),

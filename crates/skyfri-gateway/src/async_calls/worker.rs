@@ -284,6 +284,18 @@ pub(crate) async fn run_once(
     ran
 }
 
+/// The 504 a body ended with when the deadline cut it, found in the error's chain.
+fn cut_at_deadline<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a GatewayError> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(cut) = e.downcast_ref::<GatewayError>() {
+            return Some(cut);
+        }
+        next = e.source();
+    }
+    None
+}
+
 async fn read(state: &AppState, live: &Live, response: Response) -> Ran {
     let spec = &live.deployment.spec;
     let (parts, body) = response.into_parts();
@@ -293,37 +305,29 @@ async fn read(state: &AppState, live: &Live, response: Response) -> Ran {
         .get(axum::http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let timeout = Duration::from_secs(spec.timeout_secs);
-    let read = tokio::time::timeout(timeout, Limited::new(body, state.max_body).collect()).await;
+    // The body ends at the call's deadline (see `invoke::forward`).
+    let read = Limited::new(body, state.max_body).collect().await;
     let body = match read {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             tracing::warn!(function = %spec.name, limit = state.max_body, "async answer larger than the body limit: its body is dropped");
             Bytes::new()
         }
-        Ok(Err(e)) => {
-            return Ran::failed(
-                GatewayError::Function {
+        Err(e) => {
+            let error = match cut_at_deadline(e.as_ref()) {
+                Some(cut) => GatewayError::Function {
+                    status: cut.status(),
+                    message: cut.to_string(),
+                },
+                None => GatewayError::Function {
                     status: StatusCode::BAD_GATEWAY,
                     message: format!(
                         "function {:?} failed while sending its answer: {e}",
                         spec.name
                     ),
                 },
-                Duration::ZERO,
-            )
-        }
-        Err(_) => {
-            return Ran::failed(
-                GatewayError::Function {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    message: format!(
-                        "function {:?} did not finish its answer within its exec timeout of {}s",
-                        spec.name, spec.timeout_secs
-                    ),
-                },
-                Duration::ZERO,
-            )
+            };
+            return Ran::failed(error, Duration::ZERO);
         }
     };
     Ran {
@@ -356,6 +360,31 @@ mod tests {
             callback_url: None,
             enqueued_at: chrono::Utc::now(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_at_the_deadline_is_known_by_its_error() {
+        // As `invoke::forward`'s body ends at the deadline: a chunk, then the 504.
+        let cut = GatewayError::Function {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: "function \"f\" did not answer within its timeout of 1s".into(),
+        };
+        let frames: Vec<Result<Bytes, axum::BoxError>> =
+            vec![Ok(Bytes::from_static(b"data: 1\n\n")), Err(Box::new(cut))];
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(frames));
+        let e = Limited::new(body, 1024)
+            .collect()
+            .await
+            .expect_err("the body fails");
+        let found = cut_at_deadline(e.as_ref()).expect("the 504 in the chain");
+        assert_eq!(found.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(found.to_string().contains("timeout of 1s"), "{found}");
+        // Another failure is not mistaken for it.
+        let other: Vec<Result<Bytes, std::io::Error>> =
+            vec![Err(std::io::Error::other("connection reset"))];
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(other));
+        let e = Limited::new(body, 1024).collect().await.expect_err("fails");
+        assert!(cut_at_deadline(e.as_ref()).is_none());
     }
 
     #[test]

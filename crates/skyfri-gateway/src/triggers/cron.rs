@@ -193,6 +193,7 @@ mod tests {
             crate::state::GatewayConfig {
                 admin_password: "pw".into(),
                 max_body: 1024,
+                limits: Default::default(),
                 tmp_dir: dir.join("tmp"),
                 locations: crate::state::Locations {
                     data_dir: dir.to_path_buf(),

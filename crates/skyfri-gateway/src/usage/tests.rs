@@ -27,6 +27,7 @@ fn gateway() -> Gateway {
             tmp_dir: tmp.path().join("tmp"),
             locations: Default::default(),
             trusted_proxies: Vec::new(),
+            limits: Default::default(),
         },
         Arc::new(Store::open(&tmp.path().join("skyfri.db")).expect("store")),
         provider.clone(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
+use skyfri_gateway::limits::{self, LimitSettings};
 use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::server::{self, ServerLimits, Tls};
 use skyfri_gateway::{AppState, GatewayConfig};
@@ -34,9 +35,20 @@ pub struct Up {
     /// Deploy this stack.yml or Knative Service once the gateway is ready.
     #[arg(short = 'f', long = "yaml")]
     file: Option<PathBuf>,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes; a function's `com.skyfri.max-body` may only lower it.
     #[arg(long, default_value_t = 50 << 20)]
     max_body: usize,
+    /// Longest a call may take, in seconds: a function's exec_timeout / timeoutSeconds may
+    /// only be shorter (a deploy asking more is refused).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_TIMEOUT_SECS)]
+    max_timeout: u64,
+    /// Calls per second admitted per client address (token bucket; IPv6 per /64), over it
+    /// 429 with Retry-After. Off unless given.
+    #[arg(long)]
+    rate_per_ip: Option<f64>,
+    /// Calls a client may send at once after a quiet spell (default: --rate-per-ip rounded up).
+    #[arg(long, requires = "rate_per_ip")]
+    burst_per_ip: Option<u32>,
     /// `strict` refuses to start unless replicas get a sandbox and enforced memory, CPU and
     /// pids limits; `best-effort` takes what the host offers and warns about the rest.
     #[arg(long, env = "SKYFRI_ISOLATION", value_enum, default_value_t = IsolationArg::BestEffort)]
@@ -182,6 +194,31 @@ fn make_dir(p: &Path) -> Result<()> {
 }
 
 impl Up {
+    /// The call limits the flags ask for, checked.
+    fn call_limits(&self) -> Result<LimitSettings> {
+        if self.max_timeout == 0 {
+            anyhow::bail!("--max-timeout must be at least 1 second");
+        }
+        if self.max_body == 0 {
+            anyhow::bail!("--max-body must be at least 1 byte");
+        }
+        let per_ip = self
+            .rate_per_ip
+            .map(|rate| {
+                let burst = self
+                    .burst_per_ip
+                    .unwrap_or_else(|| skyfri_core::limits::Rate::default_burst(rate));
+                skyfri_core::limits::Rate::new(rate, burst, "--rate-per-ip / --burst-per-ip")
+            })
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        Ok(LimitSettings {
+            max_timeout: std::time::Duration::from_secs(self.max_timeout),
+            per_ip,
+            ..LimitSettings::default()
+        })
+    }
+
     pub async fn run(self) -> Result<()> {
         init_tracing();
         // Check the stack file before anything is bound or started.
@@ -191,6 +228,7 @@ impl Up {
             .map(|f| StackFile::load(f, None))
             .transpose()?;
         let queue_arg = QueueArg::parse(&self.queue)?;
+        let call_limits = self.call_limits()?;
         let nats_url = match &self.nats {
             Some(url) => url.clone(),
             None if self.queue.starts_with("nats://") => self.queue.clone(),
@@ -234,6 +272,7 @@ impl Up {
             GatewayConfig {
                 admin_password: password.clone(),
                 max_body: self.max_body,
+                limits: call_limits,
                 tmp_dir: data_dir.join("tmp"),
                 locations: skyfri_gateway::Locations {
                     data_dir: data_dir.clone(),
