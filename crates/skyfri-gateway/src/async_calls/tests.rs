@@ -142,6 +142,7 @@ impl Provider for OneReplica {
         Some(ReplicaStatus {
             desired: 1,
             available: 1,
+            oom_kills: 0,
         })
     }
     fn report_failure(&self, _: &str, _: &Endpoint) -> Option<String> {
