@@ -233,6 +233,9 @@ pub async fn forward(
     // The call may wait for capacity as long as it may run.
     let timeout = Duration::from_secs(spec.timeout_secs);
     let lease = lease(state, live, Instant::now() + timeout).await?;
+    if lease.waited() > Duration::ZERO {
+        state.metrics.queue_wait(&spec.name, lease.waited());
+    }
     let endpoint = lease.endpoint().clone();
     let path_and_query = match &call.query {
         Some(q) => format!("{}?{q}", call.suffix),

@@ -3,7 +3,7 @@
 //! flight across its replicas (`com.skyfri.max-concurrency`), and holds calls beyond the
 //! current capacity in a bounded queue while the scaler adds replicas.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ pub struct Router {
     total: AtomicU32,
     queue_limit: AtomicUsize,
     waiting: AtomicUsize,
+    /// When each waiting call started waiting, by arrival number: the first is the oldest.
+    queued: Mutex<BTreeMap<u64, Instant>>,
+    arrivals: AtomicU64,
     in_flight: AtomicUsize,
     /// Calls that got a replica, ever: the rps metric is its rate.
     started: AtomicU64,
@@ -73,6 +76,8 @@ impl Router {
             total: AtomicU32::new(limits.total),
             queue_limit: AtomicUsize::new(limits.queue),
             waiting: AtomicUsize::new(0),
+            queued: Mutex::new(BTreeMap::new()),
+            arrivals: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             next: AtomicUsize::new(0),
@@ -111,6 +116,12 @@ impl Router {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// How long the call waiting longest has waited, `None` when none waits.
+    pub fn oldest_wait(&self) -> Option<Duration> {
+        let queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        queued.values().next().map(Instant::elapsed)
+    }
+
     /// Calls that have been given a replica since the start.
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
@@ -134,8 +145,13 @@ impl Router {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Busy::QueueFull { limit });
         }
-        let _queued = Queued(self);
         let start = Instant::now();
+        let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(arrival, start);
+        let _queued = Queued(self, arrival);
         let mut cold = first.is_empty();
         let mut recheck = RECHECK;
         loop {
@@ -150,6 +166,7 @@ impl Router {
             }
             if let Some(mut lease) = self.try_acquire(&endpoints) {
                 lease.cold = cold;
+                lease.waited = start.elapsed();
                 return Ok(lease);
             }
             let now = Instant::now();
@@ -200,6 +217,7 @@ impl Router {
             router: Arc::clone(self),
             endpoint: endpoint.clone(),
             cold: false,
+            waited: Duration::ZERO,
         })
     }
 
@@ -249,11 +267,16 @@ impl BusyTime {
     }
 }
 
-/// Counts a call in the queue for as long as it waits.
-struct Queued<'a>(&'a Router);
+/// Counts a call in the queue for as long as it waits: the router and its arrival number.
+struct Queued<'a>(&'a Router, u64);
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
+        self.0
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.1);
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -263,6 +286,7 @@ pub struct Lease {
     router: Arc<Router>,
     endpoint: Endpoint,
     cold: bool,
+    waited: Duration,
 }
 
 impl Lease {
@@ -273,6 +297,11 @@ impl Lease {
     /// The call found no replica at all and waited for one to start: a cold start.
     pub fn cold(&self) -> bool {
         self.cold
+    }
+
+    /// How long the call waited in the queue for this replica (zero: it did not wait).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 }
 
@@ -329,10 +358,11 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(r.waiting(), 1);
+        assert!(r.oldest_wait().is_some_and(|w| w > Duration::ZERO));
         let freed = a.endpoint().clone();
         drop(a);
         assert_eq!(third.await.ok(), Some(Ok(freed)));
-        assert_eq!(r.waiting(), 0);
+        assert_eq!((r.waiting(), r.oldest_wait()), (0, None));
         drop(b);
         assert_eq!(r.in_flight(), 0);
         assert_eq!(r.started(), 3);

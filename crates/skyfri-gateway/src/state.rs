@@ -13,6 +13,7 @@ use skyfri_queue::Queue;
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
+use crate::access_log::AccessLog;
 use crate::async_calls::callback::Callbacks;
 use crate::autoscale::Decisions;
 use crate::metrics::Metrics;
@@ -92,6 +93,8 @@ pub struct Inner {
     /// replicas' unix sockets.
     pub callbacks: Callbacks,
     pub decisions: Decisions,
+    /// Set once at start when the access log is on.
+    pub access_log: std::sync::OnceLock<AccessLog>,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
@@ -123,6 +126,7 @@ impl AppState {
             queue,
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
+            access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),
         }))
     }
@@ -136,6 +140,7 @@ impl AppState {
         }
         // The gauge follows the desired count, as the autoscaler's decisions set it.
         self.metrics.set_replicas(name, 1);
+        self.metrics.scaling_decision(name, "up");
         let provider = Arc::clone(&self.provider);
         let live = Arc::clone(live);
         tokio::spawn(async move {

@@ -83,9 +83,7 @@ pub struct LogStore {
 
 /// One function's log: its file and its followers.
 pub struct LogSink {
-    path: PathBuf,
-    rotation: Rotation,
-    file: Mutex<Option<(File, u64)>>,
+    file: Mutex<RotatingFile>,
     tx: broadcast::Sender<LogLine>,
 }
 
@@ -112,9 +110,10 @@ impl LogStore {
         let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
         let sink = sinks.entry(name.to_string()).or_insert_with(|| {
             Arc::new(LogSink {
-                path: self.dir.join(format!("{name}.jsonl")),
-                rotation: self.rotation,
-                file: Mutex::new(None),
+                file: Mutex::new(RotatingFile::new(
+                    self.dir.join(format!("{name}.jsonl")),
+                    self.rotation,
+                )),
                 tx: broadcast::channel(FOLLOW_BUFFER).0,
             })
         });
@@ -132,15 +131,11 @@ impl LogStore {
             return Vec::new();
         };
         // Hold the writer lock so we never read a half-written line.
-        let _guard = sink.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = sink.file.lock().unwrap_or_else(PoisonError::into_inner);
         let mut lines = Vec::new();
-        // Oldest first; files past the current limit (left by a larger `--log-files`) too.
-        let mut n = sink.rotation.files.max(MAX_LEFTOVER);
-        while n > 0 {
-            read_file(&rotated(&sink.path, n), since, &mut lines);
-            n -= 1;
+        for path in file.paths() {
+            read_file(&path, since, &mut lines);
         }
-        read_file(&sink.path, since, &mut lines);
         if let Some(tail) = tail {
             let skip = lines.len().saturating_sub(tail);
             lines.drain(..skip);
@@ -165,9 +160,8 @@ impl LogSink {
             Ok(mut json) => {
                 json.push('\n');
                 let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Err(e) = self.append(&mut file, json.as_bytes()) {
-                    tracing::warn!("writing {}: {e}", self.path.display());
-                    *file = None;
+                if let Err(e) = file.append(json.as_bytes()) {
+                    tracing::warn!("writing {}: {e}", file.path.display());
                 }
             }
             Err(e) => tracing::warn!("encoding a log line: {e}"),
@@ -176,25 +170,62 @@ impl LogSink {
         let _ = self.tx.send(line);
     }
 
-    fn append(&self, file: &mut Option<(File, u64)>, bytes: &[u8]) -> std::io::Result<()> {
-        if file.is_none() {
-            *file = Some(self.open_live()?);
+}
+
+/// An append-only file that rotates by size (see the module's on-disk format). Its owner
+/// serialises the writes (one `append` per line keeps lines whole).
+pub struct RotatingFile {
+    path: PathBuf,
+    rotation: Rotation,
+    /// The live file and its size, opened on the first write.
+    file: Option<(File, u64)>,
+}
+
+impl RotatingFile {
+    pub fn new(path: PathBuf, rotation: Rotation) -> RotatingFile {
+        RotatingFile {
+            path,
+            rotation,
+            file: None,
         }
+    }
+
+    /// Appends `bytes` (whole lines), rotating first when they would take the live file over
+    /// the size. After a failure the file is opened again at the next append.
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let result = self.try_append(bytes);
+        if result.is_err() {
+            self.file = None;
+        }
+        result
+    }
+
+    fn try_append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let len = bytes.len() as u64;
-        if file
-            .as_ref()
-            .is_some_and(|(_, size)| *size > 0 && *size + len > self.rotation.max_bytes)
-        {
-            *file = None;
+        let (mut f, mut size) = match self.file.take() {
+            Some(open) => open,
+            None => self.open_live()?,
+        };
+        if size > 0 && size + len > self.rotation.max_bytes {
+            drop(f);
             self.rotate()?;
-            *file = Some(self.open_live()?);
+            (f, size) = self.open_live()?;
         }
-        if let Some((f, size)) = file.as_mut() {
-            // One write per line, so lines of concurrent writers never interleave.
-            f.write_all(bytes)?;
-            *size += bytes.len() as u64;
-        }
+        f.write_all(bytes)?;
+        size += len;
+        self.file = Some((f, size));
         Ok(())
+    }
+
+    /// The files that exist or may, oldest first: the rotated ones (also those past the
+    /// current count, left by a larger `--log-files`), then the live one.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let oldest = self.rotation.files.max(MAX_LEFTOVER);
+        (1..=oldest)
+            .rev()
+            .map(|n| rotated(&self.path, n))
+            .chain(std::iter::once(self.path.clone()))
+            .collect()
     }
 
     fn open_live(&self) -> std::io::Result<(File, u64)> {
@@ -212,18 +243,19 @@ impl LogSink {
         if kept == 0 {
             return fs::remove_file(&self.path);
         }
+        let gone_is_fine = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
         // Also files beyond the limit, left by an earlier larger `--log-files`.
         for n in kept..=kept.max(MAX_LEFTOVER) {
-            match fs::remove_file(rotated(&self.path, n)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            gone_is_fine(fs::remove_file(rotated(&self.path, n)))?;
         }
         for n in (1..kept).rev() {
-            match fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            gone_is_fine(fs::rename(
+                rotated(&self.path, n),
+                rotated(&self.path, n + 1),
+            ))?;
         }
         fs::rename(&self.path, rotated(&self.path, 1))
     }

@@ -13,7 +13,10 @@ mod supervisor;
 
 pub use isolation::{Isolation, Mode as IsolationMode, Report as IsolationReport};
 pub use launch::{Interpreters, NETWORK_ANNOTATION};
-pub use logs::{LogConfig, Rotation as LogRotation};
+pub use logs::{
+    LogConfig, RotatingFile, Rotation as LogRotation, DEFAULT_FILES as DEFAULT_LOG_FILES,
+    DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
