@@ -359,13 +359,6 @@ impl Metrics {
         }
     }
 
-    /// The names of the series this exports (a counter's `_total`, a histogram's
-    /// `_bucket`, `_sum` and `_count`), present or not yet, for checks of dashboards and
-    /// alerts against what exists.
-    pub fn series_names(&self) -> Vec<String> {
-        series_names(&self.render())
-    }
-
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -374,7 +367,9 @@ impl Metrics {
     }
 }
 
-/// The series names the `# TYPE` lines of a Prometheus text exposition declare.
+/// The series names the `# TYPE` lines of a Prometheus text exposition declare (a counter's
+/// `_total`, a histogram's `_bucket`, `_sum` and `_count`), whether they have samples yet or
+/// not: what dashboards and alerts may query.
 pub fn series_names(exposition: &str) -> Vec<String> {
     let mut names = Vec::new();
     for l in exposition.lines() {
