@@ -236,8 +236,7 @@ impl hyper::body::Body for Counted {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         polled

@@ -58,7 +58,9 @@ pub struct FunctionGauges {
 }
 
 fn build_histogram() -> Histogram {
-    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0])
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
 }
 
 fn latency_histogram() -> Histogram {
@@ -300,8 +302,12 @@ impl Metrics {
             self.replicas_ready
                 .get_or_create(&labels)
                 .set(i64::from(f.ready));
-            self.in_flight.get_or_create(&labels).set(count(f.in_flight));
-            self.queue_depth.get_or_create(&labels).set(count(f.waiting));
+            self.in_flight
+                .get_or_create(&labels)
+                .set(count(f.in_flight));
+            self.queue_depth
+                .get_or_create(&labels)
+                .set(count(f.waiting));
             self.queue_oldest
                 .get_or_create(&labels)
                 .set(f.oldest_wait.map_or(0.0, |d| d.as_secs_f64()));

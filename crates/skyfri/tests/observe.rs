@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use common::{fixtures, Platform};
 
 fn deploy(p: &Platform) {
-    let out = p.cli_in(&fixtures().join("observe"), &["deploy", "-f", "stack.yml"], "");
+    let out = p.cli_in(
+        &fixtures().join("observe"),
+        &["deploy", "-f", "stack.yml"],
+        "",
+    );
     assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
 }
 
@@ -116,7 +120,10 @@ fn access_line(data_dir: &Path, call_id: &str) -> serde_json::Value {
         {
             return l;
         }
-        assert!(Instant::now() < deadline, "no access log line for {call_id}");
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for {call_id}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -127,7 +134,10 @@ fn metrics_move_and_the_dashboard_uses_only_exported_ones() {
     deploy(&p);
     let m = scrape(&p);
     assert_eq!(
-        value(&m, "gateway_function_replicas_desired{function_name=\"greeter\"}"),
+        value(
+            &m,
+            "gateway_function_replicas_desired{function_name=\"greeter\"}"
+        ),
         0.0,
         "initial-scale 0: {m}"
     );
@@ -140,12 +150,7 @@ fn metrics_move_and_the_dashboard_uses_only_exported_ones() {
     );
 
     // A call at zero: a cold start, an activation, a wait for the replica.
-    let r = p.http(
-        "POST",
-        "/function/greeter/sub/path?secret=1",
-        &[],
-        b"world",
-    );
+    let r = p.http("POST", "/function/greeter/sub/path?secret=1", &[], b"world");
     assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
     assert_eq!(r.header("x-skyfri-cold-start"), Some("true"));
     let m = scrape(&p);
@@ -175,8 +180,14 @@ fn metrics_move_and_the_dashboard_uses_only_exported_ones() {
             1.0,
         ),
         ("gateway_function_in_flight{function_name=\"greeter\"}", 0.0),
-        ("gateway_function_queue_depth{function_name=\"greeter\"}", 0.0),
-        ("gateway_function_oom_kills_total{function_name=\"greeter\"}", 0.0),
+        (
+            "gateway_function_queue_depth{function_name=\"greeter\"}",
+            0.0,
+        ),
+        (
+            "gateway_function_oom_kills_total{function_name=\"greeter\"}",
+            0.0,
+        ),
     ] {
         assert_eq!(value(&m, series), want, "{series}:\n{m}");
     }
@@ -196,12 +207,12 @@ fn metrics_move_and_the_dashboard_uses_only_exported_ones() {
     assert_eq!(line["response_bytes"], 11, "{line}");
     assert_eq!(line["client"], "127.0.0.1", "{line}");
     assert_eq!(line["cold_start"], true, "{line}");
-    assert!(line["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{line}");
-    let time = line["time"].as_str().unwrap_or("");
     assert!(
-        chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+        line["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
         "{line}"
     );
+    let time = line["time"].as_str().unwrap_or("");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{line}");
     // A warm call is not cold.
     let r = p.http("POST", "/function/greeter", &[], b"again");
     let warm = access_line(&p.data_dir, r.header("x-call-id").expect("x-call-id"));
@@ -337,7 +348,8 @@ fn logs_of_one_replica() {
     for n in 1..=6 {
         let body = format!("{n} {n}");
         assert_eq!(
-            p.http("POST", "/function/chatty", &[], body.as_bytes()).status,
+            p.http("POST", "/function/chatty", &[], body.as_bytes())
+                .status,
             200
         );
     }
@@ -353,7 +365,11 @@ fn logs_of_one_replica() {
     let one = instances.iter().next().expect("an instance");
     let out = p.cli(&["logs", "chatty", "--instance", one], "");
     assert!(out.ok, "{}", out.stderr);
-    let mine: Vec<_> = out.stdout.lines().filter(|l| l.contains("chatty 0")).collect();
+    let mine: Vec<_> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("chatty 0"))
+        .collect();
     assert!(!mine.is_empty() && mine.len() < 6, "{}", out.stdout);
     assert!(
         out.stdout
@@ -363,5 +379,9 @@ fn logs_of_one_replica() {
         out.stdout
     );
     let out = p.cli(&["logs", "chatty", "--instance", "Not/One"], "");
-    assert!(!out.ok && out.stderr.contains("--instance"), "{}", out.stderr);
+    assert!(
+        !out.ok && out.stderr.contains("--instance"),
+        "{}",
+        out.stderr
+    );
 }

@@ -169,7 +169,6 @@ impl LogSink {
         // No followers is the normal case, not an error.
         let _ = self.tx.send(line);
     }
-
 }
 
 /// An append-only file that rotates by size (see the module's on-disk format). Its owner
