@@ -169,7 +169,7 @@ impl Default for Metrics {
         );
         registry.register(
             "gateway_function_queue_wait_seconds",
-            "Time calls that had to wait spent waiting for a replica",
+            "How long calls that had to wait (at zero, at capacity) waited before they got a replica",
             queue_wait.clone(),
         );
         registry.register(
