@@ -218,6 +218,13 @@ impl Up {
             isolation(self.isolation)?,
             Arc::new(StoreSecrets(store.clone())),
         )?;
+        // After the provider, which made the logs dir private.
+        let access_log = AccessLog::start(AccessLogConfig {
+            target: self.access_log,
+            path: data_dir.join("logs").join("access.log"),
+            rotation,
+        })
+        .context("cannot start the access log")?;
         let limits = ServerLimits {
             header_timeout: std::time::Duration::from_secs(self.header_timeout),
             max_header_bytes: self.max_header_bytes,
@@ -253,12 +260,6 @@ impl Up {
             Arc::new(ArtefactStore::open(artefact_dir)?),
             queue,
         );
-        let access_log = AccessLog::start(AccessLogConfig {
-            target: self.access_log,
-            path: data_dir.join("logs").join("access.log"),
-            rotation,
-        })
-        .context("cannot start the access log")?;
         if let Some(log) = access_log {
             // Only set here, once.
             let _ = state.access_log.set(log);
