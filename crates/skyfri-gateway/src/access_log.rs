@@ -26,6 +26,8 @@ use serde::Serialize;
 use skyfri_runtime::local::{LogRotation, RotatingFile};
 use tokio::sync::mpsc;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::invoke::{function_name, split_under};
 use crate::state::AppState;
 
@@ -171,7 +173,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         start,
         request_bytes,
         log,
-        state: state.clone(),
+        dropped: state.metrics.access_log_dropped(),
     };
     response.map(|body| {
         Body::new(Logged {
@@ -192,7 +194,7 @@ struct Pending {
     start: Instant,
     request_bytes: Arc<AtomicU64>,
     log: AccessLog,
-    state: AppState,
+    dropped: Counter<u64, AtomicU64>,
 }
 
 impl Pending {
@@ -201,7 +203,7 @@ impl Pending {
         self.entry.request_bytes = self.request_bytes.load(Ordering::Relaxed);
         self.entry.response_bytes = response_bytes;
         if let Err(mpsc::error::TrySendError::Full(_)) = self.log.tx.try_send(self.entry) {
-            self.state.metrics.access_log_dropped();
+            self.dropped.inc();
         }
     }
 }
@@ -290,5 +292,53 @@ impl Drop for Logged {
         if let Some(p) = self.pending.take() {
             p.send(self.bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(log: &AccessLog, dropped: &Counter<u64, AtomicU64>) -> Pending {
+        Pending {
+            entry: Entry {
+                time: timestamp(Utc::now()),
+                call_id: "c".into(),
+                function: "f".into(),
+                method: "GET".into(),
+                path: "/function/f".into(),
+                status: 200,
+                duration_ms: 0.0,
+                request_bytes: 0,
+                response_bytes: 0,
+                client: None,
+                cold_start: false,
+            },
+            start: Instant::now(),
+            request_bytes: Arc::default(),
+            log: log.clone(),
+            dropped: dropped.clone(),
+        }
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_instead_of_waiting() {
+        // A writer that has not taken anything yet, with room for one line.
+        let (tx, mut rx) = mpsc::channel(1);
+        let log = AccessLog { tx };
+        let dropped = Counter::<u64, AtomicU64>::default();
+        pending(&log, &dropped).send(10);
+        pending(&log, &dropped).send(20);
+        assert_eq!(dropped.get(), 1);
+        let first = rx.try_recv().ok().map(|e| e.response_bytes);
+        assert_eq!(first, Some(10));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!("both".parse(), Ok(Target::Both));
+        assert!("syslog"
+            .parse::<Target>()
+            .is_err_and(|e| e.contains("file, stdout")));
     }
 }

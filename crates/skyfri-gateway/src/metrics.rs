@@ -274,8 +274,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn access_log_dropped(&self) {
-        self.access_log_dropped.inc();
+    /// The counter of dropped access log lines, for the access log to increment.
+    pub fn access_log_dropped(&self) -> Counter<u64, AtomicU64> {
+        self.access_log_dropped.clone()
     }
 
     /// Sets the per-function gauges to `functions`; functions left out are gone.
