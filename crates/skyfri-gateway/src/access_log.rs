@@ -4,7 +4,7 @@
 //!
 //! Calls never wait for the disk: a line goes into a bounded channel, and a writer thread
 //! appends it to `<data-dir>/logs/access.log` (rotated by size, as function logs are) and/or
-//! prints it on stdout. When the channel is full the line is dropped and counted in
+//! prints it on stdout, in batches. When the channel is full the line is dropped and counted in
 //! `gateway_access_log_dropped_total`.
 
 use std::io::Write;
@@ -33,6 +33,33 @@ use crate::state::AppState;
 
 /// Lines that may wait for the writer before new ones are dropped.
 const BUFFER: usize = 8192;
+/// Largest single write.
+const MAX_CHUNK: usize = 64 << 10;
+/// The writer's pause after each batch.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Where the writer thread puts lines.
+struct Output {
+    file: Option<RotatingFile>,
+    stdout: bool,
+    path: PathBuf,
+}
+
+impl Output {
+    fn write(&mut self, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut() {
+            if let Err(e) = f.append(lines) {
+                tracing::warn!(path = %self.path.display(), error = %e, "access log not written");
+            }
+        }
+        if self.stdout {
+            let _ = std::io::stdout().lock().write_all(lines);
+        }
+    }
+}
 
 /// Where access log lines go: `file` (`<data-dir>/logs/access.log`, rotated), `stdout`,
 /// `both` or `off`.
@@ -93,7 +120,7 @@ impl AccessLog {
         if config.target == Target::Off {
             return Ok(None);
         }
-        let mut file = match config.target {
+        let file = match config.target {
             Target::File | Target::Both => {
                 if let Some(dir) = config.path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -104,22 +131,39 @@ impl AccessLog {
         };
         let stdout = matches!(config.target, Target::Stdout | Target::Both);
         let (tx, mut rx) = mpsc::channel::<Entry>(BUFFER);
+        // Whole lines, at most one file's worth, go out in one write.
+        let chunk = usize::try_from(config.rotation.max_bytes)
+            .unwrap_or(usize::MAX)
+            .min(MAX_CHUNK);
+        let mut out = Output {
+            file,
+            stdout,
+            path: config.path,
+        };
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                while let Some(entry) = rx.blocking_recv() {
-                    let Ok(mut line) = serde_json::to_vec(&entry) else {
-                        continue;
-                    };
-                    line.push(b'\n');
-                    if let Some(f) = file.as_mut() {
-                        if let Err(e) = f.append(&line) {
-                            tracing::warn!(path = %config.path.display(), error = %e, "access log not written");
+                let mut buf = Vec::with_capacity(chunk);
+                while let Some(first) = rx.blocking_recv() {
+                    let mut next = Some(first);
+                    while let Some(entry) = next {
+                        let Ok(mut line) = serde_json::to_vec(&entry) else {
+                            next = rx.try_recv().ok();
+                            continue;
+                        };
+                        line.push(b'\n');
+                        if !buf.is_empty() && buf.len() + line.len() > chunk {
+                            out.write(&buf);
+                            buf.clear();
                         }
+                        buf.extend_from_slice(&line);
+                        next = rx.try_recv().ok();
                     }
-                    if stdout {
-                        let _ = std::io::stdout().lock().write_all(&line);
-                    }
+                    out.write(&buf);
+                    buf.clear();
+                    // Lines that come meanwhile wait for the next batch, so that a busy
+                    // gateway does not wake this thread for every call.
+                    std::thread::sleep(BATCH_PAUSE);
                 }
             })?;
         Ok(Some(AccessLog { tx }))
