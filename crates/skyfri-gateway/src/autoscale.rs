@@ -215,6 +215,12 @@ fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
     if decision.desired == status.desired {
         return;
     }
+    let direction = if decision.desired > status.desired {
+        "up"
+    } else {
+        "down"
+    };
+    state.metrics.scaling_decision(name, direction);
     let provider = Arc::clone(&state.provider);
     let name = name.to_string();
     let desired = decision.desired;

@@ -248,6 +248,9 @@ pub async fn forward(
     let deadline = started + timeout;
     let lease = lease(state, live, deadline).await?;
     let waited = started.elapsed();
+    if !lease.waited().is_zero() {
+        state.metrics.queue_wait(&spec.name, lease.waited());
+    }
     let endpoint = lease.endpoint().clone();
     let path_and_query = match &call.query {
         Some(q) => format!("{}?{q}", call.suffix),

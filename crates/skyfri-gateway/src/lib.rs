@@ -3,6 +3,7 @@
 //! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
 //! Prometheus metrics, and usage metering ([`usage`]).
 
+pub mod access_log;
 pub mod api;
 pub mod async_calls;
 pub mod audit;
@@ -85,10 +86,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ));
-    Router::new()
-        .merge(system)
-        .route("/healthz", get(api::system::healthz))
-        .route("/metrics", get(api::system::metrics))
+    // Calls of functions, sync and async: each gets an access log line.
+    let calls = Router::new()
         .route("/function/{name}", any(invoke::invoke))
         .route("/function/{name}/", any(invoke::invoke))
         .route("/function/{name}/{*rest}", any(invoke::invoke))
@@ -98,6 +97,15 @@ pub fn router(state: AppState) -> Router {
             "/async-function/{name}/{*rest}",
             any(async_calls::accept::accept),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access_log::record,
+        ));
+    Router::new()
+        .merge(system)
+        .merge(calls)
+        .route("/healthz", get(api::system::healthz))
+        .route("/metrics", get(api::system::metrics))
         .with_state(state)
 }
 

@@ -1,4 +1,8 @@
-//! Prometheus metrics with OpenFaaS's names, so existing dashboards and alerts work.
+//! Prometheus metrics with OpenFaaS's names, so existing dashboards and alerts work, and
+//! skyfri's own (`gateway_function_*`, `gateway_autoscaler_*`, `gateway_build_*`). Labels
+//! stay low-cardinality: function names, status codes, outcomes; never call ids or clients.
+//! Counters and histograms move where their events happen; the per-function gauges (replicas,
+//! calls in flight and waiting) are read from the routers and the provider when scraped.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Mutex, PoisonError};
@@ -27,6 +31,37 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter<u64, AtomicU64>>,
     /// Serialises refreshes of the queue gauges (clear, then set).
     async_refresh: Mutex<()>,
+    replicas_desired: Family<Labels, Gauge<i64, AtomicI64>>,
+    replicas_ready: Family<Labels, Gauge<i64, AtomicI64>>,
+    in_flight: Family<Labels, Gauge<i64, AtomicI64>>,
+    queue_depth: Family<Labels, Gauge<i64, AtomicI64>>,
+    queue_oldest: Family<Labels, Gauge<f64, AtomicU64>>,
+    queue_wait: Family<Labels, Histogram, fn() -> Histogram>,
+    oom_kills: Family<Labels, Counter<u64, AtomicU64>>,
+    decisions: Family<Labels, Counter<u64, AtomicU64>>,
+    builds: Family<Labels, Histogram, fn() -> Histogram>,
+    access_log_dropped: Counter<u64, AtomicU64>,
+    /// Serialises refreshes of the per-function gauges.
+    functions_refresh: Mutex<()>,
+}
+
+/// One function's state when scraped.
+pub struct FunctionGauges {
+    pub name: String,
+    pub desired: u32,
+    pub ready: u32,
+    pub in_flight: usize,
+    /// Calls waiting in the router for capacity, and for how long the oldest has.
+    pub waiting: usize,
+    pub oldest_wait: Option<Duration>,
+    /// The provider's count of OOM kills (a counter it keeps).
+    pub oom_kills: u64,
+}
+
+fn build_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
 }
 
 fn latency_histogram() -> Histogram {
@@ -94,14 +129,89 @@ impl Default for Metrics {
             "Async callbacks by result: delivered, failed (after all retries)",
             async_callbacks.clone(),
         );
-        let rate_limited = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        let gauge = Family::<Labels, Gauge<i64, AtomicI64>>::default;
+        let counter = Family::<Labels, Counter<u64, AtomicU64>>::default;
+        let replicas_desired = gauge();
+        let replicas_ready = gauge();
+        let in_flight = gauge();
+        let queue_depth = gauge();
+        let queue_oldest = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let queue_wait =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let oom_kills = counter();
+        let decisions = counter();
+        let rate_limited = counter();
+        let builds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(build_histogram);
+        let access_log_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "gateway_function_replicas_desired",
+            "Replicas the provider is asked to run",
+            replicas_desired.clone(),
+        );
+        registry.register(
+            "gateway_function_replicas_ready",
+            "Replicas ready to take calls",
+            replicas_ready.clone(),
+        );
+        registry.register(
+            "gateway_function_in_flight",
+            "Calls running in a replica now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "gateway_function_queue_depth",
+            "Calls waiting in the gateway for a replica with room (activator queue)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "gateway_function_queue_oldest_seconds",
+            "How long the oldest call waiting for a replica has waited",
+            queue_oldest.clone(),
+        );
+        registry.register(
+            "gateway_function_queue_wait_seconds",
+            "How long calls that had to wait (at zero, at capacity) waited before they got a replica",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "gateway_function_oom_kills",
+            "Replicas killed by the kernel for exceeding their memory limit",
+            oom_kills.clone(),
+        );
+        registry.register(
+            "gateway_autoscaler_decisions",
+            "Scaling decisions that changed a function's replica count, by direction (up, down; activations from zero count as up)",
+            decisions.clone(),
+        );
+        registry.register(
+            "gateway_build_seconds",
+            "Artefact builds (dependency installs included) by template and outcome",
+            builds.clone(),
+        );
         registry.register(
             "gateway_rate_limited",
             "Calls refused 429 by a rate limit: limit=function (com.skyfri.rate) or client (--rate-per-ip)",
             rate_limited.clone(),
         );
+        registry.register(
+            "gateway_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         Metrics {
             registry,
+            replicas_desired,
+            replicas_ready,
+            in_flight,
+            queue_depth,
+            queue_oldest,
+            queue_wait,
+            oom_kills,
+            decisions,
+            builds,
+            access_log_dropped,
+            functions_refresh: Mutex::new(()),
             invocations,
             seconds,
             services,
@@ -140,8 +250,82 @@ impl Metrics {
     }
 
     pub fn forget(&self, function: &str) {
-        self.services
-            .remove(&vec![("function_name", function.to_string())]);
+        let labels = vec![("function_name", function.to_string())];
+        self.services.remove(&labels);
+        self.oom_kills.remove(&labels);
+    }
+
+    /// A call waited `waited` for a replica with room (at zero or at capacity).
+    pub fn queue_wait(&self, function: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&vec![("function_name", function.to_string())])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A scaling decision changed the desired replicas: `up` or `down`.
+    pub fn scaling_decision(&self, function: &str, direction: &'static str) {
+        self.decisions
+            .get_or_create(&vec![
+                ("function_name", function.to_string()),
+                ("direction", direction.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A build of a `template` artefact ended: `ok` or `error`.
+    pub fn build(&self, template: &str, outcome: &'static str, took: Duration) {
+        self.builds
+            .get_or_create(&vec![
+                ("template", template.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The counter of dropped access log lines, for the access log to increment.
+    pub fn access_log_dropped(&self) -> Counter<u64, AtomicU64> {
+        self.access_log_dropped.clone()
+    }
+
+    /// Sets the per-function gauges to `functions`; functions left out are gone.
+    pub fn set_functions(&self, functions: &[FunctionGauges]) {
+        let _one = self
+            .functions_refresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for family in [
+            &self.replicas_desired,
+            &self.replicas_ready,
+            &self.in_flight,
+            &self.queue_depth,
+        ] {
+            family.clear();
+        }
+        self.queue_oldest.clear();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for f in functions {
+            let labels = vec![("function_name", f.name.clone())];
+            self.replicas_desired
+                .get_or_create(&labels)
+                .set(i64::from(f.desired));
+            self.replicas_ready
+                .get_or_create(&labels)
+                .set(i64::from(f.ready));
+            self.in_flight
+                .get_or_create(&labels)
+                .set(count(f.in_flight));
+            self.queue_depth
+                .get_or_create(&labels)
+                .set(count(f.waiting));
+            self.queue_oldest
+                .get_or_create(&labels)
+                .set(f.oldest_wait.map_or(0.0, |d| d.as_secs_f64()));
+            // The provider keeps the count; it is published as is.
+            self.oom_kills
+                .get_or_create(&labels)
+                .inner()
+                .store(f.oom_kills, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn async_accepted(&self, function: &str) {
@@ -206,4 +390,26 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The series names the `# TYPE` lines of a Prometheus text exposition declare (a counter's
+/// `_total`, a histogram's `_bucket`, `_sum` and `_count`), whether they have samples yet or
+/// not: what dashboards and alerts may query.
+pub fn series_names(exposition: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for l in exposition.lines() {
+        let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        match kind {
+            "counter" => names.push(format!("{name}_total")),
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{name}{suffix}"));
+                }
+            }
+            _ => names.push(name.to_string()),
+        }
+    }
+    names
 }

@@ -4,7 +4,7 @@
 //! current capacity in a bounded queue while the scaler adds replicas. Each call is metered
 //! (its function's [`Account`]) when it lets go of its replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -58,6 +58,9 @@ pub struct Router {
     total: AtomicU32,
     queue_limit: AtomicUsize,
     waiting: AtomicUsize,
+    /// When each waiting call started waiting, by arrival number: the first is the oldest.
+    queued: Mutex<BTreeMap<u64, Instant>>,
+    arrivals: AtomicU64,
     in_flight: AtomicUsize,
     /// Calls that got a replica, ever: the rps metric is its rate.
     started: AtomicU64,
@@ -77,6 +80,8 @@ impl Router {
             total: AtomicU32::new(limits.total),
             queue_limit: AtomicUsize::new(limits.queue),
             waiting: AtomicUsize::new(0),
+            queued: Mutex::new(BTreeMap::new()),
+            arrivals: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             next: AtomicUsize::new(0),
@@ -121,6 +126,12 @@ impl Router {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// How long the call waiting longest has waited, `None` when none waits.
+    pub fn oldest_wait(&self) -> Option<Duration> {
+        let queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        queued.values().next().map(Instant::elapsed)
+    }
+
     /// Calls that have been given a replica since the start.
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
@@ -144,8 +155,13 @@ impl Router {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Busy::QueueFull { limit });
         }
-        let _queued = Queued(self);
         let start = Instant::now();
+        let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(arrival, start);
+        let _queued = Queued(self, arrival);
         let mut cold = first.is_empty();
         let mut recheck = RECHECK;
         loop {
@@ -160,6 +176,7 @@ impl Router {
             }
             if let Some(mut lease) = self.try_acquire(&endpoints) {
                 lease.cold = cold;
+                lease.waited = start.elapsed();
                 return Ok(lease);
             }
             let now = Instant::now();
@@ -212,6 +229,7 @@ impl Router {
             endpoint: endpoint.clone(),
             cold: false,
             since: now,
+            waited: Duration::ZERO,
         })
     }
 
@@ -263,11 +281,16 @@ impl BusyTime {
     }
 }
 
-/// Counts a call in the queue for as long as it waits.
-struct Queued<'a>(&'a Router);
+/// Counts a call in the queue for as long as it waits: the router and its arrival number.
+struct Queued<'a>(&'a Router, u64);
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
+        self.0
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.1);
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -279,6 +302,7 @@ pub struct Lease {
     cold: bool,
     /// When the call got its replica: its metered time starts.
     since: Instant,
+    waited: Duration,
 }
 
 impl Lease {
@@ -289,6 +313,11 @@ impl Lease {
     /// The call found no replica at all and waited for one to start: a cold start.
     pub fn cold(&self) -> bool {
         self.cold
+    }
+
+    /// How long the call waited in the queue for this replica (zero: it did not wait).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 }
 
@@ -345,10 +374,11 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(r.waiting(), 1);
+        assert!(r.oldest_wait().is_some_and(|w| w > Duration::ZERO));
         let freed = a.endpoint().clone();
         drop(a);
         assert_eq!(third.await.ok(), Some(Ok(freed)));
-        assert_eq!(r.waiting(), 0);
+        assert_eq!((r.waiting(), r.oldest_wait()), (0, None));
         drop(b);
         assert_eq!(r.in_flight(), 0);
         assert_eq!(r.started(), 3);

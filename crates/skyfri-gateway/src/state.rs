@@ -14,6 +14,7 @@ use skyfri_queue::Queue;
 use skyfri_runtime::{ArtefactStore, Provider};
 use skyfri_store::Store;
 
+use crate::access_log::AccessLog;
 use crate::async_calls::callback::Callbacks;
 use crate::audit::Audit;
 use crate::autoscale::Decisions;
@@ -117,6 +118,8 @@ pub struct Inner {
     pub decisions: Decisions,
     /// Usage per function and month, until it is flushed to the store.
     pub meter: Meter,
+    /// Set once at start when the access log is on.
+    pub access_log: std::sync::OnceLock<AccessLog>,
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
@@ -154,6 +157,7 @@ impl AppState {
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
             meter: Meter::default(),
+            access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),
         }))
     }
@@ -167,6 +171,7 @@ impl AppState {
         }
         // The gauge follows the desired count, as the autoscaler's decisions set it.
         self.metrics.set_replicas(name, 1);
+        self.metrics.scaling_decision(name, "up");
         let provider = Arc::clone(&self.provider);
         let live = Arc::clone(live);
         tokio::spawn(async move {

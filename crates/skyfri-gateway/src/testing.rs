@@ -44,6 +44,7 @@ impl Provider for FakeProvider {
         (n > 0).then_some(ReplicaStatus {
             desired: n,
             available: n,
+            oom_kills: 0,
         })
     }
     fn report_failure(&self, _: &str, _: &Endpoint) -> Option<String> {

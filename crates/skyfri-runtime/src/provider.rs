@@ -59,6 +59,9 @@ pub enum Endpoint {
 pub struct ReplicaStatus {
     pub desired: u32,
     pub available: u32,
+    /// Replicas of the function the kernel killed for exceeding their memory limit, since
+    /// the provider started (a counter).
+    pub oom_kills: u64,
 }
 
 /// One line a replica wrote to stdout or stderr.

@@ -36,7 +36,8 @@ pub async fn build(
     }
     let artefacts = state.artefacts.clone();
     let tmp_root = state.tmp_dir.clone();
-    let artefact = tokio::task::spawn_blocking(move || -> Result<String, GatewayError> {
+    let started = std::time::Instant::now();
+    let built = tokio::task::spawn_blocking(move || -> Result<String, GatewayError> {
         std::fs::create_dir_all(&tmp_root).map_err(GatewayError::internal)?;
         let dir = tempfile::tempdir_in(&tmp_root).map_err(GatewayError::internal)?;
         unpack(&body, dir.path())?;
@@ -45,7 +46,13 @@ pub async fn build(
             .map_err(|e| GatewayError::bad_request(format!("build failed: {e}")))
     })
     .await
-    .map_err(GatewayError::internal)??;
+    .map_err(GatewayError::internal)
+    .and_then(|b| b);
+    let outcome = if built.is_ok() { "ok" } else { "error" };
+    state
+        .metrics
+        .build(template.name(), outcome, started.elapsed());
+    let artefact = built?;
     state.store.put_image(&Image {
         name: q.image.clone(),
         artefact: artefact.clone(),

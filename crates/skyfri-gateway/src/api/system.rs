@@ -5,6 +5,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 
+use crate::metrics::FunctionGauges;
 use crate::state::AppState;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -49,6 +50,24 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "async queue depth not read"),
     }
+    let functions: Vec<FunctionGauges> = state
+        .all_live()
+        .iter()
+        .map(|live| {
+            let name = &live.deployment.spec.name;
+            let status = state.provider.status(name);
+            FunctionGauges {
+                name: name.clone(),
+                desired: status.map_or(0, |s| s.desired),
+                ready: status.map_or(0, |s| s.available),
+                in_flight: live.router.in_flight(),
+                waiting: live.router.waiting(),
+                oldest_wait: live.router.oldest_wait(),
+                oom_kills: status.map_or(0, |s| s.oom_kills),
+            }
+        })
+        .collect();
+    state.metrics.set_functions(&functions);
     (
         [(
             header::CONTENT_TYPE,

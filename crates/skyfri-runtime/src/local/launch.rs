@@ -1,6 +1,8 @@
 //! How each template is started: the program, its arguments, environment and readiness probe.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use skyfri_core::{Deployment, Template};
@@ -91,6 +93,8 @@ pub struct Launch {
     /// How often a ready replica's health path is checked (the http template with
     /// `com.openfaas.health.http.path` only; `None`: never once it is ready).
     pub health_period: Option<Duration>,
+    /// Counts the kernel's OOM kills of the function's replicas (shared across launches).
+    pub oom_kills: Arc<AtomicU64>,
 }
 
 /// The interpreters stem cells are kept for.
@@ -357,6 +361,7 @@ pub fn plan(
         timeout: Duration::from_secs(d.spec.timeout_secs),
         initial_delay,
         health_period,
+        oom_kills: Arc::default(),
     })
 }
 

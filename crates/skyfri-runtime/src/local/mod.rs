@@ -14,9 +14,14 @@ mod supervisor;
 
 pub use isolation::{Isolation, Mode as IsolationMode, Report as IsolationReport};
 pub use launch::{Interpreters, NETWORK_ANNOTATION};
+pub use logs::{
+    LogConfig, RotatingFile, Rotation as LogRotation, DEFAULT_FILES as DEFAULT_LOG_FILES,
+    DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +59,9 @@ pub struct LocalProvider {
     /// Pre-started interpreters, where this host allows them.
     cells: Option<Arc<Cells>>,
     functions: RwLock<HashMap<String, Function>>,
+    /// Per function, kills by the kernel's OOM killer since the provider started; shared
+    /// with the function's launches, so a redeploy keeps counting.
+    oom_kills: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
     retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
     /// CPU the replicas used, per function, until the gateway collects it.
@@ -73,7 +81,7 @@ impl LocalProvider {
     pub fn new(
         artefacts: ArtefactStore,
         run_dir: PathBuf,
-        log_dir: PathBuf,
+        logs: impl Into<LogConfig>,
         isolation: Isolation,
         secrets: Arc<dyn SecretSource>,
     ) -> Result<Arc<LocalProvider>, RuntimeError> {
@@ -92,7 +100,8 @@ impl LocalProvider {
             cells,
             artefacts,
             run_dir,
-            logs: LogStore::open(log_dir)?,
+            logs: LogStore::open(logs.into())?,
+            oom_kills: Mutex::new(HashMap::new()),
             interpreters,
             isolation,
             secrets,
@@ -289,7 +298,15 @@ impl Provider for LocalProvider {
             )));
         }
         let secrets = self.secret_values(&d.spec.secrets)?;
-        let launch = Arc::new(launch::plan(d, &dir, &root, &self.interpreters, secrets)?);
+        let mut launch = launch::plan(d, &dir, &root, &self.interpreters, secrets)?;
+        launch.oom_kills = Arc::clone(
+            self.oom_kills
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(name.to_string())
+                .or_default(),
+        );
+        let launch = Arc::new(launch);
         let lock = self.op_lock(name);
         let _guard = lock.lock().await;
         self.admit(name, launch.requests_memory, d.replicas)?;
@@ -419,6 +436,7 @@ impl Provider for LocalProvider {
         functions.get(name).map(|f| ReplicaStatus {
             desired: f.desired,
             available: f.replicas.iter().filter(|r| r.is_ready()).count() as u32,
+            oom_kills: f.launch.oom_kills.load(Ordering::Relaxed),
         })
     }
 

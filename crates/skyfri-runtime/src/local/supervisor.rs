@@ -253,6 +253,7 @@ impl Replica {
                             let why = if self.oom_killed_now() {
                                 *self.last_oom.lock().unwrap_or_else(PoisonError::into_inner) =
                                     Some(Instant::now());
+                                launch.oom_kills.fetch_add(1, Ordering::Relaxed);
                                 format!(
                                     "killed by the kernel: it exceeded its memory limit of {} (limits.memory)",
                                     memory_text(launch.limits.memory)

@@ -21,6 +21,9 @@ pub struct Logs {
     /// Only the last N lines.
     #[arg(long)]
     tail: Option<u32>,
+    /// Only the lines of this replica (the second column, e.g. `NAME-1a2b3c4d`).
+    #[arg(long)]
+    instance: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -44,6 +47,16 @@ impl Logs {
         let mut path = format!("/system/logs?name={}&follow={}", self.name, self.follow);
         if let Some(t) = self.tail {
             path.push_str(&format!("&tail={t}"));
+        }
+        if let Some(i) = &self.instance {
+            // Instances are `<function>-<hex>`, which need no escaping in a query.
+            let plain = i
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !plain || i.is_empty() || i.len() > 80 {
+                bail!("--instance {i:?}: expected a replica name such as {}-1a2b3c4d (the second column of `skyfri logs`)", self.name);
+            }
+            path.push_str(&format!("&instance={i}"));
         }
         if let Some(s) = &self.since {
             path.push_str(&format!("&since={}", since_param(s)?.replace('+', "%2B")));

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
+use skyfri_gateway::access_log::{self, AccessLog, AccessLogConfig};
 use skyfri_gateway::limits::{self, LimitSettings};
 use skyfri_gateway::secrets::StoreSecrets;
 use skyfri_gateway::server::{self, ServerLimits, Tls};
 use skyfri_gateway::{AppState, GatewayConfig};
 use skyfri_queue::{EmbeddedQueue, JetStreamQueue, Queue};
-use skyfri_runtime::local::{Isolation, IsolationMode};
+use skyfri_runtime::local::{Isolation, IsolationMode, LogConfig, LogRotation};
 use skyfri_runtime::{ArtefactStore, LocalProvider, Provider};
 use skyfri_store::Store;
 
@@ -90,6 +91,17 @@ pub struct Up {
     /// most this much of it.
     #[arg(long, default_value = "5s", value_parser = flush_interval)]
     usage_flush: std::time::Duration,
+    /// Size at which a log file (a function's, the access log) is rotated.
+    #[arg(long, default_value_t = skyfri_runtime::local::DEFAULT_LOG_MAX_BYTES)]
+    log_max_bytes: u64,
+    /// Files kept per log, the one being written included: a function's logs take at most
+    /// --log-files x --log-max-bytes on disk.
+    #[arg(long, default_value_t = skyfri_runtime::local::DEFAULT_LOG_FILES)]
+    log_files: usize,
+    /// Where the access log (one JSON line per call) goes: `file` (<data-dir>/logs/access.log,
+    /// rotated as above), `stdout`, `both` or `off`.
+    #[arg(long, env = "SKYFRI_ACCESS_LOG", default_value = "file")]
+    access_log: access_log::Target,
 }
 
 fn flush_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -245,13 +257,28 @@ impl Up {
         let store = Arc::new(Store::open(&data_dir.join("skyfri.db"))?);
         let queue = queue_arg.open(&data_dir).await?;
         let artefact_dir = data_dir.join("artefacts");
+        let rotation = LogRotation {
+            max_bytes: self.log_max_bytes,
+            files: self.log_files,
+        };
+        rotation.validate().map_err(anyhow::Error::msg)?;
         let provider = LocalProvider::new(
             ArtefactStore::open(artefact_dir.clone())?,
             data_dir.join("run"),
-            data_dir.join("logs"),
+            LogConfig {
+                dir: data_dir.join("logs"),
+                rotation,
+            },
             isolation(self.isolation)?,
             Arc::new(StoreSecrets(store.clone())),
         )?;
+        // After the provider, which made the logs dir private.
+        let access_log = AccessLog::start(AccessLogConfig {
+            target: self.access_log,
+            path: data_dir.join("logs").join("access.log"),
+            rotation,
+        })
+        .context("cannot start the access log")?;
         let limits = ServerLimits {
             header_timeout: std::time::Duration::from_secs(self.header_timeout),
             max_header_bytes: self.max_header_bytes,
@@ -289,6 +316,10 @@ impl Up {
             Arc::new(ArtefactStore::open(artefact_dir)?),
             queue,
         );
+        if let Some(log) = access_log {
+            // Only set here, once.
+            let _ = state.access_log.set(log);
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}");
         println!("skyfri gateway listening on {url}");
