@@ -10,6 +10,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod backup;
 pub mod error;
+pub mod extract;
 pub mod invoke;
 pub mod metrics;
 pub mod router;

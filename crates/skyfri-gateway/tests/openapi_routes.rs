@@ -77,7 +77,10 @@ fn routed() -> Ops {
         let args = balanced(&rest[at + ".route(".len()..]);
         rest = &rest[at + ".route(".len() + args.len()..];
         let args = args.trim_start();
-        let path_end = args[1..].find('"').expect("a route path is a string literal") + 1;
+        let path_end = args[1..]
+            .find('"')
+            .expect("a route path is a string literal")
+            + 1;
         assert!(args.starts_with('"'), "route path is not a literal: {args}");
         let path = args[1..path_end].replace("{*", "{");
         let methods = methods_in(&args[path_end + 1..]);
