@@ -5,6 +5,8 @@ set -euo pipefail
 
 need=()
 [ -x /usr/bin/python3 ] || need+=(python3)
+# venv for the test tools installed from PyPI below.
+/usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 # `skyfri build` installs requirements.txt with the runtime's interpreter and package.json
 # with npm; Debian's python3 comes without pip. (A nodesource nodejs bundles npm.)
@@ -35,4 +37,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing: install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# The OpenAPI test (crates/skyfri/tests/openapi.rs) fuzzes the API with schemathesis, from
+# PyPI into its own venv (Debian refuses system-wide pip installs). Skipped when present.
+SCHEMATHESIS_VERSION=4.32.5
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/skyfri/py-tools"
+if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+  /usr/bin/python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod backup;
 pub mod error;
+pub mod extract;
 pub mod invoke;
 pub mod limits;
 pub mod metrics;

@@ -1,7 +1,9 @@
 //! `/system/artefacts`: receives a handler folder (as a tar archive) and builds it into an
 //! immutable, content-addressed artefact registered under an image name.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;

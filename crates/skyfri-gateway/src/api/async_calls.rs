@@ -3,7 +3,9 @@
 //! has ended) and re-drive a dead one (`POST /CALL-ID/redrive`: 200, 404, or 409 unless
 //! dead). Views leave out the body in lists and redact credentials in headers.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;

@@ -1,7 +1,9 @@
 //! `GET /system/audit?since=...&limit=...` (admin only): the latest audit entries, oldest
 //! first. `since` is an RFC3339 time or a lifetime back from now (`90m`, `1h`, `7d`).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -1,6 +1,8 @@
 //! `/system/functions`, `/system/function/{name}`, `/system/scale-function/{name}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};

@@ -1,7 +1,9 @@
 //! `/system/logs`: a function's persisted logs as NDJSON, optionally followed live.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;

@@ -1,7 +1,9 @@
 //! `/system/secrets`: OpenFaaS secrets. Values go in and reach replicas (through the
 //! provider's `SecretSource`); the API never sends them back, and they are never logged.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};

@@ -1,7 +1,9 @@
 //! `/system/tokens` (admin only): create an API token (its value is in this answer and
 //! nowhere else, ever), list tokens (names, scopes and times, never values), revoke one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};

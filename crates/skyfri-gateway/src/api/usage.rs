@@ -1,7 +1,9 @@
 //! `/system/usage?month=YYYY-MM`: the metered usage of every function in a month (default:
 //! this one, UTC), as stored at the last flush.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
