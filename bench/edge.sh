@@ -16,7 +16,7 @@ for v in "${BENCH_HELD:-10000}" "${BENCH_SLOW:-1000}" "${BENCH_SECONDS:-10}" "${
   [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
 done
 
-if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi
+bash scripts/setup.sh --tests   # curl
 PYTHON=/usr/bin/python3
 if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
   SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Installs the system packages skyfri and its tests need, when they are missing.
-# Idempotent; called by scripts/up.sh and scripts/test.sh. Needs root (or sudo) on a fresh machine.
+# Installs the system packages skyfri needs (and, with --tests, what its tests need), when
+# they are missing. Idempotent; called by scripts/up.sh and (with --tests) scripts/test.sh.
+# Needs root (or sudo) on a fresh machine.
 set -euo pipefail
 
 need=()
 [ -x /usr/bin/python3 ] || need+=(python3)
-# venv for the test tools installed from PyPI below.
-/usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 # `skyfri build` installs requirements.txt with the runtime's interpreter and package.json
 # with npm; Debian's python3 comes without pip. (A nodesource nodejs bundles npm.)
@@ -14,16 +13,21 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
-# The JetStream queue's tests start their own nats-server (`--queue nats://...` needs one).
-[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-# The gateway's TLS tests make certificates with openssl and talk HTTP/2 with curl.
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-# The orders-db test starts its own PostgreSQL (initdb, postgres, psql) and PgBouncer.
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
-[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
-# The CLI tests run skyfri on a pseudo-terminal (colour, progress lines) with script(1).
-command -v script >/dev/null 2>&1 || need+=(bsdutils)
+
+if [ "${1:-}" = --tests ]; then
+  # venv for the test tools installed from PyPI below.
+  /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+  # The JetStream queue's tests start their own nats-server (`--queue nats://...` needs one).
+  [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+  # The gateway's TLS tests make certificates with openssl and talk HTTP/2 with curl.
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The orders-db test starts its own PostgreSQL (initdb, postgres, psql) and PgBouncer.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+  [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+  # The CLI tests run skyfri on a pseudo-terminal (colour, progress lines) with script(1).
+  command -v script >/dev/null 2>&1 || need+=(bsdutils)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -39,12 +43,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# The OpenAPI test (crates/skyfri/tests/openapi.rs) fuzzes the API with schemathesis, from
-# PyPI into its own venv (Debian refuses system-wide pip installs). Skipped when present.
-SCHEMATHESIS_VERSION=4.32.5
-venv="${XDG_CACHE_HOME:-$HOME/.cache}/skyfri/py-tools"
-if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
-  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-  /usr/bin/python3 -m venv --clear "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+if [ "${1:-}" = --tests ]; then
+  # The OpenAPI test (crates/skyfri/tests/openapi.rs) fuzzes the API with schemathesis, from
+  # PyPI into its own venv (Debian refuses system-wide pip installs). Skipped when present.
+  SCHEMATHESIS_VERSION=4.32.5
+  venv="${XDG_CACHE_HOME:-$HOME/.cache}/skyfri/py-tools"
+  if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+    echo "setup: installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    /usr/bin/python3 -m venv --clear "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
 fi
