@@ -334,7 +334,8 @@ impl Metrics {
             .inc();
     }
 
-    /// One async run ended: `done`, `retried`, `dead` or `lost`.
+    /// One async run ended: `done`, `retried`, `dead`, `lost` or `released` (handed back
+    /// unfinished at shutdown).
     pub fn async_outcome(&self, function: &str, outcome: &'static str) {
         self.async_calls
             .get_or_create(&vec![

@@ -32,7 +32,10 @@
 //!    whose row is no longer running, changes nothing and is [`QueueError::LeaseLost`].
 //! 6. **`attempt` counts hand-outs** since the call was enqueued or redriven: the n-th
 //!    delivery has attempt n, also after a lapsed lease, so a call that kills its worker
-//!    reaches the worker's retry limit and the dead letters instead of looping.
+//!    reaches the worker's retry limit and the dead letters instead of looping. A hand-out
+//!    given back unfinished ([`Queue::release`], or a dropped `next`) does not count: the
+//!    row goes back to `queued` (or `retrying` if an earlier run failed), due now, with
+//!    `attempt` one less.
 //! 7. **Recovery is SQLite's.** On open after a crash, SQLite replays the WAL's committed
 //!    transactions; a batch that had not committed had answered no one. Calls that were
 //!    running have lapsed leases or will have them: nothing else to do.
@@ -430,6 +433,20 @@ impl Queue for EmbeddedQueue {
             lease,
             now,
             finished,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, delivery: Delivery) -> Result<(), QueueError> {
+        let lease = lease_of(&delivery)?;
+        let now = self.clock.now_ms();
+        let Delivery { call, .. } = delivery;
+        self.write(|reply| Op::Release {
+            id: call.id,
+            function: call.function,
+            lease,
+            now,
             reply,
         })
         .await

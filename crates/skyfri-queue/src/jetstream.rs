@@ -59,11 +59,13 @@
 //!    enqueue or redrive), so the worker's retry policy turns a call that keeps killing its
 //!    gateway into a dead letter. As a backstop, a message delivered more than
 //!    [`JetStreamOptions::max_deliveries`] times is recorded dead by `next` itself.
-//! 6. **Cancel-safe `next`.** The pull runs in a task of its own: if `next` is dropped
-//!    (or the queue closed) while the task holds a call it just took, the task puts the
-//!    record back as it was and NAKs the message, so it is due again at once with the same
-//!    attempt number. A pull request is never abandoned while the server may still answer
-//!    it; the task ends at most [`PULL_EXPIRY`] after `next` was dropped.
+//! 6. **Cancel-safe `next`, `release`.** The pull runs in a task of its own: if `next` is
+//!    dropped (or the queue closed) while the task holds a call it just took, the task puts
+//!    the record back as it was and NAKs the message, so it is due again at once with the
+//!    same attempt number. A pull request is never abandoned while the server may still
+//!    answer it; the task ends at most [`PULL_EXPIRY`] after `next` was dropped.
+//!    [`Queue::release`] puts back a call a worker hands back unfinished the same way (a
+//!    compare-and-set on its lease's revision: a lost lease changes nothing, no NAK).
 //! 7. **Redrive** writes the dead record back as queued (attempt reset) with a new
 //!    `publish_id`, then publishes a new message. A crash between the two leaves a queued
 //!    record without a message; redriving it again (answering `false`) publishes it.
@@ -580,8 +582,18 @@ impl Inner {
 
     /// Puts back a call that was taken for a `next` that is gone (invariant 6).
     async fn give_back(&self, delivery: Delivery) {
+        let id = delivery.call.id.clone();
+        if let Err(e) = self.put_back(delivery).await {
+            tracing::debug!(call_id = %id, error = %e, "taken call not given back; it runs with the next attempt number");
+        }
+    }
+
+    /// Writes the record back as it was before `delivery` took it and NAKs the message, so
+    /// that the call is due again at once with the same attempt number (invariant 6).
+    /// [`QueueError::LeaseLost`] (and no NAK) when the record moved on meanwhile.
+    async fn put_back(&self, delivery: Delivery) -> Result<(), QueueError> {
         let Ok(lease) = delivery.token.0.downcast::<Lease>() else {
-            return;
+            return Err(foreign(&delivery.call.id));
         };
         if let Some(prior) = &lease.prior {
             match self
@@ -590,12 +602,16 @@ impl Inner {
                 .await
             {
                 Ok(_) => {}
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    return Err(QueueError::LeaseLost(delivery.call.id));
+                }
                 Err(e) => {
-                    tracing::debug!(call_id = %delivery.call.id, error = %e, "taken call not given back; it runs with the next attempt number");
+                    return Err(self.backend(format_args!("handing back call {:?}", lease.key), e));
                 }
             }
         }
         self.settle(&lease.acker, AckKind::Nak(None)).await;
+        Ok(())
     }
 
     /// The task behind [`Queue::next`]: pulls until it has a call for `taker`, or `taker` is
@@ -817,6 +833,10 @@ impl Queue for JetStreamQueue {
             }
             None => Err(QueueError::LeaseLost(call.id)),
         }
+    }
+
+    async fn release(&self, delivery: Delivery) -> Result<(), QueueError> {
+        self.inner.put_back(delivery).await
     }
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError> {

@@ -10,6 +10,7 @@
 //!               └──(due again)── retrying ◀─finish(Retry)┘
 //! queued / retrying ──cancel──▶ cancelled
 //! running whose worker died (its lease lapsed) ──▶ queued again (at least once)
+//! running handed back by its worker (release) ──▶ due again at once, attempt not counted
 //! ```
 //!
 //! A call is accepted (the caller gets 202) only once [`Queue::enqueue`] has returned: by then
@@ -228,6 +229,12 @@ pub trait Queue: Send + Sync {
     /// lease lapsed and the call went to another worker meanwhile; a lapsed lease that nobody
     /// took over yet is still the worker's.
     async fn finish(&self, delivery: Delivery, finished: Finished) -> Result<(), QueueError>;
+
+    /// Hands a running call back unfinished (its gateway is stopping): it is due again at
+    /// once, for any worker, and the interrupted run does not count as an attempt (the next
+    /// delivery carries the same attempt number as this one). [`QueueError::LeaseLost`]
+    /// (and nothing changed) when the call went to another worker meanwhile.
+    async fn release(&self, delivery: Delivery) -> Result<(), QueueError>;
 
     async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError>;
 

@@ -227,6 +227,8 @@ on_both!(
     cancel_takes_only_calls_that_did_not_start,
     a_lapsed_lease_hands_the_call_out_again,
     a_stale_lease_stays_stale_after_a_redrive,
+    a_released_call_is_due_at_once_with_the_same_attempt,
+    releasing_a_lost_lease_changes_nothing,
     a_late_finish_counts_when_nobody_took_the_call_over,
     a_new_lease_length_applies,
     heartbeats_keep_the_lease,
@@ -604,6 +606,76 @@ async fn a_lapsed_lease_hands_the_call_out_again(server: &Server) {
     ));
     tokio::time::sleep(SHORT * 2).await;
     nothing_due(&q, "f", SHORT).await;
+}
+
+async fn a_released_call_is_due_at_once_with_the_same_attempt(server: &Server) {
+    let q = server.queue().await;
+    q.enqueue(call("r", "f")).await.expect("enqueue");
+    let d = next(&q, "f", LEASE).await;
+    assert_eq!(d.attempt, 1);
+    q.release(d).await.expect("release");
+    assert_eq!(state(&q, "r").await, CallState::Queued);
+    // Due now, though the lease it had would keep it for a minute.
+    let d = next(&q, "f", LEASE).await;
+    assert_eq!((d.call.id.as_str(), d.attempt), ("r", 1));
+
+    // After a failed run, the release keeps the failure and the attempt count.
+    q.finish(
+        d,
+        Finished::Retry {
+            after: Duration::ZERO,
+            status: 503,
+            error: Some("busy".into()),
+        },
+    )
+    .await
+    .expect("finish");
+    let d = next(&q, "f", LEASE).await;
+    assert_eq!(d.attempt, 2);
+    q.release(d).await.expect("release");
+    assert!(matches!(
+        state(&q, "r").await,
+        CallState::Retrying {
+            attempt: 1,
+            last_status: 503,
+            ..
+        }
+    ));
+    let d = next(&q, "f", LEASE).await;
+    assert_eq!(d.attempt, 2);
+
+    // A stopping gateway: closed for new work, it hands its call back, and another gateway
+    // sharing the queue takes it at once.
+    let other = server.queue().await;
+    q.close();
+    q.release(d).await.expect("release after close");
+    let d = next(&other, "f", LEASE).await;
+    assert_eq!((d.call.id.as_str(), d.attempt), ("r", 2));
+    other.finish(d, done()).await.expect("finish");
+    assert!(matches!(
+        state(&other, "r").await,
+        CallState::Done { attempt: 2, .. }
+    ));
+    nothing_due(&other, "f", LEASE).await;
+}
+
+async fn releasing_a_lost_lease_changes_nothing(server: &Server) {
+    let q = server.queue().await;
+    q.enqueue(call("x", "f")).await.expect("enqueue");
+    let first = next(&q, "f", SHORT).await;
+    let second = next(&q, "f", SHORT).await;
+    assert_eq!(second.attempt, 2);
+    q.heartbeat(&second, SHORT).await.expect("heartbeat");
+    assert!(matches!(
+        q.release(first).await,
+        Err(QueueError::LeaseLost(id)) if id == "x"
+    ));
+    assert_eq!(state(&q, "x").await, CallState::Running { attempt: 2 });
+    q.finish(second, done()).await.expect("finish");
+    assert!(matches!(
+        state(&q, "x").await,
+        CallState::Done { attempt: 2, .. }
+    ));
 }
 
 async fn a_stale_lease_stays_stale_after_a_redrive(server: &Server) {

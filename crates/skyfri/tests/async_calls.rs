@@ -416,4 +416,19 @@ fn queued_calls_can_be_cancelled_and_survive_a_restart() {
         1,
         "the running call finished before the stop"
     );
+
+    // A call still running when the grace period (5 s) ends is handed back to the queue: it
+    // runs at once after the restart, and as attempt 1 again (left to its lease, it would
+    // run as attempt 2, and only once the lease lapsed).
+    let long = post(&p, "/async-function/slow", &cb, &[], "8");
+    wait_state(&p, &long, "running", Duration::from_secs(20));
+    p.stop();
+    assert!(
+        cb.for_call(&long).is_empty(),
+        "the long call ended before the stop"
+    );
+    let p = Platform::start_in(&data, &[]);
+    let c = cb.wait(&p, &long, 1, Duration::from_secs(30));
+    assert_eq!(String::from_utf8_lossy(&c.body), "slept 8");
+    assert_eq!(c.header("x-skyfri-attempt"), "1");
 }

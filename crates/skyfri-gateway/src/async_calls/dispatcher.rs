@@ -17,9 +17,13 @@
 //! the old one finish meanwhile, so for the length of a call both limits may apply at once.
 //!
 //! On shutdown the queue is closed: dispatchers stop taking calls and the runs in progress
-//! finish. [`run`] returns when all have ended and no callback is pending; the caller bounds
-//! that with its grace period and then drops the task, and a call still running then keeps
-//! its lease until it lapses, after which it runs again (at least once).
+//! finish. [`run`] returns when all have ended and no callback is pending. The caller bounds
+//! that with its grace period and then turns `hand_back` true: the runs still in progress
+//! are abandoned and their calls handed back to the queue ([`skyfri_queue::Queue::release`]),
+//! due again at once with the interrupted attempt not counted (another gateway sharing a
+//! JetStream queue takes them at once; the embedded queue runs them after the restart), and
+//! `run` returns without waiting for pending callbacks. A call whose hand-back fails, or
+//! whose gateway dies, keeps its lease until it lapses, then runs again (at least once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,8 +61,13 @@ fn concurrency(live: &Live) -> u32 {
 }
 
 /// Runs the dispatchers until `stop` turns true, then closes the queue and waits for the
-/// runs in progress and their callbacks.
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+/// runs in progress and their callbacks, or until `hand_back` turns true (see the module
+/// documentation).
+pub async fn run(
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+    mut hand_back: watch::Receiver<bool>,
+) {
     let mut dispatchers: HashMap<String, Dispatcher> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut ticker = tokio::time::interval(SYNC);
@@ -67,8 +76,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
+            true = worker::told(&mut hand_back) => break,
         }
-        sync(&state, &mut dispatchers, &mut tasks);
+        sync(&state, &mut dispatchers, &mut tasks, &hand_back);
         // Reap the dispatchers that ended.
         while tasks.try_join_next().is_some() {}
     }
@@ -77,16 +87,25 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let _ = d.stop.send(true);
     }
     while tasks.join_next().await.is_some() {}
-    // The results of the last runs are recorded; their callbacks get their chance too.
+    // The results of the last runs are recorded; their callbacks get their chance too, until
+    // the grace period is over.
     let pending = state.callbacks.pending();
     if pending > 0 {
         tracing::info!(callbacks = pending, "async callbacks being delivered");
     }
-    state.callbacks.drained().await;
+    tokio::select! {
+        () = state.callbacks.drained() => {}
+        true = worker::told(&mut hand_back) => {}
+    }
 }
 
 /// Follows deploys, redeploys and removals.
-fn sync(state: &AppState, dispatchers: &mut HashMap<String, Dispatcher>, tasks: &mut JoinSet<()>) {
+fn sync(
+    state: &AppState,
+    dispatchers: &mut HashMap<String, Dispatcher>,
+    tasks: &mut JoinSet<()>,
+    hand_back: &watch::Receiver<bool>,
+) {
     let live = state.all_live();
     dispatchers.retain(|name, d| {
         let keep = live.iter().any(|l| &l.deployment.spec.name == name);
@@ -102,7 +121,7 @@ fn sync(state: &AppState, dispatchers: &mut HashMap<String, Dispatcher>, tasks: 
             Some(d) if Arc::ptr_eq(&d.live, &l) => {}
             Some(d) if concurrency(&l) == d.concurrency => d.live = l,
             _ => {
-                let d = start(state, tasks, l);
+                let d = start(state, tasks, l, hand_back.clone());
                 if let Some(old) = dispatchers.insert(name, d) {
                     let _ = old.stop.send(true);
                 }
@@ -111,12 +130,17 @@ fn sync(state: &AppState, dispatchers: &mut HashMap<String, Dispatcher>, tasks: 
     }
 }
 
-fn start(state: &AppState, tasks: &mut JoinSet<()>, live: Arc<Live>) -> Dispatcher {
+fn start(
+    state: &AppState,
+    tasks: &mut JoinSet<()>,
+    live: Arc<Live>,
+    hand_back: watch::Receiver<bool>,
+) -> Dispatcher {
     let name = live.deployment.spec.name.clone();
     let limit = concurrency(&live);
     let (stop, stopped) = watch::channel(false);
     let span = tracing::info_span!("async", function = %name);
-    tasks.spawn(dispatch(state.clone(), name, limit, stopped).instrument(span));
+    tasks.spawn(dispatch(state.clone(), name, limit, stopped, hand_back).instrument(span));
     Dispatcher {
         live,
         concurrency: limit,
@@ -126,7 +150,13 @@ fn start(state: &AppState, tasks: &mut JoinSet<()>, live: Arc<Live>) -> Dispatch
 
 /// One function's dispatcher: whenever a run slot is free, takes the next due call and runs
 /// it in a task of its own. Once stopped, waits for its runs to finish.
-async fn dispatch(state: AppState, function: String, limit: u32, mut stop: watch::Receiver<bool>) {
+async fn dispatch(
+    state: AppState,
+    function: String,
+    limit: u32,
+    mut stop: watch::Receiver<bool>,
+    hand_back: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(limit as usize));
     loop {
         let slot = tokio::select! {
@@ -146,11 +176,11 @@ async fn dispatch(state: AppState, function: String, limit: u32, mut stop: watch
         };
         match delivery {
             Ok(d) => {
-                let state = state.clone();
+                let (state, hand_back) = (state.clone(), hand_back.clone());
                 let span = tracing::info_span!("run", call_id = %d.call.id, attempt = d.attempt);
                 tokio::spawn(
                     async move {
-                        worker::run(&state, d, lease).await;
+                        worker::run(&state, d, lease, hand_back).await;
                         drop(slot);
                     }
                     .instrument(span),

@@ -129,6 +129,8 @@ struct Harness {
     function: Recorder,
     callbacks: Recorder,
     stop: watch::Sender<bool>,
+    /// The end of the grace period.
+    hand_back: watch::Sender<bool>,
     dispatcher: tokio::task::JoinHandle<()>,
     _tmp: tempfile::TempDir,
 }
@@ -184,13 +186,15 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
             let _ = graceful.wait_for(|s| *s).await;
         },
     ));
-    let dispatcher = tokio::spawn(super::dispatcher::run(state.clone(), stopped));
+    let (hand_back, hand_back_rx) = watch::channel(false);
+    let dispatcher = tokio::spawn(super::dispatcher::run(state.clone(), stopped, hand_back_rx));
     Harness {
         state,
         gateway,
         function,
         callbacks,
         stop,
+        hand_back,
         dispatcher,
         _tmp: tmp,
     }
@@ -651,6 +655,37 @@ async fn a_queued_call_can_be_cancelled() {
     h.function.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(h.function.seen()[1].method, "DELETE");
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_running_when_the_grace_period_ends_is_handed_back() {
+    let mut h = harness(
+        &[],
+        Arc::new(|_| {
+            let mut r = reply(200, "too late");
+            r.delay = Duration::from_secs(600);
+            r
+        }),
+    )
+    .await;
+    let id = h.call("/async-function/f", &[], b"").await;
+    h.function.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        h.wait_state(&id, "running", Duration::from_secs(5)).await,
+        CallState::Running { attempt: 1 }
+    );
+    let _ = h.stop.send(true);
+    let _ = h.hand_back.send(true);
+    tokio::time::timeout(Duration::from_secs(10), &mut h.dispatcher)
+        .await
+        .expect("the dispatchers stop once told to hand back")
+        .unwrap();
+    // Due again at once, and the interrupted run is not an attempt.
+    let record = h.state.queue.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.state, CallState::Queued);
+    let text = h.state.metrics.render();
+    assert!(text.contains("outcome=\"released\"} 1"), "{text}");
+    assert!(h.callbacks.seen().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

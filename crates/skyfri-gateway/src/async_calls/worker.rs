@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use skyfri_core::retry::{self, RetryPolicy, Verdict, ATTEMPTS};
 use skyfri_queue::{AsyncCall, Delivery, Finished, QueueError};
+use tokio::sync::watch;
 
 use super::callback::{self, Report};
 use crate::error::GatewayError;
@@ -25,6 +26,18 @@ pub const LEASE_SLACK: Duration = Duration::from_secs(30);
 /// How long a worker holds a call of a function whose timeout is `timeout`.
 pub fn lease_for(timeout: Duration) -> Duration {
     timeout + LEASE_SLACK
+}
+
+/// Waits until `signal` turns true: `true` then, `false` (at once) when nobody can turn it
+/// any more, which disables a `true = told(..)` branch of a `select!`.
+pub(super) async fn told(signal: &mut watch::Receiver<bool>) -> bool {
+    signal.wait_for(|s| *s).await.is_ok()
+}
+
+/// Why a run ended without a result.
+enum Unfinished {
+    LeaseLost,
+    HandBack,
 }
 
 /// What one run gave.
@@ -81,8 +94,15 @@ impl Ran {
     }
 }
 
-/// Runs one delivered call to its end (or until its lease is lost), and reports it.
-pub async fn run(state: &AppState, delivery: Delivery, lease: Duration) {
+/// Runs one delivered call to its end (or until its lease is lost), and reports it. When
+/// `hand_back` turns true first (the gateway is stopping and its grace period is over), the
+/// run is abandoned and the call handed back to the queue, due again at once.
+pub async fn run(
+    state: &AppState,
+    delivery: Delivery,
+    lease: Duration,
+    mut hand_back: watch::Receiver<bool>,
+) {
     let function = delivery.call.function.clone();
     let call_id = delivery.call.id.clone();
     let attempt = delivery.attempt;
@@ -111,19 +131,38 @@ pub async fn run(state: &AppState, delivery: Delivery, lease: Duration) {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                ran = &mut once => break Some(ran),
+                ran = &mut once => break Ok(ran),
                 _ = beat.tick() => match state.queue.heartbeat(&delivery, lease).await {
                     Ok(()) => {}
-                    Err(QueueError::LeaseLost(_)) => break None,
+                    Err(QueueError::LeaseLost(_)) => break Err(Unfinished::LeaseLost),
                     Err(e) => tracing::warn!(function = %function, call_id = %call_id, error = %e, "lease not renewed"),
                 },
+                true = told(&mut hand_back) => break Err(Unfinished::HandBack),
             }
         }
     };
-    let Some(ran) = ran else {
-        tracing::warn!(function = %function, call_id = %call_id, attempt, "lease lost while the call ran; another worker has it, this run's result is dropped");
-        state.metrics.async_outcome(&function, "lost");
-        return;
+    let ran = match ran {
+        Ok(ran) => ran,
+        Err(Unfinished::LeaseLost) => {
+            tracing::warn!(function = %function, call_id = %call_id, attempt, "lease lost while the call ran; another worker has it, this run's result is dropped");
+            state.metrics.async_outcome(&function, "lost");
+            return;
+        }
+        Err(Unfinished::HandBack) => {
+            match state.queue.release(delivery).await {
+                Ok(()) => {
+                    tracing::info!(function = %function, call_id = %call_id, attempt, "async call unfinished when the gateway stopped; handed back to the queue, due again at once");
+                    state.metrics.async_outcome(&function, "released");
+                }
+                Err(QueueError::LeaseLost(_)) => {
+                    state.metrics.async_outcome(&function, "lost");
+                }
+                Err(e) => {
+                    tracing::warn!(function = %function, call_id = %call_id, attempt, error = %e, "async call not handed back; it runs again when its lease lapses");
+                }
+            }
+            return;
+        }
     };
 
     let verdict = policy.decide(attempt, ran.status, ran.retry_after, &mut rand::rng());

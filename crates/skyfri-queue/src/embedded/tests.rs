@@ -369,6 +369,81 @@ async fn a_lapsed_lease_hands_the_call_out_again() {
 }
 
 #[tokio::test]
+async fn a_released_call_is_due_at_once_with_the_same_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let q = open(&dir);
+        q.enqueue(call("r", "f")).await.expect("enqueue");
+        let d = next(&q, "f", LEASE).await;
+        assert_eq!(d.attempt, 1);
+        q.release(d).await.expect("release");
+        assert_eq!(state(&q, "r").await, CallState::Queued);
+        // Due now, though the lease it had would keep it for a minute.
+        let d = next(&q, "f", LEASE).await;
+        assert_eq!((d.call.id.as_str(), d.attempt), ("r", 1));
+
+        // After a failed run, the release keeps the failure and the attempt count.
+        q.finish(
+            d,
+            Finished::Retry {
+                after: Duration::ZERO,
+                status: 503,
+                error: Some("busy".into()),
+            },
+        )
+        .await
+        .expect("finish");
+        let d = next(&q, "f", LEASE).await;
+        assert_eq!(d.attempt, 2);
+        q.release(d).await.expect("release");
+        assert!(matches!(
+            state(&q, "r").await,
+            CallState::Retrying {
+                attempt: 1,
+                last_status: 503,
+                ..
+            }
+        ));
+        let d = next(&q, "f", LEASE).await;
+        assert_eq!(d.attempt, 2);
+
+        // A stopping gateway: closed for new work, it still hands its call back.
+        q.close();
+        q.release(d).await.expect("release after close");
+    }
+    // The next start runs it at once.
+    let q = open(&dir);
+    let d = next(&q, "f", LEASE).await;
+    assert_eq!((d.call.id.as_str(), d.attempt), ("r", 2));
+    q.finish(d, done()).await.expect("finish");
+    assert!(matches!(
+        state(&q, "r").await,
+        CallState::Done { attempt: 2, .. }
+    ));
+}
+
+#[tokio::test]
+async fn releasing_a_lost_lease_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(&dir);
+    q.enqueue(call("x", "f")).await.expect("enqueue");
+    let first = next(&q, "f", Duration::from_millis(100)).await;
+    let second = next(&q, "f", LEASE).await;
+    assert_eq!(second.attempt, 2);
+    assert!(matches!(
+        q.release(first).await,
+        Err(QueueError::LeaseLost(id)) if id == "x"
+    ));
+    assert_eq!(state(&q, "x").await, CallState::Running { attempt: 2 });
+    nothing_due(&q, "f").await;
+    q.finish(second, done()).await.expect("finish");
+    assert!(matches!(
+        state(&q, "x").await,
+        CallState::Done { attempt: 2, .. }
+    ));
+}
+
+#[tokio::test]
 async fn a_stale_lease_stays_stale_after_a_redrive() {
     let dir = tempfile::tempdir().expect("tempdir");
     let q = open(&dir);

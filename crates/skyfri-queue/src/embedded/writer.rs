@@ -49,6 +49,14 @@ pub(super) enum Op {
         finished: Finished,
         reply: Reply<()>,
     },
+    /// A running call handed back unfinished by its worker.
+    Release {
+        id: String,
+        function: String,
+        lease: Lease,
+        now: i64,
+        reply: Reply<()>,
+    },
     Cancel {
         id: String,
         now: i64,
@@ -110,7 +118,9 @@ impl Op {
         match self {
             Op::Enqueue { reply, .. } => send(reply, error),
             Op::Claim { reply, .. } => send(reply, error),
-            Op::Heartbeat { reply, .. } | Op::Finish { reply, .. } => send(reply, error),
+            Op::Heartbeat { reply, .. } | Op::Finish { reply, .. } | Op::Release { reply, .. } => {
+                send(reply, error);
+            }
             Op::Cancel { reply, .. } => send(reply, error),
             Op::Redrive { reply, .. } => send(reply, error),
             Op::GiveBack { .. } => {}
@@ -323,13 +333,7 @@ impl Writer {
                          WHERE seq = ?1 AND lease = ?2 AND state = 'running'",
                         params![lease.seq, lease.generation, now, lease_ms],
                     )
-                    .and_then(|held| {
-                        if held {
-                            Ok(())
-                        } else {
-                            Err(QueueError::LeaseLost(id))
-                        }
-                    });
+                    .and_then(|held| held_or_lost(held, id));
                 Answer::Unit(reply, r)
             }
             Op::Finish {
@@ -341,15 +345,32 @@ impl Writer {
                 reply,
             } => {
                 let retry = matches!(finished, Finished::Retry { .. });
-                let r = self.finish(lease, now, finished).and_then(|held| {
-                    if held {
-                        Ok(())
-                    } else {
-                        Err(QueueError::LeaseLost(id))
-                    }
-                });
+                let r = self
+                    .finish(lease, now, finished)
+                    .and_then(|held| held_or_lost(held, id));
                 if retry && r.is_ok() {
                     // Waiting workers sleep until the due times they know of: this is a new one.
+                    wake.push(function);
+                }
+                Answer::Unit(reply, r)
+            }
+            Op::Release {
+                id,
+                function,
+                lease,
+                now,
+                reply,
+            } => {
+                let r = self
+                    .settle(
+                        "release",
+                        "UPDATE calls SET attempt = attempt - 1, due_ms = ?3, updated_ms = ?3,
+                             state = CASE WHEN status IS NULL THEN 'queued' ELSE 'retrying' END
+                         WHERE seq = ?1 AND lease = ?2 AND state = 'running'",
+                        params![lease.seq, lease.generation, now],
+                    )
+                    .and_then(|held| held_or_lost(held, id));
+                if r.is_ok() {
                     wake.push(function);
                 }
                 Answer::Unit(reply, r)
@@ -650,5 +671,14 @@ impl Writer {
 
     fn error(&self, what: &str, e: rusqlite::Error) -> String {
         format!("{}: {what}: {e}", self.path.display())
+    }
+}
+
+/// `Ok` when a lease-guarded update found its lease, [`QueueError::LeaseLost`] otherwise.
+fn held_or_lost(held: bool, id: String) -> Result<(), QueueError> {
+    if held {
+        Ok(())
+    } else {
+        Err(QueueError::LeaseLost(id))
     }
 }

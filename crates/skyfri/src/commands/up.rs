@@ -24,6 +24,9 @@ use crate::stackfile::StackFile;
 
 /// How long open connections may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long, after the grace period, the async calls still running get to be handed back
+/// to the queue (one write each).
+const HAND_BACK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(clap::Args)]
 pub struct Up {
@@ -360,9 +363,11 @@ impl Up {
             self.usage_flush,
             stop_rx.clone(),
         ));
+        let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
         let mut dispatchers = tokio::spawn(skyfri_gateway::async_calls::dispatcher::run(
             state.clone(),
             stop_rx.clone(),
+            hand_back_rx,
         ));
         let mut triggers = tokio::spawn(skyfri_gateway::triggers::run(
             state.clone(),
@@ -385,7 +390,8 @@ impl Up {
         let _ = std::io::stdout().flush();
         // Open connections (a `logs --follow`) and async calls being run get a grace period,
         // then the replicas are stopped whatever they do. An async call still running then
-        // is not finished: its lease lapses and it runs again after the restart.
+        // is handed back to the queue first, due again at once (on another gateway sharing
+        // the queue, or after the restart); one that cannot be runs when its lease lapses.
         let mut grace_rx = stop_rx.clone();
         let grace = async move {
             let _ = grace_rx.wait_for(|s| *s).await;
@@ -402,6 +408,15 @@ impl Up {
                 _ = async { let _ = tokio::join!(&mut dispatchers, &mut triggers); } => {}
                 _ = &mut grace => {}
             }
+        }
+        let _ = hand_back.send(true);
+        // (A finished JoinHandle must not be polled again.)
+        if !dispatchers.is_finished()
+            && tokio::time::timeout(HAND_BACK_GRACE, &mut dispatchers)
+                .await
+                .is_err()
+        {
+            tracing::warn!("async calls not all handed back to the queue in time; they run again when their leases lapse");
         }
         dispatchers.abort();
         triggers.abort();
