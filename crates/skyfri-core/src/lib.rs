@@ -19,3 +19,7 @@ pub use function::{
 };
 pub use retry::RetryPolicy;
 pub use scaling::{Autoscaler, Decision, Metric, ScalePolicy};
+
+/// Helpers shared by the unit tests of the policy modules.
+#[cfg(test)]
+mod test_support;

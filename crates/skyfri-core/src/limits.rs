@@ -131,20 +131,7 @@ pub fn validate(spec: &FunctionSpec) -> Result<(), PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Annotations or labels.
-    type Keys<'a> = &'a [(&'a str, &'a str)];
-
-    fn spec(annotations: Keys, labels: Keys) -> FunctionSpec {
-        let mut s = FunctionSpec::new("f", "img");
-        for (k, v) in annotations {
-            s.annotations.insert(k.to_string(), v.to_string());
-        }
-        for (k, v) in labels {
-            s.labels.insert(k.to_string(), v.to_string());
-        }
-        s
-    }
+    use crate::test_support::{spec, Keys};
 
     #[test]
     fn good_values() {

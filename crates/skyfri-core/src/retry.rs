@@ -316,20 +316,7 @@ fn wait(f: &Found<'_>) -> Result<Duration, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> FunctionSpec {
-        let mut s = FunctionSpec::new("f", "img");
-        for (k, v) in annotations {
-            s.annotations.insert(k.to_string(), v.to_string());
-        }
-        for (k, v) in labels {
-            s.labels.insert(k.to_string(), v.to_string());
-        }
-        s
-    }
-
-    /// Annotations or labels.
-    type Keys<'a> = &'a [(&'a str, &'a str)];
+    use crate::test_support::{spec, Keys};
 
     const S: fn(u64) -> Duration = Duration::from_secs;
     const MS: fn(u64) -> Duration = Duration::from_millis;

@@ -185,7 +185,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let (parts, body) = req.into_parts();
-    let (counted, request_bytes) = Counted::new(body);
+    let (counted, request_bytes) = Counted::request(body);
     let response = next
         .run(Request::from_parts(parts, Body::new(counted)))
         .await;
@@ -219,13 +219,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         log,
         dropped: state.metrics.access_log_dropped(),
     };
-    response.map(|body| {
-        Body::new(Logged {
-            body,
-            bytes: 0,
-            pending: Some(pending),
-        })
-    })
+    response.map(|body| Body::new(Counted::response(body, pending)))
 }
 
 fn timestamp(t: DateTime<Utc>) -> String {
@@ -252,22 +246,37 @@ impl Pending {
     }
 }
 
-/// A body that counts the bytes that pass through it.
+/// A body that counts the bytes that pass through it: into `shared` as they pass (the
+/// request's, read by the response side), and, when it is dropped (after the last byte, or
+/// when the client went away), into its call's line, which it then sends (the response's).
 struct Counted {
     body: Body,
-    bytes: Arc<AtomicU64>,
+    bytes: u64,
+    shared: Option<Arc<AtomicU64>>,
+    pending: Option<Pending>,
 }
 
 impl Counted {
-    fn new(body: Body) -> (Counted, Arc<AtomicU64>) {
-        let bytes = Arc::default();
-        (
-            Counted {
-                body,
-                bytes: Arc::clone(&bytes),
-            },
-            bytes,
-        )
+    /// The request body, and the count the call's line reads.
+    fn request(body: Body) -> (Counted, Arc<AtomicU64>) {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = Counted {
+            body,
+            bytes: 0,
+            shared: Some(Arc::clone(&bytes)),
+            pending: None,
+        };
+        (counted, bytes)
+    }
+
+    /// The response body, which sends `pending` when it is done.
+    fn response(body: Body, pending: Pending) -> Counted {
+        Counted {
+            body,
+            bytes: 0,
+            shared: None,
+            pending: Some(pending),
+        }
     }
 }
 
@@ -282,7 +291,11 @@ impl hyper::body::Body for Counted {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                let n = data.len() as u64;
+                self.bytes += n;
+                if let Some(shared) = &self.shared {
+                    shared.fetch_add(n, Ordering::Relaxed);
+                }
             }
         }
         polled
@@ -297,41 +310,7 @@ impl hyper::body::Body for Counted {
     }
 }
 
-/// A response body that sends its call's line when it is dropped: after the last byte, or
-/// when the client went away.
-struct Logged {
-    body: Body,
-    bytes: u64,
-    pending: Option<Pending>,
-}
-
-impl hyper::body::Body for Logged {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Logged {
+impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
             p.send(self.bytes);
