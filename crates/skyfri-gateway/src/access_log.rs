@@ -6,6 +6,10 @@
 //! appends it to `<data-dir>/logs/access.log` (rotated by size, as function logs are) and/or
 //! prints it on stdout, in batches. When the channel is full the line is dropped and counted in
 //! `gateway_access_log_dropped_total`.
+//!
+//! The call's side does as little as it can, since it runs once per call on the invoke path:
+//! it takes the clock and keeps the raw facts (no formatting); a request body is counted only
+//! when there is one; the writer thread formats the time and the JSON.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -14,14 +18,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+use hyper::body::Body as _;
 use serde::Serialize;
 use skyfri_runtime::local::{LogRotation, RotatingFile};
 use tokio::sync::mpsc;
@@ -91,13 +97,12 @@ pub struct AccessLogConfig {
     pub rotation: LogRotation,
 }
 
-/// One call, as logged.
-#[derive(Serialize)]
+/// One call, as the call's side leaves it for the writer.
 struct Entry {
-    time: String,
+    time: SystemTime,
     call_id: String,
     function: String,
-    method: String,
+    method: Method,
     path: String,
     status: u16,
     duration_ms: f64,
@@ -105,6 +110,73 @@ struct Entry {
     response_bytes: u64,
     client: Option<IpAddr>,
     cold_start: bool,
+}
+
+/// One call, as logged (field order is the line's).
+#[derive(Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    call_id: &'a str,
+    function: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    request_bytes: u64,
+    response_bytes: u64,
+    client: Option<IpAddr>,
+    cold_start: bool,
+}
+
+impl Entry {
+    /// Appends the entry's JSON line to `out`.
+    fn write(&self, clock: &mut Clock, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let line = Line {
+            time: clock.rfc3339(self.time),
+            call_id: &self.call_id,
+            function: &self.function,
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            duration_ms: self.duration_ms,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            client: self.client,
+            cold_start: self.cold_start,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// RFC 3339 UTC times with milliseconds (`2026-12-06T04:35:12.345Z`), the date and time of
+/// day formatted once per second.
+#[derive(Default)]
+struct Clock {
+    second: Option<i64>,
+    text: String,
+}
+
+impl Clock {
+    fn rfc3339(&mut self, t: SystemTime) -> &str {
+        let t: DateTime<Utc> = t.into();
+        let second = t.timestamp();
+        if self.second != Some(second) {
+            self.text = t.format("%Y-%m-%dT%H:%M:%S.000Z").to_string();
+            self.second = Some(second);
+        }
+        let millis = t.timestamp_subsec_millis().min(999);
+        let at = self.text.len() - 4;
+        let digits = [
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+        ];
+        // ASCII digits over ASCII digits: still UTF-8.
+        self.text.replace_range(at..at + 3, std::str::from_utf8(&digits).unwrap_or("000"));
+        &self.text
+    }
 }
 
 /// The sending side of the access log.
@@ -144,20 +216,21 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(chunk);
+                let mut line = Vec::with_capacity(512);
+                let mut clock = Clock::default();
                 while let Some(first) = rx.blocking_recv() {
                     let mut next = Some(first);
                     while let Some(entry) = next {
-                        let Ok(mut line) = serde_json::to_vec(&entry) else {
-                            next = rx.try_recv().ok();
+                        next = rx.try_recv().ok();
+                        line.clear();
+                        if entry.write(&mut clock, &mut line).is_err() {
                             continue;
-                        };
-                        line.push(b'\n');
+                        }
                         if !buf.is_empty() && buf.len() + line.len() > chunk {
                             out.write(&buf);
                             buf.clear();
                         }
                         buf.extend_from_slice(&line);
-                        next = rx.try_recv().ok();
                     }
                     out.write(&buf);
                     buf.clear();
@@ -173,37 +246,42 @@ impl AccessLog {
 /// Middleware of the invoke routes: measures the call and logs it when its response body is
 /// done.
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(log) = state.access_log.get().cloned() else {
+    let Some(log) = state.access_log.get() else {
         return next.run(req).await;
     };
+    let log = log.clone();
     let start = Instant::now();
-    let time = Utc::now();
-    let path = req.uri().path().to_string();
-    let method = req.method().to_string();
+    let time = SystemTime::now();
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let (parts, body) = req.into_parts();
-    let (counted, request_bytes) = Counted::request(body);
-    let response = next
-        .run(Request::from_parts(parts, Body::new(counted)))
-        .await;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+    // A request without a body (most GETs) is not wrapped: it has nothing to count.
+    let (req, request_bytes) = if req.body().is_end_stream() {
+        (req, None)
+    } else {
+        let (parts, body) = req.into_parts();
+        let (counted, bytes) = Counted::request(body);
+        (Request::from_parts(parts, Body::new(counted)), Some(bytes))
     };
+    let response = next.run(req).await;
+    let headers = response.headers();
+    let call_id = headers
+        .get(X_CALL_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let cold_start = headers.contains_key(X_SKYFRI_COLD_START);
     let function = split_under("/function/", &path)
         .or_else(|| split_under("/async-function/", &path))
-        .map(|(name, _)| function_name(name).to_string())
+        .map(|(name, _)| function_name(name).to_owned())
         .unwrap_or_default();
     let pending = Pending {
         entry: Entry {
-            time: timestamp(time),
-            call_id: header("x-call-id").unwrap_or_default(),
+            time,
+            call_id,
             function,
             method,
             path,
@@ -212,7 +290,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
             request_bytes: 0,
             response_bytes: 0,
             client,
-            cold_start: header("x-skyfri-cold-start").is_some(),
+            cold_start,
         },
         start,
         request_bytes,
@@ -222,15 +300,15 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     response.map(|body| Body::new(Counted::response(body, pending)))
 }
 
-fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+const X_SKYFRI_COLD_START: HeaderName = HeaderName::from_static("x-skyfri-cold-start");
 
 /// A line waiting for its call to end.
 struct Pending {
     entry: Entry,
     start: Instant,
-    request_bytes: Arc<AtomicU64>,
+    /// The request body's count; `None`: the request had no body.
+    request_bytes: Option<Arc<AtomicU64>>,
     log: AccessLog,
     dropped: Counter<u64, AtomicU64>,
 }
@@ -238,7 +316,10 @@ struct Pending {
 impl Pending {
     fn send(mut self, response_bytes: u64) {
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.entry.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        self.entry.request_bytes = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
         self.entry.response_bytes = response_bytes;
         if let Err(mpsc::error::TrySendError::Full(_)) = self.log.tx.try_send(self.entry) {
             self.dropped.inc();
@@ -325,10 +406,10 @@ mod tests {
     fn pending(log: &AccessLog, dropped: &Counter<u64, AtomicU64>) -> Pending {
         Pending {
             entry: Entry {
-                time: timestamp(Utc::now()),
+                time: SystemTime::now(),
                 call_id: "c".into(),
                 function: "f".into(),
-                method: "GET".into(),
+                method: Method::GET,
                 path: "/function/f".into(),
                 status: 200,
                 duration_ms: 0.0,
@@ -338,7 +419,7 @@ mod tests {
                 cold_start: false,
             },
             start: Instant::now(),
-            request_bytes: Arc::default(),
+            request_bytes: None,
             log: log.clone(),
             dropped: dropped.clone(),
         }
@@ -355,6 +436,36 @@ mod tests {
         assert_eq!(dropped.get(), 1);
         let first = rx.try_recv().ok().map(|e| e.response_bytes);
         assert_eq!(first, Some(10));
+    }
+
+    #[test]
+    fn lines_are_json_with_the_time_in_rfc3339() -> Result<(), Box<dyn std::error::Error>> {
+        let (tx, _rx) = mpsc::channel(1);
+        let log = AccessLog { tx };
+        let dropped = Counter::<u64, AtomicU64>::default();
+        let mut clock = Clock::default();
+        let mut out = Vec::new();
+        let at = |ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        for (ms, want) in [
+            (1_765_000_000_007, "2025-12-06T05:46:40.007Z"),
+            (1_765_000_000_999, "2025-12-06T05:46:40.999Z"),
+            (1_765_000_001_050, "2025-12-06T05:46:41.050Z"),
+        ] {
+            let mut p = pending(&log, &dropped);
+            p.entry.time = at(ms);
+            p.entry.path = "/function/f/\"q\"".into();
+            p.entry.client = Some(IpAddr::from([127, 0, 0, 1]));
+            out.clear();
+            p.entry.write(&mut clock, &mut out)?;
+            assert_eq!(out.last(), Some(&b'\n'));
+            let line: serde_json::Value = serde_json::from_slice(&out)?;
+            assert_eq!(line["time"], want, "{line}");
+            assert_eq!(line["method"], "GET");
+            assert_eq!(line["path"], "/function/f/\"q\"");
+            assert_eq!(line["client"], "127.0.0.1");
+            assert_eq!(line["status"], 200);
+        }
+        Ok(())
     }
 
     #[test]
