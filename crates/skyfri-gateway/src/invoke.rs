@@ -86,25 +86,31 @@ pub struct Outgoing {
 pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
     let start = Instant::now();
     let peer = limits::peer(&req);
-    let Some((name, _)) = split_path(req.uri().path()) else {
-        return GatewayError::not_found("no such route").into_response();
+    let live = {
+        let Some((segment, _)) = split_path(req.uri().path()) else {
+            return GatewayError::not_found("no such route").into_response();
+        };
+        let name = function_name(segment);
+        match state.live(name) {
+            Some(live) => live,
+            None => {
+                return GatewayError::not_found(format!(
+                    "function {name:?} is not deployed (see `skyfri ls`)"
+                ))
+                .into_response()
+            }
+        }
     };
-    let name = function_name(name).to_string();
-    let Some(live) = state.live(&name) else {
-        return GatewayError::not_found(format!(
-            "function {name:?} is not deployed (see `skyfri ls`)"
-        ))
-        .into_response();
-    };
-    if let Some(refused) = crate::auth::check_invoke(&state, &name, live.private, req.headers_mut())
+    let name = &live.deployment.spec.name;
+    if let Some(refused) = crate::auth::check_invoke(&state, name, live.private, req.headers_mut())
     {
         return refused;
     }
     let call_id = req
         .headers()
-        .get("x-call-id")
+        .get(X_CALL_ID)
         .cloned()
-        .unwrap_or_else(|| header_value(&uuid::Uuid::new_v4().to_string()));
+        .unwrap_or_else(new_call_id);
     let start_ns = unix_nanos();
 
     let result = match limits::admit(&state, &live, peer) {
@@ -121,27 +127,47 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
     let code = response.status().as_u16();
     let elapsed = record(&state, &live, code, start);
     let h = response.headers_mut();
-    h.insert(HeaderName::from_static("x-call-id"), call_id);
-    h.insert(
-        HeaderName::from_static("x-start-time"),
-        header_value(&start_ns.to_string()),
-    );
-    h.insert(
-        HeaderName::from_static("x-duration-seconds"),
-        header_value(&format!("{elapsed:.6}")),
-    );
+    h.insert(X_CALL_ID, call_id);
+    h.insert(X_START_TIME, nanos_value(start_ns));
+    h.insert(X_DURATION_SECONDS, seconds_value(elapsed));
     tracing::debug!(function = %name, status = code, seconds = elapsed, "invoke");
     response
 }
 
+const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
+const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
+
+/// A new call id: a random (v4) UUID.
+fn new_call_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    header_value(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+}
+
+/// Unix nanoseconds as a header value (`X-Start-Time`).
+fn nanos_value(ns: u128) -> HeaderValue {
+    HeaderValue::from(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
+/// Seconds with six decimals, as `format!("{seconds:.6}")` gives them (`X-Duration-Seconds`),
+/// without float formatting.
+fn seconds_value(seconds: f64) -> HeaderValue {
+    let micros = (seconds * 1e6).round().clamp(0.0, u64::MAX as f64) as u64;
+    let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
+    let mut text = itoa::Buffer::new().format(whole).to_owned();
+    text.push('.');
+    let frac = itoa::Buffer::new().format(frac).to_owned();
+    text.push_str(&"000000"[frac.len()..]);
+    text.push_str(&frac);
+    header_value(&text)
+}
+
 /// Counts a call of `live` that ended with `code`, as invocations and in the metrics;
 /// returns its duration in seconds.
-pub(crate) fn record(state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
+pub(crate) fn record(_state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
     let elapsed = start.elapsed().as_secs_f64();
     live.invocations.fetch_add(1, Ordering::Relaxed);
-    state
-        .metrics
-        .observe_call(&live.deployment.spec.name, code, elapsed);
+    live.calls.observe(code, elapsed);
     elapsed
 }
 
@@ -268,11 +294,8 @@ pub async fn forward(
         .map_err(|e| GatewayError::bad_request(format!("invalid request: {e}")))?;
     let headers = upstream_req.headers_mut();
     copy_headers(&call.headers, headers);
-    headers.insert(HeaderName::from_static("x-call-id"), call_id.clone());
-    headers.insert(
-        HeaderName::from_static("x-start-time"),
-        header_value(&start_ns.to_string()),
-    );
+    headers.insert(X_CALL_ID, call_id.clone());
+    headers.insert(X_START_TIME, nanos_value(start_ns));
     if let Some(host) = call.headers.get("host") {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
@@ -377,6 +400,15 @@ mod tests {
         assert_eq!(function_name("echo"), "echo");
         assert_eq!(function_name("echo.openfaas-fn"), "echo");
         assert_eq!(function_name("echoopenfaas-fn"), "echoopenfaas-fn");
+    }
+
+    #[test]
+    fn header_values() {
+        use super::{nanos_value, seconds_value};
+        for s in [0.0, 0.000_000_4, 0.000_123, 0.5, 1.25, 12.345_678_9, 3600.000_001] {
+            assert_eq!(seconds_value(s), format!("{s:.6}").as_str(), "{s}");
+        }
+        assert_eq!(nanos_value(1_765_000_000_123_456_789), "1765000000123456789");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! calls in flight and waiting) are read from the routers and the provider when scraped.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -227,14 +227,52 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn observe_call(&self, function: &str, code: u16, seconds: f64) {
+/// One function's `gateway_function_invocation_total` and `gateway_functions_seconds` series,
+/// by status code: the invoke path counts a call without building labels or hashing them
+/// (a family lookup per call costs more than the rest of the metrics together).
+pub struct CallSeries {
+    function: String,
+    invocations: Family<Labels, Counter<u64, AtomicU64>>,
+    seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The series of the codes seen so far (a handful).
+    by_code: RwLock<Vec<(u16, Counter<u64, AtomicU64>, Histogram)>>,
+}
+
+impl CallSeries {
+    /// Counts one call that ended with `code` after `seconds`.
+    pub fn observe(&self, code: u16, seconds: f64) {
+        {
+            let known = self.by_code.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, calls, took)) = known.iter().find(|(c, ..)| *c == code) {
+                calls.inc();
+                took.observe(seconds);
+                return;
+            }
+        }
         let labels = vec![
-            ("function_name", function.to_string()),
+            ("function_name", self.function.clone()),
             ("code", code.to_string()),
         ];
-        self.invocations.get_or_create(&labels).inc();
-        self.seconds.get_or_create(&labels).observe(seconds);
+        let calls = self.invocations.get_or_create(&labels).clone();
+        let took = self.seconds.get_or_create(&labels).clone();
+        calls.inc();
+        took.observe(seconds);
+        let mut known = self.by_code.write().unwrap_or_else(PoisonError::into_inner);
+        if !known.iter().any(|(c, ..)| *c == code) {
+            known.push((code, calls, took));
+        }
+    }
+}
+
+impl Metrics {
+    /// The call series of `function` (kept by its [`crate::state::Live`] across redeploys).
+    pub fn call_series(&self, function: &str) -> Arc<CallSeries> {
+        Arc::new(CallSeries {
+            function: function.to_string(),
+            invocations: self.invocations.clone(),
+            seconds: self.seconds.clone(),
+            by_code: RwLock::new(Vec::new()),
+        })
     }
 
     pub fn cold_start(&self, function: &str) {
@@ -390,6 +428,35 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_series_count_into_the_families() {
+        let m = Metrics::default();
+        let echo = m.call_series("echo");
+        echo.observe(200, 0.001);
+        echo.observe(200, 0.002);
+        echo.observe(504, 1.0);
+        // A redeploy gets a new handle on the same series.
+        m.call_series("echo").observe(200, 0.003);
+        let text = m.render();
+        assert!(
+            text.contains("gateway_function_invocation_total{function_name=\"echo\",code=\"200\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_function_invocation_total{function_name=\"echo\",code=\"504\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_functions_seconds_count{function_name=\"echo\",code=\"200\"} 3"),
+            "{text}"
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use crate::audit::Audit;
 use crate::autoscale::Decisions;
 use crate::limits::bucket::Bucket;
 use crate::limits::{function_bucket, GatewayLimits, LimitSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{CallSeries, Metrics};
 use crate::router::{Limits, Router};
 use crate::tokens::Tokens;
 use crate::upstream::{self, UpstreamClient};
@@ -65,6 +65,8 @@ pub struct Live {
     pub limits: CallLimits,
     /// Its token bucket when it has a rate; survives redeploys that keep the rate.
     pub rate: Option<Arc<Bucket>>,
+    /// Its calls' metrics series; survive redeploys.
+    pub calls: Arc<CallSeries>,
     /// A scale-up from zero is on its way.
     activating: AtomicBool,
 }
@@ -227,6 +229,7 @@ impl AppState {
                         private,
                         limits: call_limits,
                         rate: function_bucket(call_limits.rate, old.rate.as_ref()),
+                        calls: Arc::clone(&old.calls),
                         activating: AtomicBool::new(false),
                     }
                 }
@@ -237,6 +240,7 @@ impl AppState {
                     private,
                     limits: call_limits,
                     rate: function_bucket(call_limits.rate, None),
+                    calls: self.metrics.call_series(&name),
                     activating: AtomicBool::new(false),
                 },
             };
