@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::header::HOST;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -137,6 +138,7 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
 const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// A new call id: a random (v4) UUID.
 fn new_call_id() -> HeaderValue {
@@ -277,41 +279,36 @@ pub async fn forward(
     if !lease.waited().is_zero() {
         state.metrics.queue_wait(&spec.name, lease.waited());
     }
-    let endpoint = lease.endpoint().clone();
+    let endpoint = lease.endpoint();
     let path_and_query = match &call.query {
         Some(q) => format!("{}?{q}", call.suffix),
-        None => call.suffix.clone(),
+        None => call.suffix,
     };
-    let uri = format!(
-        "http://{}{}",
-        upstream::authority(&endpoint),
-        path_and_query
-    );
     let mut upstream_req = hyper::Request::builder()
         .method(call.method)
-        .uri(uri)
+        .uri(path_and_query)
         .body(Full::<Bytes>::new(call.body))
         .map_err(|e| GatewayError::bad_request(format!("invalid request: {e}")))?;
     let headers = upstream_req.headers_mut();
     copy_headers(&call.headers, headers);
     headers.insert(X_CALL_ID, call_id.clone());
     headers.insert(X_START_TIME, nanos_value(start_ns));
-    if let Some(host) = call.headers.get("host") {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    if let Some(host) = call.headers.get(HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
 
     // One timer for the whole call: it bounds the answer's head here, then its body.
     let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
     let answer = tokio::select! {
         biased;
-        answer = state.client.request(upstream_req) => answer,
+        answer = state.upstream.send(endpoint, upstream_req) => answer,
         () = timer.as_mut() => return Err(limits::timed_out(spec, limit, Some(waited))),
     };
     let upstream_res = match answer {
         Err(e) => {
             let cause = state
                 .provider
-                .report_failure(&spec.name, &endpoint)
+                .report_failure(&spec.name, endpoint)
                 .unwrap_or_else(|| format!("the replica crashed or closed the connection: {e}"));
             return Err(GatewayError::Function {
                 status: StatusCode::BAD_GATEWAY,
@@ -323,6 +320,7 @@ pub async fn forward(
         }
         Ok(r) => r,
     };
+    let (upstream_res, conn) = upstream_res;
     let (parts, body) = upstream_res.into_parts();
     let cold = lease.cold();
     // The replica's slot is held until the body has been sent.
@@ -332,6 +330,7 @@ pub async fn forward(
             body,
             deadline: timer,
             cut: Some((Arc::clone(live), limit)),
+            conn: Some(conn),
             _lease: lease,
         }))
         .map_err(GatewayError::internal)?;
@@ -348,26 +347,35 @@ pub async fn forward(
 
 /// A response body that holds its call's replica slot until it is done, and ends with the
 /// call's 504 error (a [`GatewayError`]) if it is still streaming at the deadline.
-struct Leased<B> {
-    body: B,
+struct Leased {
+    body: hyper::body::Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// The function and the limit to name when the deadline cuts the answer; `None` once cut.
     cut: Option<(Arc<Live>, Limit)>,
+    /// The connection the answer comes on: back to the pool when it has all been read.
+    conn: Option<upstream::Pooled>,
     _lease: Lease,
 }
 
-impl<B> hyper::body::Body for Leased<B>
-where
-    B: hyper::body::Body + Unpin,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = B::Data;
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Anything else (a caller gone mid-answer, a cut or failed answer) closes it.
+            if self.cut.is_some() && hyper::body::Body::is_end_stream(&self.body) {
+                conn.reuse();
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Leased {
+    type Data = Bytes;
     type Error = axum::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, axum::BoxError>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
         let this = self.get_mut();
         let Some((live, limit)) = &this.cut else {
             return Poll::Ready(None);
@@ -378,7 +386,11 @@ where
             this.cut = None;
             return Poll::Ready(Some(Err(Box::new(error))));
         }
-        Pin::new(&mut this.body).poll_frame(cx).map_err(Into::into)
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.conn = None;
+        }
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -23,7 +23,7 @@ use crate::limits::{function_bucket, GatewayLimits, LimitSettings};
 use crate::metrics::{CallSeries, Metrics};
 use crate::router::{Limits, Router};
 use crate::tokens::Tokens;
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::Upstream;
 use crate::usage::Meter;
 
 /// Gateway settings.
@@ -111,7 +111,8 @@ pub struct Inner {
     pub tmp_dir: std::path::PathBuf,
     pub locations: Locations,
     pub metrics: Metrics,
-    pub client: UpstreamClient,
+    /// Keep-alive connections to the replicas.
+    pub upstream: Upstream,
     /// Async calls, durable until they are done, dead or cancelled.
     pub queue: Arc<dyn Queue>,
     /// Posts async results to `X-Callback-Url`s: plain HTTP to any host, never the
@@ -154,7 +155,7 @@ impl AppState {
             tmp_dir: config.tmp_dir,
             locations: config.locations,
             metrics: Metrics::default(),
-            client: upstream::client(),
+            upstream: Upstream::default(),
             queue,
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
