@@ -72,7 +72,7 @@ impl Router {
     pub fn new(limits: Limits) -> Router {
         Router {
             slots: Mutex::new(Slots {
-                load: HashMap::new(),
+                load: HashMap::default(),
                 busy: BusyTime::default(),
             }),
             freed: Notify::new(),
@@ -252,7 +252,9 @@ impl Router {
 }
 
 struct Slots {
-    load: HashMap<Endpoint, u32>,
+    /// Hashed fast (foldhash): looked up twice per call, and the keys (replica addresses)
+    /// are the gateway's own.
+    load: HashMap<Endpoint, u32, foldhash::fast::RandomState>,
     busy: BusyTime,
 }
 
