@@ -264,8 +264,19 @@ impl AccessLog {
 /// Middleware of the invoke routes: measures the call and logs it when its response body is
 /// done.
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    around(&state, req, |req| next.run(req)).await
+}
+
+/// Runs `call` on `req`, measures it and logs it when its response body is done: what
+/// [`record`] does for the router, and the server's direct path to the invoke handler does
+/// without it (see `crate::Gateway`).
+pub async fn around<F, Fut>(state: &AppState, req: Request, call: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let Some(log) = state.access_log.get() else {
-        return next.run(req).await;
+        return call(req).await;
     };
     let log = log.clone();
     let start = Instant::now();
@@ -284,7 +295,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         let (counted, bytes) = Counted::request(body);
         (Request::from_parts(parts, Body::new(counted)), Some(bytes))
     };
-    let response = next.run(req).await;
+    let response = call(req).await;
     let headers = response.headers();
     let call_id = headers
         .get(X_CALL_ID)

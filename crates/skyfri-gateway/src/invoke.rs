@@ -43,6 +43,12 @@ pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// Whether `path` calls a function (`/function/NAME[/...]` with a name), as the router's
+/// `/function/{name}` routes take it.
+pub fn is_call(path: &str) -> bool {
+    split_path(path).is_some_and(|(name, _)| !name.is_empty())
+}
+
 /// Splits `/function/NAME/rest` into the name and the path suffix (at least "/").
 fn split_path(path: &str) -> Option<(&str, &str)> {
     split_under("/function/", path)
@@ -429,5 +435,8 @@ mod tests {
         assert_eq!(split_path("/function/echo/"), Some(("echo", "/")));
         assert_eq!(split_path("/function/echo/a/b"), Some(("echo", "/a/b")));
         assert_eq!(split_path("/other"), None);
+        use super::is_call;
+        assert!(is_call("/function/echo") && is_call("/function/echo/a/b"));
+        assert!(!is_call("/function/") && !is_call("/functions") && !is_call("/system/functions"));
     }
 }

@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -178,13 +179,16 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError>
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// their calls (HTTP/1.1 closes after the answer in progress; HTTP/2 sends GOAWAY).
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: ServerLimits,
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: App,
+{
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
@@ -238,10 +242,37 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
+/// What the server serves: a service of requests, cloned per connection and per request.
+pub trait App:
+    tower::Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn serve_connection<S: App>(
     tcp: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    app: S,
     limits: &ServerLimits,
     tls: Option<TlsAcceptor>,
     watcher: hyper_util::server::graceful::Watcher,
