@@ -132,7 +132,11 @@ impl Entry {
         out.extend_from_slice(int.format(self.status).as_bytes());
         out.extend_from_slice(b",\"duration_ms\":");
         if self.duration_ms.is_finite() {
-            out.extend_from_slice(ryu::Buffer::new().format_finite(self.duration_ms).as_bytes());
+            out.extend_from_slice(
+                ryu::Buffer::new()
+                    .format_finite(self.duration_ms)
+                    .as_bytes(),
+            );
         } else {
             out.extend_from_slice(b"null");
         }
@@ -194,7 +198,8 @@ impl Clock {
             b'0' + (millis % 10) as u8,
         ];
         // ASCII digits over ASCII digits: still UTF-8.
-        self.text.replace_range(at..at + 3, std::str::from_utf8(&digits).unwrap_or("000"));
+        self.text
+            .replace_range(at..at + 3, std::str::from_utf8(&digits).unwrap_or("000"));
         &self.text
     }
 }

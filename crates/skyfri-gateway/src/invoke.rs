@@ -423,10 +423,21 @@ mod tests {
     #[test]
     fn header_values() {
         use super::{nanos_value, seconds_value};
-        for s in [0.0, 0.000_000_4, 0.000_123, 0.5, 1.25, 12.345_678_9, 3600.000_001] {
+        for s in [
+            0.0,
+            0.000_000_4,
+            0.000_123,
+            0.5,
+            1.25,
+            12.345_678_9,
+            3600.000_001,
+        ] {
             assert_eq!(seconds_value(s), format!("{s:.6}").as_str(), "{s}");
         }
-        assert_eq!(nanos_value(1_765_000_000_123_456_789), "1765000000123456789");
+        assert_eq!(
+            nanos_value(1_765_000_000_123_456_789),
+            "1765000000123456789"
+        );
     }
 
     #[test]

@@ -446,11 +446,15 @@ mod tests {
         m.call_series("echo").observe(200, 0.003);
         let text = m.render();
         assert!(
-            text.contains("gateway_function_invocation_total{function_name=\"echo\",code=\"200\"} 3"),
+            text.contains(
+                "gateway_function_invocation_total{function_name=\"echo\",code=\"200\"} 3"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("gateway_function_invocation_total{function_name=\"echo\",code=\"504\"} 1"),
+            text.contains(
+                "gateway_function_invocation_total{function_name=\"echo\",code=\"504\"} 1"
+            ),
             "{text}"
         );
         assert!(
