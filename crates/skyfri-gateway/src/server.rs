@@ -18,6 +18,16 @@
 //!   the gateway stops accepting until one closes (new clients wait in the kernel's backlog,
 //!   as with nginx's `worker_connections`), and says so in its log once per minute.
 //!
+//! - **Threads.** The accept loop hands each connection to one of [`workers`] threads (one
+//!   per CPU unless `SKYFRI_GATEWAY_WORKERS` says otherwise; 0 serves on the caller's
+//!   runtime), round robin. Each worker runs a single-threaded tokio runtime, so a call's
+//!   tasks (its connection, the replica connection it uses from that worker's pool, see
+//!   `crate::upstream`) never hand work to another thread: a proxied call is served by one
+//!   thread from accept to answer, as in nginx's workers, instead of bouncing between the
+//!   threads of a work-stealing runtime (cross-thread wake-ups cost the most on a busy host).
+//!   Tasks a handler starts (an activation, say) run on its worker's runtime, which lives as
+//!   long as the process.
+//!
 //! Every request carries the peer's address as [`axum::extract::ConnectInfo`].
 
 use std::future::Future;
@@ -190,6 +200,7 @@ where
     S: App,
 {
     let graceful = GracefulShutdown::new();
+    let mut pool = Workers::start(workers())?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
     let mut last_full_warning: Option<Instant> = None;
@@ -232,14 +243,88 @@ where
         let limits = limits.clone();
         let tls = tls.as_ref().map(|t| t.acceptor());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(tcp, peer, app, &limits, tls, watcher).await;
-        });
+        let Some(pool) = pool.as_mut() else {
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_connection(tcp, peer, app, &limits, tls, watcher).await;
+            });
+            continue;
+        };
+        // The stream leaves this runtime's reactor for the worker's.
+        let std = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        pool.run(Box::new(move || match TcpStream::from_std(std) {
+            Ok(tcp) => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    serve_connection(tcp, peer, app, &limits, tls, watcher).await;
+                });
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "worker cannot take the connection"),
+        }));
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How many worker threads serve connections: `SKYFRI_GATEWAY_WORKERS`, else one per CPU.
+pub fn workers() -> usize {
+    std::env::var("SKYFRI_GATEWAY_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Work for a worker thread: run inside its runtime (so it may spawn there).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The connection workers (see the module's doc).
+struct Workers {
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
+    next: usize,
+}
+
+impl Workers {
+    /// `None` for 0 workers: connections are served on the caller's runtime.
+    fn start(count: usize) -> io::Result<Option<Workers>> {
+        if count == 0 {
+            return Ok(None);
+        }
+        let mut queues = Vec::with_capacity(count);
+        for i in 0..count {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("gateway-{i}"))
+                .spawn(move || {
+                    crate::upstream::use_pool(i + 1);
+                    runtime.block_on(async move {
+                        while let Some(job) = rx.recv().await {
+                            job();
+                        }
+                        // The server has stopped; what handlers started here keeps running.
+                        std::future::pending::<()>().await;
+                    });
+                })?;
+            queues.push(tx);
+        }
+        Ok(Some(Workers { queues, next: 0 }))
+    }
+
+    fn run(&mut self, job: Job) {
+        self.next = (self.next + 1) % self.queues.len();
+        if self.queues[self.next].send(job).is_err() {
+            tracing::error!(worker = self.next, "a gateway worker thread has gone");
+        }
+    }
 }
 
 /// What the server serves: a service of requests, cloned per connection and per request.

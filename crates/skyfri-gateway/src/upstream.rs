@@ -13,6 +13,10 @@
 //! does. Connections idle for longer than [`IDLE_TIMEOUT`] are closed when next looked at;
 //! slots of endpoints that have gone (a replica stopped) are dropped when a new endpoint is
 //! added.
+//!
+//! Each gateway worker thread (see `crate::server`) has a pool of its own ([`use_pool`]), so a
+//! call uses connections whose tasks run on its own thread; other threads (async workers,
+//! triggers) share pool 0.
 
 use std::collections::HashMap;
 use std::io;
@@ -38,10 +42,29 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Sender = SendRequest<Full<Bytes>>;
 
-/// Every endpoint's idle connections.
-#[derive(Default)]
+/// Pools: one per gateway worker thread, and pool 0 for the others.
+const POOLS: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Calls made on this thread use pool `n` (modulo the number of pools).
+pub fn use_pool(n: usize) {
+    POOL.with(|p| p.set(n % POOLS));
+}
+
+/// Every endpoint's idle connections, per pool.
 pub struct Upstream {
-    slots: Mutex<HashMap<Endpoint, Arc<Slot>, foldhash::fast::RandomState>>,
+    pools: Box<[Mutex<HashMap<Endpoint, Arc<Slot>, foldhash::fast::RandomState>>]>,
+}
+
+impl Default for Upstream {
+    fn default() -> Upstream {
+        Upstream {
+            pools: (0..POOLS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 /// One endpoint's idle connections, newest last.
@@ -94,7 +117,8 @@ impl Pooled {
 
 impl Upstream {
     fn slot(&self, endpoint: &Endpoint) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let pool = &self.pools[POOL.with(std::cell::Cell::get)];
+        let mut slots = pool.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get(endpoint) {
             return Arc::clone(slot);
         }
@@ -289,7 +313,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_are_reused_and_a_closed_one_is_replaced() -> Result<(), Box<dyn std::error::Error>> {
+    async fn connections_are_reused_and_a_closed_one_is_replaced(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let up = Upstream::default();
         // Kept alive: one connection serves every call, with the endpoint as its Host.
         let e = replica(usize::MAX).await?;
@@ -305,7 +330,9 @@ mod tests {
         }
         // Nothing listens: an error, not a hang.
         let gone = Endpoint::Unix("/nonexistent/skyfri-test.sock".into());
-        assert!(matches!(call(&up, &gone).await, Err(e) if e.to_string().contains("cannot connect")));
+        assert!(
+            matches!(call(&up, &gone).await, Err(e) if e.to_string().contains("cannot connect"))
+        );
         Ok(())
     }
 }
