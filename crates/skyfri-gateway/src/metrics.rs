@@ -227,6 +227,9 @@ impl Default for Metrics {
     }
 }
 
+/// A status code's call counter and duration histogram.
+type CodeSeries = (u16, Counter<u64, AtomicU64>, Histogram);
+
 /// One function's `gateway_function_invocation_total` and `gateway_functions_seconds` series,
 /// by status code: the invoke path counts a call without building labels or hashing them
 /// (a family lookup per call costs more than the rest of the metrics together).
@@ -235,7 +238,7 @@ pub struct CallSeries {
     invocations: Family<Labels, Counter<u64, AtomicU64>>,
     seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// The series of the codes seen so far (a handful).
-    by_code: RwLock<Vec<(u16, Counter<u64, AtomicU64>, Histogram)>>,
+    by_code: RwLock<Vec<CodeSeries>>,
 }
 
 impl CallSeries {
@@ -431,6 +434,28 @@ impl Metrics {
     }
 }
 
+/// The series names the `# TYPE` lines of a Prometheus text exposition declare (a counter's
+/// `_total`, a histogram's `_bucket`, `_sum` and `_count`), whether they have samples yet or
+/// not: what dashboards and alerts may query.
+pub fn series_names(exposition: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for l in exposition.lines() {
+        let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        match kind {
+            "counter" => names.push(format!("{name}_total")),
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{name}{suffix}"));
+                }
+            }
+            _ => names.push(name.to_string()),
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,26 +487,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// The series names the `# TYPE` lines of a Prometheus text exposition declare (a counter's
-/// `_total`, a histogram's `_bucket`, `_sum` and `_count`), whether they have samples yet or
-/// not: what dashboards and alerts may query.
-pub fn series_names(exposition: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for l in exposition.lines() {
-        let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|l| l.split_once(' ')) else {
-            continue;
-        };
-        match kind {
-            "counter" => names.push(format!("{name}_total")),
-            "histogram" => {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.push(format!("{name}{suffix}"));
-                }
-            }
-            _ => names.push(name.to_string()),
-        }
-    }
-    names
 }

@@ -54,9 +54,12 @@ pub fn use_pool(n: usize) {
     POOL.with(|p| p.set(n % POOLS));
 }
 
+/// One pool: the endpoints' slots, hashed fast (the keys are the gateway's own addresses).
+type Pool = Mutex<HashMap<Endpoint, Arc<Slot>, foldhash::fast::RandomState>>;
+
 /// Every endpoint's idle connections, per pool.
 pub struct Upstream {
-    pools: Box<[Mutex<HashMap<Endpoint, Arc<Slot>, foldhash::fast::RandomState>>]>,
+    pools: Box<[Pool]>,
 }
 
 impl Default for Upstream {
