@@ -11,7 +11,7 @@ pub use skyfri_core::scaling::MAX_CONCURRENCY_KEY;
 pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
 use skyfri_core::{Deployment, ScalePolicy};
 use skyfri_queue::Queue;
-use skyfri_runtime::{ArtefactStore, Provider};
+use skyfri_runtime::{ArtefactStore, CallTracker, Endpoint, Provider};
 use skyfri_store::Store;
 
 use crate::access_log::AccessLog;
@@ -123,6 +123,17 @@ pub struct Inner {
     functions: RwLock<HashMap<String, Arc<Live>>>,
 }
 
+/// The provider stops a replica it retires once no call of the function's router holds it.
+impl CallTracker for Inner {
+    fn calls_on(&self, function: &str, endpoint: &Endpoint) -> usize {
+        self.functions
+            .read()
+            .ok()
+            .and_then(|m| m.get(function).map(|live| live.router.calls_on(endpoint)))
+            .unwrap_or(0)
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
@@ -138,7 +149,7 @@ impl AppState {
         artefacts: Arc<ArtefactStore>,
         queue: Arc<dyn Queue>,
     ) -> AppState {
-        AppState(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             audit: Audit::new(Arc::clone(&store)),
             store,
             provider,
@@ -159,7 +170,11 @@ impl AppState {
             meter: Meter::default(),
             access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),
-        }))
+        });
+        // Weak: the provider is part of the state it asks.
+        let tracker: std::sync::Weak<dyn CallTracker> = Arc::downgrade(&inner) as _;
+        inner.provider.track_calls(tracker);
+        AppState(inner)
     }
 
     /// A call found no replica: start one, once, if the function is at zero.

@@ -8,4 +8,5 @@ pub mod templates;
 
 pub use artefact::ArtefactStore;
 pub use local::LocalProvider;
-pub use provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
+pub use provider::{
+    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};

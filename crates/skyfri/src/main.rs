@@ -9,6 +9,7 @@ mod progress;
 mod service;
 mod stackfile;
 mod term;
+mod watch;
 
 use clap::Parser;
 

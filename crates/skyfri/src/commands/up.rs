@@ -21,6 +21,7 @@ use skyfri_store::Store;
 use crate::client::Gateway;
 use crate::progress::Progress;
 use crate::stackfile::StackFile;
+use crate::watch::StackWatch;
 
 /// How long open connections may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -39,6 +40,10 @@ pub struct Up {
     /// Deploy this stack.yml or Knative Service once the gateway is ready.
     #[arg(short = 'f', long = "yaml")]
     file: Option<PathBuf>,
+    /// Keep -f's functions deployed as their files change: a change to a handler folder or
+    /// to a function's entry rebuilds and redeploys that function, without a failed call.
+    #[arg(long, requires = "file")]
+    watch: bool,
     /// Largest request body in bytes; a function's `com.skyfri.max-body` may only lower it.
     #[arg(long, default_value_t = 50 << 20)]
     max_body: usize,
@@ -242,6 +247,11 @@ impl Up {
             .as_deref()
             .map(|f| StackFile::load(f, None))
             .transpose()?;
+        // Started before anything else, so that a host out of inotify instances says so first.
+        let files = self
+            .watch
+            .then(crate::watch::FileEvents::new)
+            .transpose()?;
         let queue_arg = QueueArg::parse(&self.queue)?;
         let call_limits = self.call_limits()?;
         let nats_url = match &self.nats {
@@ -378,13 +388,28 @@ impl Up {
             shutdown_signal().await;
             let _ = stopping.send(true);
         });
+        let mut watching = None;
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));
-            if let Err(e) =
-                crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain()).await
-            {
-                eprintln!("error: {e:#}");
+            match files {
+                // Watching from before the first build, so that no edit is missed.
+                Some(files) => {
+                    let mut watch = StackWatch::new(files, gw, stack);
+                    watch.deploy_all().await;
+                    watching = Some(watch);
+                }
+                None => {
+                    if let Err(e) =
+                        crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain())
+                            .await
+                    {
+                        eprintln!("error: {e:#}");
+                    }
+                }
             }
+        }
+        if let Some(watch) = watching {
+            tokio::spawn(watch.run(stop_rx.clone()));
         }
         println!("ready");
         let _ = std::io::stdout().flush();
