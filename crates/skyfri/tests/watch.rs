@@ -154,6 +154,16 @@ fn call(addr: &str, path: &str) -> Answer {
 /// never got an earlier one again: traffic moved once, forwards.
 fn assert_switched(per_caller: &[Vec<Answer>], versions: &[&str], p: &Platform) {
     let total: usize = per_caller.iter().map(Vec::len).sum();
+    eprintln!(
+        "{total} calls: {:?}",
+        per_caller
+            .iter()
+            .flatten()
+            .fold(std::collections::BTreeMap::new(), |mut m, a| {
+                *m.entry(a.clone()).or_insert(0) += 1;
+                m
+            })
+    );
     let failed: Vec<&Answer> = per_caller
         .iter()
         .flatten()
@@ -315,6 +325,11 @@ fn a_deploy_under_load_loses_no_call() {
 
     let load = Load::start(&p.addr, "web");
     load.wait_for("web v1", 20, Duration::from_secs(60), &p);
+    // A long call in flight on a v1 replica when v2 takes over.
+    let slow = {
+        let addr = p.addr.clone();
+        std::thread::spawn(move || call(&addr, "/function/web/slow"))
+    };
     // The server takes a second to start: calls keep going to v1 meanwhile.
     deploy("2");
     load.wait_for("web v2", 20, Duration::from_secs(60), &p);
@@ -322,6 +337,11 @@ fn a_deploy_under_load_loses_no_call() {
     load.wait_for("web v3", 20, Duration::from_secs(60), &p);
     let answers = load.stop();
     assert_switched(&answers, &["web v1", "web v2", "web v3"], &p);
+    assert_eq!(
+        slow.join().expect("slow call"),
+        (200, "web v1 slow".to_string()),
+        "the call in flight on the old version did not finish"
+    );
     let status = p.admin("GET", "/system/function/web", "").json();
     assert_eq!(status["availableReplicas"], 2, "{status}");
 }

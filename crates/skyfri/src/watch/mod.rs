@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use skyfri_core::manifest::ManifestFunction;
 use skyfri_core::openfaas::FunctionDeployment;
 use tokio::sync::{mpsc, watch};
@@ -38,7 +38,7 @@ const NAMED: usize = 3;
 
 /// Debounced file events from the folders being watched.
 pub struct FileEvents {
-    debouncer: Debouncer<RecommendedWatcher>,
+    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     rx: mpsc::Receiver<DebounceEventResult>,
     watched: HashSet<PathBuf>,
 }
@@ -47,7 +47,7 @@ impl FileEvents {
     /// Starts the watcher (inotify on Linux), watching nothing yet.
     pub fn new() -> Result<FileEvents> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let debouncer = new_debouncer(DEBOUNCE, move |events| {
+        let debouncer = new_debouncer(DEBOUNCE, None, move |events| {
             // On the debouncer's own thread; fails only once the receiver is gone.
             let _ = tx.blocking_send(events);
         })
@@ -61,9 +61,8 @@ impl FileEvents {
 
     /// Watches exactly `folders` from now on, each on its own (not recursively).
     fn watch_only(&mut self, folders: HashSet<PathBuf>) {
-        let watcher = self.debouncer.watcher();
         for gone in self.watched.difference(&folders) {
-            let _ = watcher.unwatch(gone);
+            let _ = self.debouncer.unwatch(gone);
         }
         let mut watched = HashSet::new();
         for folder in folders {
@@ -71,7 +70,7 @@ impl FileEvents {
                 watched.insert(folder);
                 continue;
             }
-            match watcher.watch(&folder, RecursiveMode::NonRecursive) {
+            match self.debouncer.watch(&folder, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     watched.insert(folder);
                 }
@@ -83,12 +82,21 @@ impl FileEvents {
     }
 
     /// The paths changed in the next batch of events and in those right after it; `None`
-    /// once the watcher is gone.
+    /// once the watcher is gone. Reads are no change: a build reads every file it packs.
     async fn next(&mut self) -> Option<Vec<PathBuf>> {
         let mut paths = Vec::new();
         let mut add = |batch: DebounceEventResult| match batch {
-            Ok(events) => paths.extend(events.into_iter().map(|e| e.path)),
-            Err(e) => tracing::warn!(error = %e, "file watching"),
+            Ok(events) => paths.extend(
+                events
+                    .into_iter()
+                    .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+                    .flat_map(|e| e.event.paths),
+            ),
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "file watching");
+                }
+            }
         };
         add(self.rx.recv().await?);
         while let Ok(Some(batch)) = tokio::time::timeout(SETTLE, self.rx.recv()).await {
