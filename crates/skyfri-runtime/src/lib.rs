@@ -9,4 +9,5 @@ pub mod templates;
 pub use artefact::ArtefactStore;
 pub use local::LocalProvider;
 pub use provider::{
-    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
+    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+};

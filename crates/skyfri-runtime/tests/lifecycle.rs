@@ -212,7 +212,10 @@ struct Held(std::sync::Mutex<Vec<skyfri_runtime::Endpoint>>);
 
 impl skyfri_runtime::CallTracker for Held {
     fn calls_on(&self, _function: &str, endpoint: &skyfri_runtime::Endpoint) -> usize {
-        let held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         held.iter().filter(|e| *e == endpoint).count()
     }
 }
@@ -228,7 +231,8 @@ async fn a_redeploy_takes_over_at_scale_and_waits_for_held_calls() -> Result {
     let env = env()?;
     let held = std::sync::Arc::new(Held::default());
     let tracker: std::sync::Arc<dyn skyfri_runtime::CallTracker> = held.clone();
-    env.provider.track_calls(std::sync::Arc::downgrade(&tracker));
+    env.provider
+        .track_calls(std::sync::Arc::downgrade(&tracker));
     let version = |v: &str| format!("def handle(req):\n    return '{v}'\n");
     let v1 = env.function(
         "rollout",
@@ -267,7 +271,11 @@ async fn a_redeploy_takes_over_at_scale_and_waits_for_held_calls() -> Result {
 
     // Past the drain period: the idle old replicas are gone, the held one still answers.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(answer(&old[1]).await, None, "an idle old replica still serves");
+    assert_eq!(
+        answer(&old[1]).await,
+        None,
+        "an idle old replica still serves"
+    );
     assert_eq!(answer(&old[0]).await.as_deref(), Some("v1"));
     held.0.lock().expect("lock").clear();
     let mut gone = false;

@@ -41,7 +41,11 @@ fn copy_dir(from: &Path, to: &Path) {
 /// content written to a temporary file renamed over the old one.
 fn save(path: &Path, text: &str) {
     let dir = path.parent().expect("folder");
-    let name = path.file_name().expect("name").to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     std::fs::write(dir.join(format!(".{name}.swp")), "swap").expect("swap");
     if path.exists() {
         std::fs::copy(path, dir.join(format!("{name}~"))).expect("backup");
@@ -262,7 +266,12 @@ fn a_broken_edit_keeps_the_old_version_serving() {
     let handler = dir.join("greet/handler.py");
     let good = std::fs::read_to_string(&handler).expect("handler");
     save(&handler, "def handle(req)\n    return 'greet v2'\n");
-    wait_output(&p, "watch: greet: not deployed", 1, Duration::from_secs(120));
+    wait_output(
+        &p,
+        "watch: greet: not deployed",
+        1,
+        Duration::from_secs(120),
+    );
     load.wait_for("greet v1", 10, Duration::from_secs(60), &p);
     let logs = p.logs();
     assert!(
@@ -276,7 +285,12 @@ fn a_broken_edit_keeps_the_old_version_serving() {
         &dir.join("greet/requirements.txt"),
         "skyfri-no-such-package-for-tests==0.0.1\n",
     );
-    wait_output(&p, "watch: greet: not deployed", 2, Duration::from_secs(180));
+    wait_output(
+        &p,
+        "watch: greet: not deployed",
+        2,
+        Duration::from_secs(180),
+    );
     load.wait_for("greet v1", 10, Duration::from_secs(60), &p);
     let answers = load.stop();
     assert_switched(&answers, &["greet v1"], &p);
@@ -302,7 +316,12 @@ fn a_broken_edit_keeps_the_old_version_serving() {
     assert_eq!(p.admin("GET", "/system/function/extra", "").status, 404);
     // A stack file that does not parse changes nothing.
     save(&stack, "functions: [");
-    wait_output(&p, "not applied; the functions run as they were", 1, Duration::from_secs(60));
+    wait_output(
+        &p,
+        "not applied; the functions run as they were",
+        1,
+        Duration::from_secs(60),
+    );
     let r = p.http("POST", "/function/greet", &[], b"");
     assert_eq!((r.status, r.text()), (200, "greet v1".to_string()));
 }

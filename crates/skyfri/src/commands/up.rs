@@ -248,10 +248,7 @@ impl Up {
             .map(|f| StackFile::load(f, None))
             .transpose()?;
         // Started before anything else, so that a host out of inotify instances says so first.
-        let files = self
-            .watch
-            .then(crate::watch::FileEvents::new)
-            .transpose()?;
+        let files = self.watch.then(crate::watch::FileEvents::new).transpose()?;
         let queue_arg = QueueArg::parse(&self.queue)?;
         let call_limits = self.call_limits()?;
         let nats_url = match &self.nats {
@@ -400,8 +397,7 @@ impl Up {
                 }
                 None => {
                     if let Err(e) =
-                        crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain())
-                            .await
+                        crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain()).await
                     {
                         eprintln!("error: {e:#}");
                     }

@@ -298,7 +298,12 @@ impl StackWatch {
         }
         for f in &self.stack.manifest.functions {
             let name = &f.spec.name;
-            let why = match before.manifest.functions.iter().find(|o| &o.spec.name == name) {
+            let why = match before
+                .manifest
+                .functions
+                .iter()
+                .find(|o| &o.spec.name == name)
+            {
                 None => format!("added to {file}"),
                 Some(old) if old != f => format!("its entry in {file} changed"),
                 Some(_) => continue,
