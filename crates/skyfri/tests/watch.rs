@@ -197,19 +197,6 @@ fn assert_switched(per_caller: &[Vec<Answer>], versions: &[&str], p: &Platform) 
     );
 }
 
-/// Waits until the platform's output has `n` lines containing `text`.
-fn wait_output(p: &Platform, text: &str, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while p.logs().lines().filter(|l| l.contains(text)).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no {n} lines with {text:?} within {within:?}:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn start_watching(dir: &Path, data: &Path) -> Platform {
     let stack = dir.join("stack.yml");
     let p = Platform::start_in(data, &["-f", stack.to_str().expect("utf8"), "--watch"]);
@@ -249,7 +236,7 @@ fn an_edit_switches_versions_without_a_failed_call() {
     // A function at zero has no replica to replace: its next call starts the new version.
     let idle = dir.join("idle/handler.py");
     save(&idle, "def handle(req):\n    return \"idle v2\"\n");
-    wait_output(&p, "deployed idle:", 2, Duration::from_secs(120));
+    p.wait_output("deployed idle:", 2, Duration::from_secs(120));
     let r = p.http("POST", "/function/idle", &[], b"");
     assert_eq!((r.status, r.text()), (200, "idle v2".to_string()));
     assert_eq!(r.header("x-skyfri-cold-start"), Some("true"));
@@ -266,12 +253,7 @@ fn a_broken_edit_keeps_the_old_version_serving() {
     let handler = dir.join("greet/handler.py");
     let good = std::fs::read_to_string(&handler).expect("handler");
     save(&handler, "def handle(req)\n    return 'greet v2'\n");
-    wait_output(
-        &p,
-        "watch: greet: not deployed",
-        1,
-        Duration::from_secs(120),
-    );
+    p.wait_output("watch: greet: not deployed", 1, Duration::from_secs(120));
     load.wait_for("greet v1", 10, Duration::from_secs(60), &p);
     let logs = p.logs();
     assert!(
@@ -285,12 +267,7 @@ fn a_broken_edit_keeps_the_old_version_serving() {
         &dir.join("greet/requirements.txt"),
         "skyfri-no-such-package-for-tests==0.0.1\n",
     );
-    wait_output(
-        &p,
-        "watch: greet: not deployed",
-        2,
-        Duration::from_secs(180),
-    );
+    p.wait_output("watch: greet: not deployed", 2, Duration::from_secs(180));
     load.wait_for("greet v1", 10, Duration::from_secs(60), &p);
     let answers = load.stop();
     assert_switched(&answers, &["greet v1"], &p);
@@ -308,16 +285,15 @@ fn a_broken_edit_keeps_the_old_version_serving() {
         "{before}  extra:\n    lang: python3\n    handler: ./idle\n    image: skyfri-tests/watch-extra:latest\n"
     );
     save(&stack, &added);
-    wait_output(&p, "deployed extra:", 1, Duration::from_secs(120));
+    p.wait_output("deployed extra:", 1, Duration::from_secs(120));
     let r = p.http("POST", "/function/extra", &[], b"");
     assert_eq!((r.status, r.text()), (200, "idle v1".to_string()));
     save(&stack, &before);
-    wait_output(&p, "watch: extra: no longer in", 1, Duration::from_secs(60));
+    p.wait_output("watch: extra: no longer in", 1, Duration::from_secs(60));
     assert_eq!(p.admin("GET", "/system/function/extra", "").status, 404);
     // A stack file that does not parse changes nothing.
     save(&stack, "functions: [");
-    wait_output(
-        &p,
+    p.wait_output(
         "not applied; the functions run as they were",
         1,
         Duration::from_secs(60),

@@ -385,7 +385,6 @@ impl Up {
             shutdown_signal().await;
             let _ = stopping.send(true);
         });
-        let mut watching = None;
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));
             match files {
@@ -393,7 +392,7 @@ impl Up {
                 Some(files) => {
                     let mut watch = StackWatch::new(files, gw, stack);
                     watch.deploy_all().await;
-                    watching = Some(watch);
+                    tokio::spawn(watch.run(stop_rx.clone()));
                 }
                 None => {
                     if let Err(e) =
@@ -403,9 +402,6 @@ impl Up {
                     }
                 }
             }
-        }
-        if let Some(watch) = watching {
-            tokio::spawn(watch.run(stop_rx.clone()));
         }
         println!("ready");
         let _ = std::io::stdout().flush();

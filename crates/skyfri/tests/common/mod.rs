@@ -201,6 +201,20 @@ impl Platform {
         }
     }
 
+    /// Waits until the platform's own output has `needle` at least `n` times; panics with
+    /// the output after `within`.
+    pub fn wait_output(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} not logged {n} times within {within:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
