@@ -276,6 +276,12 @@ fn a_broken_edit_keeps_the_old_version_serving() {
         logs.contains("./greet/requirements.txt: pip failed"),
         "the failure does not name requirements.txt:\n{logs}"
     );
+    // pip's own last lines, about the requirement it could not install.
+    assert!(
+        logs.lines()
+            .any(|l| !l.contains("watch: ") && l.contains("skyfri-no-such-package-for-tests")),
+        "the installer's output is not shown:\n{logs}"
+    );
 
     // The stack file: a function added is deployed, then removed with its entry.
     let stack = dir.join("stack.yml");
