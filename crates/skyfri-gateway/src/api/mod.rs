@@ -8,6 +8,7 @@ pub mod functions;
 pub mod logs;
 pub mod residency;
 pub mod secrets;
+pub mod stats;
 pub mod system;
 pub mod tokens;
 pub mod usage;
