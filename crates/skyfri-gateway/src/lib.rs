@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
         .route("/system/usage", get(api::usage::usage))
+        .route("/system/cost", get(api::cost::cost))
         .route("/system/stats", get(api::stats::stats))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))

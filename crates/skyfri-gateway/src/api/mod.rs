@@ -4,6 +4,7 @@ pub mod artefacts;
 pub mod async_calls;
 pub mod audit;
 pub mod backup;
+pub mod cost;
 pub mod functions;
 pub mod logs;
 pub mod residency;

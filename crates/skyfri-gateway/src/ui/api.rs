@@ -37,7 +37,7 @@ const SHOWN_BYTES: usize = 1 << 20;
 pub async fn system(
     State(state): State<AppState>,
     Extension(api): Extension<SystemApi>,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     let principal = match session::authorise(&state, req.headers(), true) {
         Ok(p) => p,
@@ -52,11 +52,24 @@ pub async fn system(
     let Some(target) = target else {
         return GatewayError::not_found("no such route").into_response();
     };
+    // A fresh request: the route's own path parameters must not reach the handler.
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .cloned();
+    let (parts, body) = req.into_parts();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
     *req.uri_mut() = target;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers;
     let h = req.headers_mut();
     h.remove(header::COOKIE);
     h.remove(CSRF_HEADER);
     h.remove(header::AUTHORIZATION);
+    if let Some(peer) = peer {
+        req.extensions_mut().insert(peer);
+    }
     req.extensions_mut().insert(Authenticated(principal));
     match api.0.oneshot(req).await {
         Ok(r) => r,
