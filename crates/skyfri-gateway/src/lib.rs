@@ -120,7 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/logout", post(ui::session::logout))
         .route("/ui/session", get(ui::session::current))
         .route(
-            "/ui/api/system/{*path}",
+            "/ui/api/system/{*rest}",
             get(ui::api::system)
                 .post(ui::api::system)
                 .delete(ui::api::system)

@@ -268,11 +268,16 @@ mod tests {
         assert_eq!(bucket(Duration::from_micros(192)), 2);
         assert_eq!(bucket(Duration::from_secs(3600)), BUCKETS - 1);
         // Each bucket's upper bound is the next one's lower bound, and lies above what it holds.
-        for us in [1u64, 100, 128, 200, 1000, 1500, 2048, 50_000, 1_000_000, 30_000_000] {
+        for us in [
+            1u64, 100, 128, 200, 1000, 1500, 2048, 50_000, 1_000_000, 30_000_000,
+        ] {
             let b = bucket(Duration::from_micros(us));
             assert!(upper_ms(b) * 1000.0 > us as f64, "{us} µs in bucket {b}");
             if b > 0 {
-                assert!(upper_ms(b - 1) * 1000.0 <= us as f64, "{us} µs in bucket {b}");
+                assert!(
+                    upper_ms(b - 1) * 1000.0 <= us as f64,
+                    "{us} µs in bucket {b}"
+                );
             }
         }
     }
@@ -284,7 +289,10 @@ mod tests {
         assert_eq!(s.hour(now).total.calls, 0);
         assert!(s.ring.get().is_none(), "nothing allocated before a call");
         s.replicas(now, 0);
-        assert!(s.ring.get().is_none(), "no replicas, no calls: still nothing");
+        assert!(
+            s.ring.get().is_none(),
+            "no replicas, no calls: still nothing"
+        );
         for _ in 0..98 {
             s.call(now, Duration::from_millis(2), 200);
         }

@@ -40,7 +40,13 @@ fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
 
     let p = Platform::start();
     let out = p.cli(
-        &["secret", "create", SECRET_NAME, "--from-literal", SECRET_VALUE],
+        &[
+            "secret",
+            "create",
+            SECRET_NAME,
+            "--from-literal",
+            SECRET_VALUE,
+        ],
         "",
     );
     assert!(out.ok, "secret create: {}", out.stderr);
@@ -81,7 +87,14 @@ fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
     assert!(has("login.failure", "dashboard:admin"), "{audit}");
     assert!(has("dashboard.login", "admin"), "{audit}");
     // The form's call went through the invoke path: counted like any other.
-    let stats = p.admin("GET", "/system/stats?function=dash-greeter", "").json();
-    let calls = stats["functions"][0]["total"]["calls"].as_u64().unwrap_or(0);
-    assert!(calls >= 2, "the form's call and the live-tail probe: {stats}");
+    let stats = p
+        .admin("GET", "/system/stats?function=dash-greeter", "")
+        .json();
+    let calls = stats["functions"][0]["total"]["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        calls >= 2,
+        "the form's call and the live-tail probe: {stats}"
+    );
 }

@@ -142,8 +142,11 @@ async fn run(
             }
             .into_response()
         })?;
-    let form: InvokeForm = serde_json::from_slice(&raw)
-        .map_err(|e| bad(format!("the invoke form must be {{method, path, headers, body}}: {e}")))?;
+    let form: InvokeForm = serde_json::from_slice(&raw).map_err(|e| {
+        bad(format!(
+            "the invoke form must be {{method, path, headers, body}}: {e}"
+        ))
+    })?;
     let method = Method::from_bytes(form.method.trim().to_ascii_uppercase().as_bytes())
         .map_err(|_| bad(format!("{:?} is not an HTTP method", form.method)))?;
     let path = form.path.as_deref().map(str::trim).unwrap_or("/");
@@ -208,7 +211,12 @@ async fn run(
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: text,
         bytes,

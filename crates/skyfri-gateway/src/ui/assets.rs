@@ -96,7 +96,10 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         Response::new(Body::from(a.plain))
     };
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
     h.insert(header::ETAG, a.etag.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -136,7 +139,10 @@ mod tests {
     #[test]
     fn files_are_served_gzipped_with_an_etag_and_revalidated() {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip"),
+        );
         let r = serve("app.js", &h);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
@@ -148,6 +154,9 @@ mod tests {
         assert!(r.headers()[header::CONTENT_SECURITY_POLICY]
             .to_str()
             .is_ok_and(|c| c.contains("connect-src 'self'")));
-        assert_eq!(serve("../secret.key", &HeaderMap::new()).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            serve("../secret.key", &HeaderMap::new()).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

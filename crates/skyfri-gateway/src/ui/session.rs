@@ -142,7 +142,12 @@ fn refusal(status: StatusCode, message: &str) -> Response {
 /// A logged-in session's principal, for a dashboard API call (`csrf`: the call must carry
 /// the session's CSRF token) or for reading the session itself.
 pub fn authorise(state: &AppState, headers: &HeaderMap, csrf: bool) -> Result<Principal, Response> {
-    let unauthorised = || refusal(StatusCode::UNAUTHORIZED, "not logged in, or the session has expired: log in at /ui");
+    let unauthorised = || {
+        refusal(
+            StatusCode::UNAUTHORIZED,
+            "not logged in, or the session has expired: log in at /ui",
+        )
+    };
     let id = cookie(headers).ok_or_else(unauthorised)?;
     let (who, token, _) = state.sessions.get(id).ok_or_else(unauthorised)?;
     if csrf {
@@ -218,9 +223,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
             "send the login as JSON (Content-Type: application/json)",
         ));
     }
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s != "same-origin" && s != "none") {
         return Err(refusal(StatusCode::FORBIDDEN, "cross-site login refused"));
     }
@@ -283,7 +286,10 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
             let claimed = "dashboard:token".to_string();
             match t {
                 Some(t) => (
-                    Some((Who::Token(crate::tokens::hash(token.trim())), Principal::Token(t))),
+                    Some((
+                        Who::Token(crate::tokens::hash(token.trim())),
+                        Principal::Token(t),
+                    )),
                     claimed,
                     "",
                 ),
@@ -318,9 +324,12 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
             who: claimed,
             client,
         };
-        state
-            .audit
-            .rejected("login.failure", &actor, "POST /ui/login", &format!("401: {why}"));
+        state.audit.rejected(
+            "login.failure",
+            &actor,
+            "POST /ui/login",
+            &format!("401: {why}"),
+        );
         return refusal(StatusCode::UNAUTHORIZED, &format!("login refused: {why}"));
     };
     let Some((id, csrf, expires_at)) = state.sessions.create(who) else {
@@ -347,8 +356,7 @@ pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> Respo
         Ok(p) => p,
         Err(r) => return r,
     };
-    let Some((_, csrf, expires_at)) = cookie(&headers).and_then(|id| state.sessions.get(id))
-    else {
+    let Some((_, csrf, expires_at)) = cookie(&headers).and_then(|id| state.sessions.get(id)) else {
         return refusal(StatusCode::UNAUTHORIZED, "not logged in");
     };
     no_store(Json(info(&principal, csrf, expires_at)).into_response())
@@ -383,10 +391,16 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; skyfri_session=abc; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; skyfri_session=abc; b=2"),
+        );
         assert_eq!(cookie(&h), Some("abc"));
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("skyfri_sessionx=1"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("skyfri_sessionx=1"),
+        );
         assert_eq!(cookie(&h), None);
     }
 
@@ -428,11 +442,19 @@ mod tests {
             Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
         );
         assert_eq!(
-            refused(headers(&[json, ("host", "gw:8080"), ("origin", "http://evil.example")])),
+            refused(headers(&[
+                json,
+                ("host", "gw:8080"),
+                ("origin", "http://evil.example")
+            ])),
             Some(StatusCode::FORBIDDEN)
         );
         assert_eq!(
-            refused(headers(&[json, ("host", "gw:8080"), ("sec-fetch-site", "cross-site")])),
+            refused(headers(&[
+                json,
+                ("host", "gw:8080"),
+                ("sec-fetch-site", "cross-site")
+            ])),
             Some(StatusCode::FORBIDDEN)
         );
     }

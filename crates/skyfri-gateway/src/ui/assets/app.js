@@ -65,12 +65,14 @@ const apiJson = async (path, opts) => (await api(path, opts)).json();
 const fmtInt = n => (n === null || n === undefined) ? '–' : Math.round(n).toLocaleString('en-US');
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return '–';
+  if (ms === 0) return '0';
   if (ms < 1) return (ms * 1000).toFixed(0) + ' µs';
   if (ms < 1000) return (ms < 10 ? ms.toFixed(1) : ms.toFixed(0)) + ' ms';
   return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + ' s';
 }
 const fmtPct = p => (p === null || p === undefined) ? '–' : (p < 10 ? p.toFixed(1) : p.toFixed(0)) + ' %';
-const fmtUsd = u => '$' + (u || 0).toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+// Cents, or the first significant digits of an amount under a cent.
+const fmtUsd = u => '$' + (u || 0).toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: u > 0 && u < 0.01 ? 6 : 2 });
 const fmtTime = t => t ? new Date(t).toLocaleString() : '–';
 const hhmm = unix => new Date(unix * 1000).toTimeString().slice(0, 5);
 const sum = a => a.reduce((x, y) => x + (y || 0), 0);
@@ -428,7 +430,7 @@ async function usageView(view) {
   const load = async () => {
     const c = await apiJson('/cost?month=' + encodeURIComponent(month.value));
     const row = (label, u) => h('tr', {}, h('td', {}, label), h('td', { class: 'num' }, fmtInt(u.invocations)),
-      h('td', { class: 'num' }, fmtInt(u.durationMs / 1000) + ' s'), h('td', { class: 'num' }, u.gbSeconds.toFixed(2)),
+      h('td', { class: 'num' }, fmtMs(u.durationMs)), h('td', { class: 'num' }, u.gbSeconds.toFixed(2)),
       h('td', { class: 'num' }, c.cpuMetered ? u.cpuSeconds.toFixed(2) : '–'), h('td', { class: 'num' }, fmtUsd(u.listPriceUsd)));
     box.replaceChildren(
       h('table', { id: 'usage' }, h('thead', {}, h('tr', {}, ['Function', 'Invocations', 'Billed time', 'GB-seconds', 'CPU-seconds', 'At list price']
@@ -443,7 +445,7 @@ async function usageView(view) {
           h('p', { class: 'muted' }, c.breakEvenInvocations ? 'break-even at ' + fmtInt(c.breakEvenInvocations) + ' invocations a month'
             : 'set server_monthly_usd in prices.yaml for the break-even volume'))),
       h('p', { class: 'muted' }, 'Prices: ' + c.pricesFrom + '. Usage stored ' + fmtTime(c.flushedAt) + '.'),
-      c.pricesError ? h('p', { class: 'error' }, c.pricesError) : null);
+      c.pricesError ? h('p', { class: 'error' }, c.pricesError) : '');
   };
   month.addEventListener('change', () => load().catch(e => status(e.message)));
   await load();
