@@ -98,3 +98,78 @@ fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
         "the form's call and the live-tail probe: {stats}"
     );
 }
+
+/// The session cookie `Set-Cookie` gave, as a `Cookie` header value.
+fn session_cookie(r: &common::Response) -> String {
+    let set = r.header("set-cookie").expect("Set-Cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/ui"),
+        "{set}"
+    );
+    set.split(';').next().expect("name=value").to_string()
+}
+
+#[test]
+fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
+    let p = Platform::start();
+    let out = p.cli(&["token", "create", "viewer", "--scope", "read"], "");
+    assert!(out.ok, "token create: {}", out.stderr);
+    let token = out.stdout.trim().to_string();
+    let json = [("Content-Type", "application/json")];
+
+    // Not JSON, or from another site: refused before any credential is looked at.
+    let r = p.http("POST", "/ui/login", &[], b"{}");
+    assert_eq!(r.status, 415, "{}", r.text());
+    let from_elsewhere = [
+        ("Content-Type", "application/json"),
+        ("Origin", "http://evil.example"),
+    ];
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    let r = p.http("POST", "/ui/login", &from_elsewhere, body.as_bytes());
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    let r = p.http("POST", "/ui/login", &json, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookie = session_cookie(&r);
+    let info = r.json();
+    assert_eq!(info["who"], "token:viewer");
+    assert_eq!(info["scopes"], serde_json::json!(["read"]));
+    let csrf = info["csrf"].as_str().expect("csrf").to_string();
+    let with = [
+        ("Cookie", cookie.as_str()),
+        ("X-Skyfri-Csrf", csrf.as_str()),
+    ];
+
+    // The cookie alone, or with a wrong CSRF token, authorises nothing.
+    let r = p.http(
+        "GET",
+        "/ui/api/system/functions",
+        &[("Cookie", &cookie)],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let wrong = [("Cookie", cookie.as_str()), ("X-Skyfri-Csrf", "nope")];
+    let r = p.http("GET", "/ui/api/system/functions", &wrong, b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Nor does it open /system itself.
+    let r = p.http("GET", "/system/functions", &[("Cookie", &cookie)], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // With both: what the token's read scope allows, and no more.
+    let r = p.http("GET", "/ui/api/system/functions", &with, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = p.http("GET", "/ui/api/system/stats", &with, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = p.http("GET", "/ui/api/system/audit", &with, b"");
+    assert_eq!(r.status, 403, "audit needs admin: {}", r.text());
+    let r = p.http("DELETE", "/ui/api/system/async/calls/some-id", &with, b"");
+    assert_eq!(r.status, 403, "cancel needs admin: {}", r.text());
+
+    // Revoking the token ends the session at once.
+    let out = p.cli(&["token", "revoke", "viewer"], "");
+    assert!(out.ok, "revoke: {}", out.stderr);
+    let r = p.http("GET", "/ui/api/system/functions", &with, b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = p.http("GET", "/ui/session", &[("Cookie", &cookie)], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+}

@@ -41,7 +41,7 @@ pub async fn system(
 ) -> Response {
     let principal = match session::authorise(&state, req.headers(), true) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let target = req
         .uri()
@@ -116,7 +116,7 @@ pub async fn invoke(
 ) -> Response {
     match run(&state, &calls, &name, req).await {
         Ok(answer) => Json(answer).into_response(),
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -125,22 +125,19 @@ async fn run(
     calls: &CallsApi,
     name: &str,
     req: Request,
-) -> Result<Answer, Response> {
+) -> Result<Answer, GatewayError> {
     let principal = session::authorise(state, req.headers(), true)?;
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .cloned();
-    let bad = |m: String| GatewayError::bad_request(m).into_response();
+    let bad = GatewayError::bad_request;
     // The form's JSON holds the body (escaped): room for the function's largest body.
     let raw = axum::body::to_bytes(req.into_body(), state.max_body.saturating_mul(2) + 4096)
         .await
-        .map_err(|e| {
-            GatewayError::Caller {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                message: format!("the invoke form is too large: {e}"),
-            }
-            .into_response()
+        .map_err(|e| GatewayError::Caller {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the invoke form is too large: {e}"),
         })?;
     let form: InvokeForm = serde_json::from_slice(&raw).map_err(|e| {
         bad(format!(

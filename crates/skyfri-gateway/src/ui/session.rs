@@ -31,6 +31,7 @@ use subtle::ConstantTimeEq;
 
 use crate::audit::Actor;
 use crate::auth::{self, Principal, ADMIN_USER};
+use crate::error::GatewayError;
 use crate::state::AppState;
 
 pub const COOKIE: &str = "skyfri_session";
@@ -127,21 +128,24 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-fn refusal(status: StatusCode, message: &str) -> Response {
-    (
+fn refusal(status: StatusCode, message: &str) -> GatewayError {
+    GatewayError::Caller {
         status,
-        Json(serde_json::json!({
-            "error": message,
-            "source": "caller",
-            "status": status.as_u16(),
-        })),
-    )
-        .into_response()
+        message: message.to_string(),
+    }
+}
+
+fn refused(status: StatusCode, message: &str) -> Response {
+    refusal(status, message).into_response()
 }
 
 /// A logged-in session's principal, for a dashboard API call (`csrf`: the call must carry
 /// the session's CSRF token) or for reading the session itself.
-pub fn authorise(state: &AppState, headers: &HeaderMap, csrf: bool) -> Result<Principal, Response> {
+pub fn authorise(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: bool,
+) -> Result<Principal, GatewayError> {
     let unauthorised = || {
         refusal(
             StatusCode::UNAUTHORIZED,
@@ -212,7 +216,7 @@ fn info(principal: &Principal, csrf: String, expires_at: DateTime<Utc>) -> Sessi
 /// Refuses requests a page of another site could have made: a login must be JSON (which a
 /// cross-site form cannot send without a CORS preflight skyfri never grants), and when the
 /// browser names the request's origin, it must be this gateway.
-fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+fn same_origin(headers: &HeaderMap) -> Result<(), GatewayError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -255,14 +259,14 @@ fn over_https(headers: &HeaderMap) -> bool {
 
 pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     if let Err(refused) = same_origin(req.headers()) {
-        return refused;
+        return refused.into_response();
     }
     let client = auth::client_of(&state, &req);
     let secure = over_https(req.headers());
     let body = match axum::body::to_bytes(req.into_body(), MAX_LOGIN_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return refusal(
+            return refused(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the login request is too large",
             )
@@ -271,7 +275,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     let login: Login = match serde_json::from_slice(&body) {
         Ok(l) => l,
         Err(e) => {
-            return refusal(
+            return refused(
                 StatusCode::BAD_REQUEST,
                 &format!("the login must be {{\"user\", \"password\"}} or {{\"token\"}}: {e}"),
             )
@@ -313,7 +317,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
             }
         }
         _ => {
-            return refusal(
+            return refused(
                 StatusCode::BAD_REQUEST,
                 "send either a password (with user \"admin\") or a token",
             )
@@ -330,10 +334,10 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
             "POST /ui/login",
             &format!("401: {why}"),
         );
-        return refusal(StatusCode::UNAUTHORIZED, &format!("login refused: {why}"));
+        return refused(StatusCode::UNAUTHORIZED, &format!("login refused: {why}"));
     };
     let Some((id, csrf, expires_at)) = state.sessions.create(who) else {
-        return refusal(
+        return refused(
             StatusCode::INTERNAL_SERVER_ERROR,
             "could not make a session id (no randomness)",
         );
@@ -354,10 +358,10 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
 pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let principal = match authorise(&state, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some((_, csrf, expires_at)) = cookie(&headers).and_then(|id| state.sessions.get(id)) else {
-        return refusal(StatusCode::UNAUTHORIZED, "not logged in");
+        return refused(StatusCode::UNAUTHORIZED, "not logged in");
     };
     no_store(Json(info(&principal, csrf, expires_at)).into_response())
 }
@@ -365,7 +369,7 @@ pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> Respo
 /// `POST /ui/logout` (with the CSRF header): ends the session and clears the cookie.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorise(&state, &headers, true) {
-        return r;
+        return r.into_response();
     }
     if let Some(id) = cookie(&headers) {
         state.sessions.remove(id);
