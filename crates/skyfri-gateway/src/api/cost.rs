@@ -6,43 +6,95 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use skyfri_core::usage::{self, Month, Prices};
+use skyfri_core::usage::{self, Charge, Month, Prices, Usage};
 
-use crate::api::usage::{report, FunctionUsage, UsageQuery};
+use crate::api::usage::{report, FunctionUsage, UsageQuery, UsageReport};
 use crate::error::GatewayError;
 use crate::extract::Query;
 use crate::state::AppState;
 
-/// The price file read from the data dir (`skyfri cost`'s default too).
+/// The price file in the data dir (`skyfri cost`'s default too).
 pub const PRICE_FILE: &str = "prices.yaml";
 
+/// One function's line (or the total's).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Line {
     #[serde(flatten)]
-    usage: FunctionUsage,
+    pub usage: FunctionUsage,
     /// At list price, without the free tier (it belongs to the account, not a function).
-    list_price_usd: f64,
+    pub list_price_usd: f64,
+    /// The same in pico-dollars, for text reports.
+    #[serde(skip)]
+    pub list_price: u128,
 }
 
+impl Line {
+    fn new(usage: FunctionUsage, prices: &Prices) -> Line {
+        let list_price = usage::list_price(&usage.usage, prices).total();
+        Line {
+            usage,
+            list_price_usd: usage::usd(list_price),
+            list_price,
+        }
+    }
+}
+
+/// A priced month: `/system/cost` and `skyfri cost --json`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CostReport {
-    month: Month,
+    pub month: Month,
     /// The price file used, or `defaults`.
-    prices_from: String,
+    pub prices_from: String,
     /// Why the price file was not used, when it could not be read.
-    prices_error: Option<String>,
-    prices: Prices,
-    functions: Vec<Line>,
-    total: Line,
-    requests_usd: f64,
-    compute_usd: f64,
-    pay_per_request_usd: f64,
-    server_monthly_usd: f64,
-    break_even_invocations: Option<u64>,
-    cpu_metered: bool,
-    flushed_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prices_error: Option<String>,
+    pub prices: Prices,
+    pub functions: Vec<Line>,
+    pub total: Line,
+    /// The month's pay-per-request bill, free tier taken off.
+    pub requests_usd: f64,
+    pub compute_usd: f64,
+    pub pay_per_request_usd: f64,
+    pub server_monthly_usd: f64,
+    /// Invocations per month, at this month's average GB-s per call, that would cost as
+    /// much as the servers; null without calls or without a server cost.
+    pub break_even_invocations: Option<u64>,
+    pub gb_seconds_per_call: Option<f64>,
+    pub cpu_metered: bool,
+    pub flushed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The bill in pico-dollars, for text reports.
+    #[serde(skip)]
+    pub bill: Charge,
+}
+
+/// Prices a month's usage report.
+pub fn price(report: UsageReport, prices: Prices, prices_from: String) -> CostReport {
+    let total: Usage = report.total.usage;
+    let bill = usage::with_free_tier(&total, &prices);
+    CostReport {
+        month: report.month,
+        prices_from,
+        prices_error: None,
+        functions: report
+            .functions
+            .into_iter()
+            .map(|f| Line::new(f, &prices))
+            .collect(),
+        total: Line::new(report.total, &prices),
+        requests_usd: usage::usd(bill.requests),
+        compute_usd: usage::usd(bill.compute),
+        pay_per_request_usd: usage::usd(bill.total()),
+        server_monthly_usd: prices.server_monthly_usd,
+        break_even_invocations: usage::break_even(&total, &prices),
+        gb_seconds_per_call: (total.invocations > 0)
+            .then(|| total.gb_seconds() / total.invocations as f64),
+        cpu_metered: report.cpu_metered,
+        flushed_at: report.flushed_at,
+        prices,
+        bill,
+    }
 }
 
 /// The data dir's prices: where they came from and, when the file is bad, why.
@@ -70,25 +122,7 @@ pub async fn cost(
 ) -> Result<Json<CostReport>, GatewayError> {
     let r = report(&state, q.month.as_deref())?;
     let (prices, prices_from, prices_error) = prices(&state);
-    let line = |u: FunctionUsage| Line {
-        list_price_usd: usage::usd(usage::list_price(&u.usage, &prices).total()),
-        usage: u,
-    };
-    let bill = usage::with_free_tier(&r.total.usage, &prices);
-    let break_even = usage::break_even(&r.total.usage, &prices);
-    Ok(Json(CostReport {
-        month: r.month,
-        prices_from,
-        prices_error,
-        requests_usd: usage::usd(bill.requests),
-        compute_usd: usage::usd(bill.compute),
-        pay_per_request_usd: usage::usd(bill.total()),
-        server_monthly_usd: prices.server_monthly_usd,
-        break_even_invocations: break_even,
-        functions: r.functions.into_iter().map(line).collect(),
-        total: line(r.total),
-        cpu_metered: r.cpu_metered,
-        flushed_at: r.flushed_at,
-        prices,
-    }))
+    let mut c = price(r, prices, prices_from);
+    c.prices_error = prices_error;
+    Ok(Json(c))
 }
