@@ -26,28 +26,33 @@ const FIRST: u32 = 14;
 /// Maps an `Instant` to Unix time once, so recording needs no second clock read.
 struct Clock {
     instant: Instant,
-    unix: Duration,
+    unix_secs: u64,
 }
 
 fn clock() -> &'static Clock {
     static CLOCK: OnceLock<Clock> = OnceLock::new();
     CLOCK.get_or_init(|| Clock {
         instant: Instant::now(),
-        unix: SystemTime::now()
+        unix_secs: SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
+            .map_or(0, |d| d.as_secs()),
     })
 }
 
 /// The Unix minute (seconds / 60) that `now` falls in.
 pub fn minute_of(now: Instant) -> u64 {
     let c = clock();
-    (c.unix + now.saturating_duration_since(c.instant)).as_secs() / 60
+    (c.unix_secs + now.saturating_duration_since(c.instant).as_secs()) / 60
 }
 
 /// The bucket of a call that took `took`.
 fn bucket(took: Duration) -> usize {
-    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+    // In u64 (`as_micros` is a u128 division).
+    let us = took
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(took.subsec_micros()))
+        .max(1);
     let log = 63 - us.leading_zeros();
     let half = if log == 0 { 0 } else { (us >> (log - 1)) & 1 };
     let index = (2 * log + half as u32 + 1).saturating_sub(FIRST);

@@ -109,9 +109,34 @@ fn session_cookie(r: &common::Response) -> String {
     set.split(';').next().expect("name=value").to_string()
 }
 
+/// Logs in with `body`; the session's cookie and CSRF token.
+fn login(p: &Platform, body: &str) -> (String, String) {
+    let r = p.http(
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();
+    (session_cookie(&r), csrf)
+}
+
 #[test]
 fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
     let p = Platform::start();
+    let out = p.cli(
+        &[
+            "secret",
+            "create",
+            SECRET_NAME,
+            "--from-literal",
+            SECRET_VALUE,
+        ],
+        "",
+    );
+    assert!(out.ok, "secret create: {}", out.stderr);
+    p.deploy_stack("dashboard");
     let out = p.cli(&["token", "create", "viewer", "--scope", "read"], "");
     assert!(out.ok, "token create: {}", out.stderr);
     let token = out.stdout.trim().to_string();
@@ -164,6 +189,44 @@ fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
     assert_eq!(r.status, 403, "audit needs admin: {}", r.text());
     let r = p.http("DELETE", "/ui/api/system/async/calls/some-id", &with, b"");
     assert_eq!(r.status, 403, "cancel needs admin: {}", r.text());
+
+    // The invoke form: a private function needs invoke rights, which a read token lacks
+    // and the admin has; the answer comes back whole, as JSON.
+    let form =
+        br#"{"method":"POST","path":"/","headers":[["Content-Type","text/plain"]],"body":"form"}"#;
+    let r = p.http("POST", "/ui/api/invoke/dash-private", &with, form);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], 403, "{}", r.text());
+    let r = p.http("POST", "/function/dash-private", &[], b"direct");
+    assert_eq!(r.status, 401, "private without credentials: {}", r.text());
+    let (admin_cookie, admin_csrf) = login(&p, &format!(r#"{{"password":"{PASSWORD}"}}"#));
+    let admin = [
+        ("Cookie", admin_cookie.as_str()),
+        ("X-Skyfri-Csrf", admin_csrf.as_str()),
+    ];
+    let r = p.http("POST", "/ui/api/invoke/dash-private", &admin, form);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(
+        answer["body"], "Hello from the dashboard, form!",
+        "{answer}"
+    );
+    assert!(
+        answer["durationMs"].as_f64().is_some_and(|d| d > 0.0),
+        "{answer}"
+    );
+    let r = p.http(
+        "POST",
+        "/ui/api/invoke/dash-private",
+        &admin,
+        br#"{"method":"BAD METHOD"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The usage panel's figures are `skyfri cost`'s.
+    let r = p.http("GET", "/ui/api/system/cost", &admin, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["pricesFrom"], "defaults", "{}", r.text());
 
     // Revoking the token ends the session at once.
     let out = p.cli(&["token", "revoke", "viewer"], "");
