@@ -249,9 +249,11 @@ async function functionView(view, name, tab) {
 function kv(pairs) {
   return h('dl', { class: 'kv' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
-const mapText = m => {
+// Passwords in URLs (postgres://user:PASSWORD@host) are masked where they are shown.
+const maskUrls = t => String(t).replace(/(\/\/[^\/:@\s"]+:)[^@\s\/"]+@/g, '$1***@');
+const mapBlock = m => {
   const entries = Object.entries(m || {});
-  return entries.length ? entries.map(([k, v]) => k + '=' + v).join('\n') : '–';
+  return entries.length ? h('pre', {}, maskUrls(entries.map(([k, v]) => k + '=' + v).join('\n'))) : '–';
 };
 
 async function configPane(pane, name) {
@@ -264,11 +266,11 @@ async function configPane(pane, name) {
     ['Secrets', (fn.secrets || []).join(', ') || '–'],
     ['Limits', res(fn.limits)], ['Requests', res(fn.requests)],
     ['Read-only root', fn.readOnlyRootFilesystem ? 'yes' : 'no'],
-    ['Environment', h('pre', {}, mapText(fn.envVars))],
-    ['Labels', h('pre', {}, mapText(fn.labels))],
-    ['Annotations', h('pre', {}, mapText(fn.annotations))],
+    ['Environment', mapBlock(fn.envVars)],
+    ['Labels', mapBlock(fn.labels)],
+    ['Annotations', mapBlock(fn.annotations)],
   ]), h('details', {}, h('summary', {}, 'As JSON (/system/function/' + name + ')'),
-    h('pre', {}, JSON.stringify(fn, null, 2))));
+    h('pre', {}, maskUrls(JSON.stringify(fn, null, 2)))));
 }
 
 function logLine(l) {
