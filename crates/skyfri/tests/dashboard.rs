@@ -223,6 +223,27 @@ fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
         br#"{"method":"BAD METHOD"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    // JSON answers go gzipped to a browser that takes it (the charts' numbers, mostly).
+    let gzip = [
+        ("Cookie", admin_cookie.as_str()),
+        ("X-Skyfri-Csrf", admin_csrf.as_str()),
+        ("Accept-Encoding", "gzip, deflate"),
+    ];
+    let r = p.http("GET", "/ui/api/system/stats", &gzip, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut json)
+        .expect("gzip");
+    let stats: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let private = stats["functions"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "dash-private"))
+        .expect("dash-private in the stats");
+    assert_eq!(
+        private["total"]["calls"], 1,
+        "the admin's call from the form (refused calls never reach the function): {private}"
+    );
     // The usage panel's figures are `skyfri cost`'s.
     let r = p.http("GET", "/ui/api/system/cost", &admin, b"");
     assert_eq!(r.status, 200, "{}", r.text());
