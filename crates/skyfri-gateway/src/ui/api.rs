@@ -90,7 +90,7 @@ fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
 }
 
-/// A JSON answer gzipped (the charts' numbers shrink about tenfold, which a slow link
+/// A JSON answer gzipped (the charts' numbers shrink about five times, which a slow link
 /// notices); anything else, such as the live tail's stream, is passed on untouched.
 async fn gzipped(response: Response) -> Response {
     use std::io::Write;
