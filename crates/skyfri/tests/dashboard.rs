@@ -232,10 +232,13 @@ fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
     let r = p.http("GET", "/ui/api/system/stats", &gzip, b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-encoding"), Some("gzip"));
-    let mut json = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut json)
-        .expect("gzip");
-    let stats: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let mut unpacked = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&r.body[..]),
+        &mut unpacked,
+    )
+    .expect("gzip");
+    let stats: serde_json::Value = serde_json::from_str(&unpacked).expect("JSON");
     let private = stats["functions"]
         .as_array()
         .and_then(|f| f.iter().find(|f| f["name"] == "dash-private"))
@@ -256,4 +259,22 @@ fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
     assert_eq!(r.status, 401, "{}", r.text());
     let r = p.http("GET", "/ui/session", &[("Cookie", &cookie)], b"");
     assert_eq!(r.status, 401, "{}", r.text());
+
+    // Guessing: a few attempts, then 429 with Retry-After (whatever the password).
+    let guess = br#"{"password":"guess"}"#;
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        let r = p.http("POST", "/ui/login", &json, guess);
+        answers.push(r.status);
+        if r.status == 429 {
+            let wait = r.header("retry-after").and_then(|v| v.parse::<u64>().ok());
+            assert!(wait.is_some_and(|w| w >= 1), "{:?}", r.headers);
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    assert!(
+        answers[..answers.len() - 1].iter().all(|&s| s == 401),
+        "{answers:?}"
+    );
 }

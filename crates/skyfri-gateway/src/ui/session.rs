@@ -10,7 +10,9 @@
 //! request, so revoking the token ends the session. Every API call made with the cookie
 //! must also carry the session's CSRF token in `X-Skyfri-Csrf` (the page reads it from
 //! `/ui/session`, same-origin only), so a cookie alone authorises nothing. Failed logins
-//! go to the audit log (folded, as on `/system`), successful ones too.
+//! go to the audit log (folded, as on `/system`), successful ones too. A client address
+//! gets [`LOGIN_BURST`] login attempts, then one every [`LOGIN_EVERY_SECS`] s (429 with
+//! `Retry-After` beyond), so passwords cannot be guessed at speed here.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -32,7 +34,10 @@ use subtle::ConstantTimeEq;
 use crate::audit::Actor;
 use crate::auth::{self, Principal, ADMIN_USER};
 use crate::error::GatewayError;
+use crate::limits::bucket;
+use crate::limits::clients::Clients;
 use crate::state::AppState;
+use skyfri_core::limits::Rate;
 
 pub const COOKIE: &str = "skyfri_session";
 pub const CSRF_HEADER: &str = "x-skyfri-csrf";
@@ -57,9 +62,33 @@ struct Session {
     expires_at: DateTime<Utc>,
 }
 
-/// The live sessions, by the SHA-256 of their id.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<[u8; 32], Session>>);
+/// Login attempts a client address may make in a burst, and then one every
+/// [`LOGIN_EVERY_SECS`] seconds.
+pub const LOGIN_BURST: u32 = 10;
+pub const LOGIN_EVERY_SECS: f64 = 5.0;
+/// Client addresses whose login attempts are counted at once.
+const LOGIN_CLIENTS: usize = 4096;
+
+/// The live sessions, by the SHA-256 of their id, and the login attempts by client.
+pub struct Sessions {
+    live: Mutex<HashMap<[u8; 32], Session>>,
+    logins: Clients,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            live: Mutex::default(),
+            logins: Clients::new(
+                Rate {
+                    per_second: 1.0 / LOGIN_EVERY_SECS,
+                    burst: LOGIN_BURST,
+                },
+                LOGIN_CLIENTS,
+            ),
+        }
+    }
+}
 
 fn random_id() -> Option<String> {
     let mut bytes = [0u8; 32];
@@ -77,7 +106,7 @@ impl Sessions {
         let (id, csrf) = (random_id()?, random_id()?);
         let now = Instant::now();
         let expires_at = Utc::now() + chrono::Duration::from_std(LIFETIME).ok()?;
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, s| s.expires > now);
         if map.len() >= MAX_SESSIONS {
             if let Some(k) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
@@ -97,7 +126,7 @@ impl Sessions {
     }
 
     fn remove(&self, id: &str) {
-        self.0
+        self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key(id));
@@ -105,7 +134,7 @@ impl Sessions {
 
     /// The live session `id` names: who, its CSRF token and expiry.
     fn get(&self, id: &str) -> Option<(Who, String, DateTime<Utc>)> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         let k = key(id);
         let s = map.get(&k)?;
         if s.expires <= Instant::now() {
@@ -260,6 +289,21 @@ fn over_https(headers: &HeaderMap) -> bool {
 pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     if let Err(refused) = same_origin(req.headers()) {
         return refused.into_response();
+    }
+    // Guessing passwords takes many attempts: a client gets a few, then one every few
+    // seconds, whatever their outcome.
+    if let Some(ip) = crate::limits::peer(&req) {
+        if let Err(wait) = state.sessions.logins.take(ip, bucket::now()) {
+            let secs = bucket::retry_after_secs(wait);
+            let mut r = refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many login attempts from this address: try again in {secs} s"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
     }
     let client = auth::client_of(&state, &req);
     let secure = over_https(req.headers());
@@ -419,7 +463,7 @@ mod tests {
         for _ in 0..MAX_SESSIONS + 10 {
             s.create(Who::Admin).expect("session");
         }
-        assert_eq!(s.0.lock().expect("lock").len(), MAX_SESSIONS);
+        assert_eq!(s.live.lock().expect("lock").len(), MAX_SESSIONS);
     }
 
     #[test]
