@@ -25,19 +25,8 @@ fn playwright_core() -> PathBuf {
     cache.join("skyfri/node-tools/node_modules/playwright-core")
 }
 
-#[test]
-fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run scripts/setup.sh --tests (it installs Debian's chromium)"
-    );
-    let playwright = playwright_core();
-    assert!(
-        playwright.join("package.json").exists(),
-        "{} is missing: run scripts/setup.sh --tests (it installs playwright-core from npm)",
-        playwright.display()
-    );
-
+/// skyfri with the secret and the `dashboard` fixture's functions (public and private).
+fn start() -> Platform {
     let p = Platform::start();
     let out = p.cli(
         &[
@@ -51,6 +40,23 @@ fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
     );
     assert!(out.ok, "secret create: {}", out.stderr);
     p.deploy_stack("dashboard");
+    p
+}
+
+#[test]
+fn the_dashboard_logs_in_lists_invokes_and_shows_logs_and_secret_names() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run scripts/setup.sh --tests (it installs Debian's chromium)"
+    );
+    let playwright = playwright_core();
+    assert!(
+        playwright.join("package.json").exists(),
+        "{} is missing: run scripts/setup.sh --tests (it installs playwright-core from npm)",
+        playwright.display()
+    );
+
+    let p = start();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
     let run = Command::new("node")
@@ -124,19 +130,7 @@ fn login(p: &Platform, body: &str) -> (String, String) {
 
 #[test]
 fn a_token_session_has_the_tokens_scopes_and_ends_with_it() {
-    let p = Platform::start();
-    let out = p.cli(
-        &[
-            "secret",
-            "create",
-            SECRET_NAME,
-            "--from-literal",
-            SECRET_VALUE,
-        ],
-        "",
-    );
-    assert!(out.ok, "secret create: {}", out.stderr);
-    p.deploy_stack("dashboard");
+    let p = start();
     let out = p.cli(&["token", "create", "viewer", "--scope", "read"], "");
     assert!(out.ok, "token create: {}", out.stderr);
     let token = out.stdout.trim().to_string();
