@@ -96,9 +96,11 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
         ))
         .into_response();
     };
-    let session = match live.private {
-        true => req.extensions_mut().remove::<crate::auth::Authenticated>(),
-        false => None,
+    // The dashboard's session, for a private function called from its invoke form.
+    let session = if live.private {
+        req.extensions_mut().remove::<crate::auth::Authenticated>()
+    } else {
+        None
     };
     if let Some(refused) = crate::auth::check_invoke(
         &state,
@@ -144,8 +146,7 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
 }
 
 /// Counts a call of `live` that ended with `code`, as invocations, in the metrics and in
-/// the dashboard's per-minute stats;
-/// returns its duration in seconds.
+/// the dashboard's per-minute stats; returns its duration in seconds.
 pub(crate) fn record(state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
     let now = Instant::now();
     let took = now.saturating_duration_since(start);
