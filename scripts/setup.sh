@@ -27,6 +27,8 @@ if [ "${1:-}" = --tests ]; then
   [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
   # The CLI tests run skyfri on a pseudo-terminal (colour, progress lines) with script(1).
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
+  # The dashboard test (crates/skyfri/tests/dashboard.rs) drives Debian's headless Chromium.
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -52,5 +54,18 @@ if [ "${1:-}" = --tests ]; then
     echo "setup: installing schemathesis $SCHEMATHESIS_VERSION into $venv"
     /usr/bin/python3 -m venv --clear "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+fi
+
+if [ "${1:-}" = --tests ]; then
+  # The dashboard test drives /usr/bin/chromium with playwright-core from npm (the library
+  # only: Playwright's own browser download is not used), into its own folder.
+  PLAYWRIGHT_VERSION=1.65.2
+  tools="${XDG_CACHE_HOME:-$HOME/.cache}/skyfri/node-tools"
+  have=$(node -p "require('$tools/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+  if [ "$have" != "$PLAYWRIGHT_VERSION" ]; then
+    echo "setup: installing playwright-core $PLAYWRIGHT_VERSION into $tools"
+    mkdir -p "$tools"
+    npm install --prefix "$tools" --no-save --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION"
   fi
 fi

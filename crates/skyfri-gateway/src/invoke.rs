@@ -96,8 +96,19 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
         ))
         .into_response();
     };
-    if let Some(refused) = crate::auth::check_invoke(&state, &name, live.private, req.headers_mut())
-    {
+    // The dashboard's session, for a private function called from its invoke form.
+    let session = if live.private {
+        req.extensions_mut().remove::<crate::auth::Authenticated>()
+    } else {
+        None
+    };
+    if let Some(refused) = crate::auth::check_invoke(
+        &state,
+        &name,
+        live.private,
+        req.headers_mut(),
+        session.map(|s| s.0),
+    ) {
         return refused;
     }
     let call_id = req
@@ -134,11 +145,14 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
     response
 }
 
-/// Counts a call of `live` that ended with `code`, as invocations and in the metrics;
-/// returns its duration in seconds.
+/// Counts a call of `live` that ended with `code`, as invocations, in the metrics and in
+/// the dashboard's per-minute stats; returns its duration in seconds.
 pub(crate) fn record(state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
-    let elapsed = start.elapsed().as_secs_f64();
+    let now = Instant::now();
+    let took = now.saturating_duration_since(start);
+    let elapsed = took.as_secs_f64();
     live.invocations.fetch_add(1, Ordering::Relaxed);
+    live.stats.call(now, took, code);
     state
         .metrics
         .observe_call(&live.deployment.spec.name, code, elapsed);
@@ -315,6 +329,7 @@ pub async fn forward(
     copy_headers(&parts.headers, response.headers_mut());
     if cold {
         state.metrics.cold_start(&spec.name);
+        live.stats.cold_start(Instant::now());
         response.headers_mut().insert(
             HeaderName::from_static("x-skyfri-cold-start"),
             HeaderValue::from_static("true"),

@@ -1,7 +1,8 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
 //! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
-//! Prometheus metrics, and usage metering ([`usage`]).
+//! Prometheus metrics, usage metering ([`usage`]), and the dashboard at `/ui` ([`ui`]) with
+//! its per-minute [`stats`].
 
 pub mod access_log;
 pub mod api;
@@ -19,8 +20,10 @@ pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod tokens;
 pub mod triggers;
+pub mod ui;
 pub mod upstream;
 pub mod usage;
 
@@ -31,7 +34,7 @@ use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 
 pub use error::GatewayError;
@@ -77,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
         .route("/system/usage", get(api::usage::usage))
+        .route("/system/cost", get(api::cost::cost))
+        .route("/system/stats", get(api::stats::stats))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
         .route(
@@ -102,9 +107,29 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             access_log::record,
         ));
+    // The dashboard's API runs its requests through these same routes and middleware.
+    let system_api = ui::api::SystemApi(system.clone().with_state(state.clone()));
+    let calls_api = ui::api::CallsApi(calls.clone().with_state(state.clone()));
     Router::new()
         .merge(system)
         .merge(calls)
+        .route("/ui", get(ui::assets::index))
+        .route("/ui/", get(ui::assets::index))
+        .route("/ui/assets/{file}", get(ui::assets::file))
+        .route("/ui/login", post(ui::session::login))
+        .route("/ui/logout", post(ui::session::logout))
+        .route("/ui/session", get(ui::session::current))
+        .route(
+            "/ui/api/system/{*rest}",
+            get(ui::api::system)
+                .post(ui::api::system)
+                .delete(ui::api::system)
+                .layer(Extension(system_api)),
+        )
+        .route(
+            "/ui/api/invoke/{name}",
+            post(ui::api::invoke).layer(Extension(calls_api)),
+        )
         .route("/healthz", get(api::system::healthz))
         .route("/metrics", get(api::system::metrics))
         .with_state(state)

@@ -22,6 +22,7 @@ use crate::limits::bucket::Bucket;
 use crate::limits::{function_bucket, GatewayLimits, LimitSettings};
 use crate::metrics::Metrics;
 use crate::router::{Limits, Router};
+use crate::stats::FunctionStats;
 use crate::tokens::Tokens;
 use crate::upstream::{self, UpstreamClient};
 use crate::usage::Meter;
@@ -65,6 +66,8 @@ pub struct Live {
     pub limits: CallLimits,
     /// Its token bucket when it has a rate; survives redeploys that keep the rate.
     pub rate: Option<Arc<Bucket>>,
+    /// Its last hour by minute, for the dashboard; survives redeploys.
+    pub stats: Arc<FunctionStats>,
     /// A scale-up from zero is on its way.
     activating: AtomicBool,
 }
@@ -118,6 +121,8 @@ pub struct Inner {
     pub decisions: Decisions,
     /// Usage per function and month, until it is flushed to the store.
     pub meter: Meter,
+    /// Dashboard sessions (in memory).
+    pub sessions: crate::ui::session::Sessions,
     /// Set once at start when the access log is on.
     pub access_log: std::sync::OnceLock<AccessLog>,
     functions: RwLock<HashMap<String, Arc<Live>>>,
@@ -168,6 +173,7 @@ impl AppState {
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
             meter: Meter::default(),
+            sessions: Default::default(),
             access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),
         });
@@ -242,6 +248,7 @@ impl AppState {
                         private,
                         limits: call_limits,
                         rate: function_bucket(call_limits.rate, old.rate.as_ref()),
+                        stats: Arc::clone(&old.stats),
                         activating: AtomicBool::new(false),
                     }
                 }
@@ -252,6 +259,7 @@ impl AppState {
                     private,
                     limits: call_limits,
                     rate: function_bucket(call_limits.rate, None),
+                    stats: Arc::default(),
                     activating: AtomicBool::new(false),
                 },
             };

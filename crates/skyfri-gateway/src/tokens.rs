@@ -138,8 +138,12 @@ impl Tokens {
 
     /// The token a presented one is, if any (expired ones too: the caller says why).
     pub fn find(&self, presented: &str) -> Option<Arc<Token>> {
-        let h = hash(presented);
-        self.by_hash.read().ok()?.get(&h).cloned()
+        self.find_hash(&hash(presented))
+    }
+
+    /// The token whose hash is `h` (a dashboard session keeps only the hash).
+    pub fn find_hash(&self, h: &[u8; 32]) -> Option<Arc<Token>> {
+        self.by_hash.read().ok()?.get(h).cloned()
     }
 
     /// A stored record with the last use noted in memory.

@@ -161,16 +161,25 @@ fn system_operations_require_auth_and_others_do_not() {
         global.is_some_and(|s| s.len() == 2),
         "the document's default security is basic or bearer"
     );
+    let dashboard_session =
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[{dashboardSession: []}]").expect("YAML");
     for (method, path) in documented() {
         let op = &doc["paths"][path.as_str()][method.as_str()];
-        let open = op
-            .get("security")
+        let security = op.get("security");
+        let open = security
             .and_then(|s| s.as_sequence())
             .is_some_and(|s| s.is_empty());
-        assert_eq!(
-            open,
-            !path.starts_with("/system/"),
-            "{method} {path}: /system/* is authenticated, the rest is not"
+        let session = security == Some(&dashboard_session);
+        let expected = if path.starts_with("/system/") {
+            !open && !session
+        } else if path.starts_with("/ui/api/") || path == "/ui/logout" || path == "/ui/session" {
+            session
+        } else {
+            open
+        };
+        assert!(
+            expected,
+            "{method} {path}: /system/* takes basic or bearer auth, the dashboard's API its session, the rest is open"
         );
     }
 }
