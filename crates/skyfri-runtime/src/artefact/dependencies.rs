@@ -33,6 +33,8 @@ const TAIL_LINES: usize = 20;
 /// Scratch files of a run, inside the staging dir and removed before it is renamed.
 const LOG_FILE: &str = ".install.log";
 const NPM_CACHE: &str = ".npm-cache";
+/// AWS's Python runtime client, installed into every lambda-python artefact.
+pub const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
 
 /// Installs what the handler folder in `staging/function/` declares, if anything.
 pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
@@ -40,7 +42,9 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
     match template {
         Template::Python3 | Template::Python3Http | Template::Exec | Template::LambdaPython => {
             let requirements = function.join(REQUIREMENTS);
-            if !requirements.is_file() || !declares_something(&requirements)? {
+            let declared = requirements.is_file() && declares_something(&requirements)?;
+            let lambda = template == Template::LambdaPython;
+            if !declared && !lambda {
                 return Ok(());
             }
             let python = crate::local::Interpreters::resolve()
@@ -59,8 +63,15 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
                 "--only-binary=:all:",
                 "--target",
             ])
-            .arg(&target)
-            .args(["-r", REQUIREMENTS])
+            .arg(&target);
+            if declared {
+                cmd.args(["-r", REQUIREMENTS]);
+            }
+            if lambda {
+                // AWS's runtime client, beside the function's own packages.
+                cmd.arg(AWSLAMBDARIC);
+            }
+            cmd
             // Settings that contradict `--target` (PIP_USER makes pip refuse it) or would
             // point the interpreter at other packages; proxies and index settings stay.
             .env_remove("PIP_USER")
