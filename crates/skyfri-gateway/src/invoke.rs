@@ -174,7 +174,9 @@ pub(crate) async fn read_body(
 
 /// A `/function/NAME[/path]` request as the call to send on.
 async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoing, GatewayError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Only the gateway's Invoke API may hand a Lambda function a raw event.
+    parts.headers.remove(skyfri_core::lambda::EVENT_HEADER);
     let body = read_body(state, live, body).await?;
     let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
     Ok(Outgoing {

@@ -106,11 +106,15 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
     Ok(response)
 }
 
-/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones.
+/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones, and
+/// without `X-Skyfri-Lambda-Event` (only the gateway's Invoke API may hand a Lambda function
+/// a raw event).
 fn stored_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, GatewayError> {
     headers
         .iter()
-        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !HOP_BY_HOP.contains(&k.as_str()) && k.as_str() != skyfri_core::lambda::EVENT_HEADER
+        })
         .map(|(k, v)| {
             let v = v.to_str().map_err(|_| {
                 GatewayError::bad_request(format!(

@@ -54,7 +54,8 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 
 /// The platform's error shape for what the function got wrong.
 fn function_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({"error": message, "source": "function", "status": status.as_u16()});
+    let body =
+        serde_json::json!({"error": message, "source": "function", "status": status.as_u16()});
     json(status, body.to_string().into_bytes())
 }
 
@@ -141,15 +142,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             .and_then(|d| String::from_utf8(d).ok())
     });
     let timeout = shared.config.timeout;
-    let deadline_ms = now.timestamp_millis()
-        + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
+    let deadline_ms =
+        now.timestamp_millis() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
     let (reply, outcome) = oneshot::channel();
+    let deadline = tokio::time::Instant::now() + timeout;
     let invocation = Invocation {
         request_id,
         event,
         deadline_ms,
-        trace_id: header("x-amzn-trace-id")
-            .map_or_else(trace_id, str::to_string),
+        deadline,
+        trace_id: header("x-amzn-trace-id").map_or_else(trace_id, str::to_string),
         client_context,
         cognito_identity: None,
         reply,
@@ -157,6 +159,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     if shared.queue.send(invocation).is_err() {
         return function_error(StatusCode::BAD_GATEWAY, "the runtime client is gone");
     }
+    // The runtime's side ends every taken event by its deadline (`watch_deadline`); this
+    // bounds the wait of one still queued.
     let outcome = match tokio::time::timeout(timeout, outcome).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) => {
@@ -166,10 +170,14 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             )
         }
         Err(_) => {
-            // As Lambda: the environment is discarded, the runtime starts again.
-            let message = format!("Task timed out after {:.2} seconds", timeout.as_secs_f64());
-            shared.fail(&message);
-            return handler_error("Sandbox.Timedout", Bytes::from(mapping::error_json("Sandbox.Timedout", &message)));
+            let message = format!(
+                "the event waited {:.2} seconds for the runtime client",
+                timeout.as_secs_f64()
+            );
+            return handler_error(
+                "Sandbox.Timedout",
+                Bytes::from(mapping::error_json("Sandbox.Timedout", &message)),
+            );
         }
     };
     match outcome {

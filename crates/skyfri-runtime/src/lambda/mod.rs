@@ -63,6 +63,8 @@ struct Invocation {
     request_id: String,
     event: Bytes,
     deadline_ms: i64,
+    /// When the runtime client's time is up: the environment is then discarded.
+    deadline: tokio::time::Instant,
     trace_id: String,
     client_context: Option<String>,
     cognito_identity: Option<String>,

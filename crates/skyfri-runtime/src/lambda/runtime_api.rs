@@ -41,7 +41,7 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+                async move { Ok::<_, Infallible>(handle(req, shared).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -60,14 +60,17 @@ fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     res
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let Some(route) = path.strip_prefix(PREFIX) else {
-        return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#);
+        return reply(
+            StatusCode::NOT_FOUND,
+            r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#,
+        );
     };
     let method = req.method().clone();
     match (method, route) {
-        (Method::GET, "invocation/next") => next(shared).await,
+        (Method::GET, "invocation/next") => next(&shared).await,
         (Method::POST, "init/error") => {
             let (error_type, body) = match error_of(req).await {
                 Ok(e) => e,
@@ -81,10 +84,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         }
         (Method::POST, route) => {
             let Some(rest) = route.strip_prefix("invocation/") else {
-                return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#);
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#,
+                );
             };
             let Some((id, what)) = rest.split_once('/') else {
-                return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#);
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#,
+                );
             };
             let id = id.to_string();
             let outcome = match what {
@@ -97,7 +106,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                     Err(res) => return res,
                 },
                 _ => {
-                    return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#)
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        r#"{"errorMessage":"unknown path","errorType":"InvalidRequest"}"#,
+                    )
                 }
             };
             let Some(waiting) = shared.inflight().remove(&id) else {
@@ -119,7 +131,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
 }
 
 /// Blocks until an event whose caller still waits, and hands it over.
-async fn next(shared: &Shared) -> Response<Full<Bytes>> {
+async fn next(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     shared.ready.store(true, Ordering::Release);
     let invocation = {
         let mut queue = shared.next.lock().await;
@@ -160,10 +172,30 @@ async fn next(shared: &Shared) -> Response<Full<Bytes>> {
         set("lambda-runtime-cognito-identity", identity);
     }
     set("content-type", "application/json");
-    shared
-        .inflight()
-        .insert(invocation.request_id, invocation.reply);
+    let id = invocation.request_id;
+    shared.inflight().insert(id.clone(), invocation.reply);
+    tokio::spawn(watch_deadline(Arc::clone(shared), id, invocation.deadline));
     res
+}
+
+/// At the deadline of an event still unanswered, as Lambda: the call fails with
+/// `Sandbox.Timedout` and the environment is discarded (the replica restarts), since the
+/// runtime client is stuck in the handler.
+async fn watch_deadline(shared: Arc<Shared>, id: String, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline).await;
+    let Some(waiting) = shared.inflight().remove(&id) else {
+        return;
+    };
+    let timeout = shared.config.timeout.as_secs_f64();
+    let message = format!("Task timed out after {timeout:.2} seconds");
+    let _ = waiting.send(Outcome::Error(
+        "Sandbox.Timedout".into(),
+        Bytes::from(skyfri_core::lambda::error_json(
+            "Sandbox.Timedout",
+            &message,
+        )),
+    ));
+    shared.fail(&format!("{id}: {message}"));
 }
 
 async fn read(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {

@@ -418,7 +418,12 @@ fn lambda_client(
                 .python
                 .clone()
                 .ok_or(RuntimeError::MissingInterpreter("python3"))?;
-            Ok(vec![text(python), "-m".into(), "awslambdaric".into(), handler])
+            Ok(vec![
+                text(python),
+                "-m".into(),
+                "awslambdaric".into(),
+                handler,
+            ])
         }
         Template::LambdaNode => {
             let node = interpreters
