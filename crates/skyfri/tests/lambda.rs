@@ -70,7 +70,7 @@ fn python_handler_through_awslambdaric() {
     assert_eq!(http["userAgent"], "lambda-test");
     // The request id is the call id, so logs and answers correlate.
     assert_eq!(
-        Some(out["requestId"].as_str().unwrap()),
+        Some(out["requestId"].as_str().expect("test setup")),
         r.header("x-call-id")
     );
     assert_eq!(event["requestContext"]["requestId"], out["requestId"]);
@@ -79,7 +79,7 @@ fn python_handler_through_awslambdaric() {
         "arn:aws:lambda:eu-north-1:000000000000:function:py-echo"
     );
     // Deadline-Ms follows the function's timeout (exec_timeout: 3s).
-    let remaining = out["remainingMs"].as_i64().unwrap();
+    let remaining = out["remainingMs"].as_i64().expect("test setup");
     assert!(
         remaining > 0 && remaining <= 3000,
         "remaining {remaining} ms"
@@ -92,6 +92,19 @@ fn python_handler_through_awslambdaric() {
     assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "256");
     assert_eq!(env["_HANDLER"], "app.handler");
     assert_eq!(env["TZ"], ":UTC");
+    assert_eq!(env["LAMBDA_TASK_ROOT"], "/home/app/function");
+    assert!(
+        env["AWS_LAMBDA_LOG_STREAM_NAME"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("py-echo-")),
+        "{env}"
+    );
+    assert!(
+        env["AWS_LAMBDA_RUNTIME_API"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "{env}"
+    );
 
     // A binary body arrives base64-encoded.
     let png = [0x89u8, b'P', b'N', b'G', 0, 1, 2, 0xff];
@@ -134,6 +147,34 @@ fn python_handler_through_awslambdaric() {
     assert_eq!(error["errorType"], "ValueError");
     assert_eq!(error["errorMessage"], "the handler was asked to fail");
     assert!(error["stackTrace"].is_array());
+
+    // The Invoke API's contract with a replica: a raw event in, the result out verbatim,
+    // the client context passed on decoded; a handler error as in HTTP mode.
+    use base64::Engine;
+    let context = base64::engine::general_purpose::STANDARD.encode(r#"{"custom":{"k":"v"}}"#);
+    let r = replica_call(
+        &p.data_dir,
+        "py-echo",
+        &[
+            ("X-Skyfri-Lambda-Event", "raw"),
+            ("X-Amz-Client-Context", &context),
+        ],
+        br#"{"action":"raw","n":1}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"got": {"action": "raw", "n": 1}, "clientContext": {"k": "v"}})
+    );
+    let r = replica_call(
+        &p.data_dir,
+        "py-echo",
+        &[("X-Skyfri-Lambda-Event", "raw")],
+        br#"{"action":"fail"}"#,
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("x-skyfri-function-error"), Some("ValueError"));
+    assert_eq!(r.json()["errorType"], "ValueError");
 
     // A handler past its deadline: the call times out, the environment is replaced, and
     // the function answers again.
@@ -207,14 +248,14 @@ fn node_handler_through_aws_lambda_ric() {
     assert_eq!(out["rawPath"], "/hello");
     assert_eq!(out["method"], "GET");
     assert_eq!(
-        Some(out["requestId"].as_str().unwrap()),
+        Some(out["requestId"].as_str().expect("test setup")),
         r.header("x-call-id")
     );
     assert_eq!(
         out["functionArn"],
         "arn:aws:lambda:us-east-1:000000000000:function:node-echo"
     );
-    let remaining = out["remainingMs"].as_i64().unwrap();
+    let remaining = out["remainingMs"].as_i64().expect("test setup");
     assert!(remaining > 0 && remaining <= 60_000, "{remaining}");
 
     let r = p.http("GET", "/function/node-echo?action=fail", &[], b"");
@@ -229,15 +270,15 @@ fn node_handler_through_aws_lambda_ric() {
 #[test]
 fn rust_bootstrap_with_lambda_runtime() {
     let bootstrap = build_rust_bootstrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let handler = dir.path().join("rust-echo");
-    std::fs::create_dir_all(&handler).unwrap();
-    std::fs::copy(&bootstrap, handler.join("bootstrap")).unwrap();
+    std::fs::create_dir_all(&handler).expect("test setup");
+    std::fs::copy(&bootstrap, handler.join("bootstrap")).expect("test setup");
     std::fs::write(
         dir.path().join("stack.yml"),
         "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  rust-echo:\n    lang: lambda-provided\n    handler: ./rust-echo\n    image: skyfri-tests/rust-echo:latest\n    environment:\n      exec_timeout: 5s\n",
     )
-    .unwrap();
+    .expect("test setup");
     let p = Platform::start();
     deploy(&p, dir.path(), "stack.yml");
     let r = p.http("GET", "/function/rust-echo/from/rust", &[], b"");
@@ -246,7 +287,7 @@ fn rust_bootstrap_with_lambda_runtime() {
     assert_eq!(out["runtime"], "lambda_runtime");
     assert_eq!(out["rawPath"], "/from/rust");
     assert_eq!(
-        Some(out["requestId"].as_str().unwrap()),
+        Some(out["requestId"].as_str().expect("test setup")),
         r.header("x-call-id")
     );
     assert_eq!(
@@ -254,10 +295,10 @@ fn rust_bootstrap_with_lambda_runtime() {
         "arn:aws:lambda:us-east-1:000000000000:function:rust-echo"
     );
     // Deadline-Ms: at most the 5 s timeout from now.
-    let deadline = out["deadlineMs"].as_u64().unwrap();
+    let deadline = out["deadlineMs"].as_u64().expect("test setup");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("test setup")
         .as_millis() as u64;
     assert!(
         deadline <= now + 5_000 && deadline + 60_000 > now,
@@ -273,15 +314,59 @@ fn rust_bootstrap_with_lambda_runtime() {
     );
 }
 
+/// A call straight to a replica's socket (`<data-dir>/run/FUNCTION-*/sock`), as the gateway
+/// makes it.
+fn replica_call(
+    data_dir: &Path,
+    function: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> common::Response {
+    use std::io::{Read, Write};
+    let socket = std::fs::read_dir(data_dir.join("run"))
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{function}-")))
+                && p.join("sock").exists()
+        })
+        .unwrap_or_else(|| panic!("no replica socket of {function}"))
+        .join("sock");
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut req = format!(
+        "POST / HTTP/1.1\r\nHost: replica\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    common::parse_response(&raw)
+}
+
 /// Builds `examples/lambda_bootstrap.rs` (AWS's lambda_runtime crate) with the cargo running
 /// the tests.
 fn build_rust_bootstrap() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "skyfri", "--example", "lambda_bootstrap"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "skyfri", "--example", "lambda_bootstrap"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // What cargo set for this test (CARGO_PKG_*, ...) would make build scripts run again.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd.status().expect("run cargo");
     assert!(
         status.success(),
         "building the lambda_runtime example failed"
@@ -289,7 +374,7 @@ fn build_rust_bootstrap() -> PathBuf {
     // target/debug/skyfri -> target/debug/examples/lambda_bootstrap
     Path::new(env!("CARGO_BIN_EXE_skyfri"))
         .parent()
-        .unwrap()
+        .expect("test setup")
         .join("examples/lambda_bootstrap")
 }
 

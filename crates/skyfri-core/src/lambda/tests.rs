@@ -30,7 +30,10 @@ fn call<'a>(
         source_ip: "192.0.2.1",
         request_id: "id",
         // AWS's example: "12/Mar/2020:19:03:58 +0000" (its timeEpoch is of another day).
-        time: Utc.with_ymd_and_hms(2020, 3, 12, 19, 3, 58).unwrap(),
+        time: Utc
+            .with_ymd_and_hms(2020, 3, 12, 19, 3, 58)
+            .single()
+            .expect("a valid time"),
     }
 }
 
@@ -90,11 +93,21 @@ fn the_documented_example_event() {
     assert_eq!(event, expected);
 }
 
+/// What a case is, its path, query, headers and body, and the event fields expected.
+type EventCase<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(String, Vec<u8>)>,
+    &'a [u8],
+    Value,
+);
+
 #[test]
 fn events_table() {
     let png: &[u8] = &[0x89, b'P', b'N', b'G', 0, 1, 2, 0xff];
     // (what, path, query, headers, body, expected fields)
-    let cases: Vec<(&str, &str, &str, Vec<(String, Vec<u8>)>, &[u8], Value)> = vec![
+    let cases: Vec<EventCase<'_>> = vec![
         (
             "no body, no query, no cookies: those keys are left out",
             "/",
@@ -173,7 +186,7 @@ fn events_table() {
     ];
     for (what, path, query, h, body, expected) in cases {
         let event = http_event(&call("GET", path, query, &h, body));
-        for (key, value) in expected.as_object().unwrap() {
+        for (key, value) in expected.as_object().expect("test setup") {
             assert_eq!(&event[key], value, "{what}: {key} in {event:#}");
         }
         for absent in ["cookies", "queryStringParameters", "body"] {
@@ -277,7 +290,7 @@ fn bad_answers() {
             "base64",
         ),
     ] {
-        let err = http_answer(result.as_bytes()).unwrap_err();
+        let err = http_answer(result.as_bytes()).expect_err("a bad answer");
         assert!(err.to_string().contains(why), "{result}: {err}");
     }
 }
@@ -293,7 +306,8 @@ fn errors_and_arns() {
     assert_eq!(error_type(b"x", Some("Runtime.Other")), "Runtime.Other");
     assert_eq!(error_type(b"x", None), "Unhandled");
     assert_eq!(error_message(body), "boom");
-    let made: Value = serde_json::from_slice(&error_json("Sandbox.Timedout", "late")).unwrap();
+    let made: Value =
+        serde_json::from_slice(&error_json("Sandbox.Timedout", "late")).expect("test setup");
     assert_eq!(
         made,
         json!({"errorMessage": "late", "errorType": "Sandbox.Timedout", "stackTrace": []})

@@ -135,6 +135,11 @@ pub async fn run(config: Config) -> std::io::Result<i32> {
     let mut child = tokio::process::Command::new(&config.command[0])
         .args(&config.command[1..])
         .env("AWS_LAMBDA_RUNTIME_API", api_addr.to_string())
+        // The replica (its HOSTNAME), as `skyfri logs --instance` names it.
+        .env(
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            std::env::var("HOSTNAME").unwrap_or_default(),
+        )
         .env_remove("SKYFRI_SOCKET")
         .kill_on_drop(true)
         // Its own group: the replica's SIGTERM is the shim's to handle (it drains first).

@@ -107,14 +107,14 @@ mod tests {
 
     #[test]
     fn own_connections_pass_and_unknown_ones_do_not() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let local = listener.local_addr().unwrap();
-        let mine = std::net::TcpStream::connect(local).unwrap();
-        assert!(is_ours(mine.local_addr().unwrap(), local));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("test setup");
+        let local = listener.local_addr().expect("test setup");
+        let mine = std::net::TcpStream::connect(local).expect("test setup");
+        assert!(is_ours(mine.local_addr().expect("test setup"), local));
         // No such connection: nobody holds it.
         let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         assert!(!is_ours(nobody, local));
         // The other end of our own connection is no client socket of `local`.
-        assert!(!is_ours(local, mine.local_addr().unwrap()));
+        assert!(!is_ours(local, mine.local_addr().expect("test setup")));
     }
 }

@@ -1,6 +1,6 @@
 // An AWS Lambda handler: an HTTP call arrives as an API Gateway HTTP API (2.0) event.
 exports.handler = async (event, context) => {
-  const name = (event.queryStringParameters || {}).name || "world";
+  const name = event.body || (event.queryStringParameters || {}).name || "world";
   return {
     statusCode: 200,
     headers: { "content-type": "application/json" },

@@ -3,7 +3,7 @@ import json
 
 def handler(event, context):
     """An AWS Lambda handler: an HTTP call arrives as an API Gateway HTTP API (2.0) event."""
-    name = event.get("queryStringParameters", {}).get("name", "world")
+    name = event.get("body") or event.get("queryStringParameters", {}).get("name", "world")
     return {
         "statusCode": 200,
         "headers": {"content-type": "application/json"},
