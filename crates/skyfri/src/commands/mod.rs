@@ -86,6 +86,10 @@ pub enum Command {
 }
 
 impl Command {
+    pub fn is_lambda_shim(&self) -> bool {
+        matches!(self, Command::LambdaShim(_))
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Up(c) => c.run().await,
