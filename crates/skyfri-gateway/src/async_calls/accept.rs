@@ -164,7 +164,17 @@ fn percent_decode(segment: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, stored_headers};
+
+    #[test]
+    fn a_callers_raw_lambda_event_header_is_not_kept() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-skyfri-lambda-event", "raw".parse().expect("value"));
+        h.insert("connection", "close".parse().expect("value"));
+        h.insert("x-kept", "1".parse().expect("value"));
+        let kept = stored_headers(&h).expect("text headers");
+        assert_eq!(kept, [("x-kept".to_string(), "1".to_string())]);
+    }
 
     #[test]
     fn segments_decode() {
