@@ -364,6 +364,11 @@ fn replica_call(
     s.write_all(body).expect("write body");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
+    assert!(
+        !raw.is_empty(),
+        "no answer from the replica at {}",
+        socket.display()
+    );
     common::parse_response(&raw)
 }
 
