@@ -243,7 +243,10 @@ fn install_dependencies(template: Template, staging: &Path) -> Result<(), Runtim
 /// comparing them to their source: the artefact never changes. A file that does not compile
 /// fails the build, naming it.
 fn precompile(template: Template, staging: &Path) -> Result<(), RuntimeError> {
-    if !matches!(template, Template::Python3 | Template::Python3Http) {
+    if !matches!(
+        template,
+        Template::Python3 | Template::Python3Http | Template::LambdaPython
+    ) {
         return Ok(());
     }
     let Some(python) = crate::local::Interpreters::resolve().python else {
