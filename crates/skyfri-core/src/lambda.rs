@@ -21,6 +21,10 @@ pub const DEFAULT_MEMORY_MB: u64 = 128;
 pub const EVENT_HEADER: &str = "x-skyfri-lambda-event";
 /// The value of [`EVENT_HEADER`] for a raw event.
 pub const EVENT_RAW: &str = "raw";
+/// The caller's address as the gateway determined it (the peer, or the client behind a
+/// trusted proxy), set by the gateway on calls to Lambda functions' replicas: their events'
+/// `requestContext.http.sourceIp`. A caller's own is dropped.
+pub const SOURCE_IP_HEADER: &str = "x-skyfri-source-ip";
 /// On a handler error: the error type the runtime reported (the body is its error JSON).
 pub const FUNCTION_ERROR_HEADER: &str = "x-skyfri-function-error";
 

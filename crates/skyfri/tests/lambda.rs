@@ -43,6 +43,9 @@ fn python_handler_through_awslambdaric() {
             ("User-Agent", "lambda-test"),
             // Only the gateway's Invoke API may say this: from outside it is dropped.
             ("X-Skyfri-Lambda-Event", "raw"),
+            // Nor may a caller say where it comes from (no trusted proxy here).
+            ("X-Skyfri-Source-Ip", "203.0.113.7"),
+            ("X-Forwarded-For", "203.0.113.8"),
         ],
         br#"{"hello":"world"}"#,
     );
@@ -68,6 +71,8 @@ fn python_handler_through_awslambdaric() {
     assert_eq!(http["method"], "POST");
     assert_eq!(http["path"], "/some/path");
     assert_eq!(http["userAgent"], "lambda-test");
+    assert_eq!(http["sourceIp"], "127.0.0.1");
+    assert!(event["headers"].get("x-skyfri-source-ip").is_none());
     // The request id is the call id, so logs and answers correlate.
     assert_eq!(
         Some(out["requestId"].as_str().expect("test setup")),

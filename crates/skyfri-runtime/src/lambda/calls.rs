@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use skyfri_core::lambda::{self as mapping, EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER};
+use skyfri_core::lambda::{
+    self as mapping, EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER, SOURCE_IP_HEADER,
+};
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
@@ -116,10 +118,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                     .map(|h| ("host".to_string(), h.as_bytes().to_vec())),
             )
             .collect();
-        let source_ip = header("x-forwarded-for")
-            .and_then(|f| f.split(',').next())
-            .map(str::trim)
-            .unwrap_or("127.0.0.1");
+        // The gateway's word only (it drops a caller's): a handler may trust sourceIp.
+        let source_ip = header(SOURCE_IP_HEADER).unwrap_or("127.0.0.1");
         let protocol = format!("{:?}", parts.version);
         let call = mapping::HttpCall {
             method: parts.method.as_str(),
@@ -221,7 +221,12 @@ fn handler_error(error_type: &str, body: Bytes) -> Response<Full<Bytes>> {
 fn is_internal(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        EVENT_HEADER | "x-start-time" | "x-call-id" | "x-forwarded-host" | "x-amz-client-context"
+        EVENT_HEADER
+            | SOURCE_IP_HEADER
+            | "x-start-time"
+            | "x-call-id"
+            | "x-forwarded-host"
+            | "x-amz-client-context"
     )
 }
 
