@@ -188,7 +188,23 @@ pub(crate) async fn read_body(
 
 /// A `/function/NAME[/path]` request as the call to send on.
 async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoing, GatewayError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Only the gateway's Invoke API may hand a Lambda function a raw event, and only the
+    // gateway says where a call came from.
+    parts.headers.remove(skyfri_core::lambda::EVENT_HEADER);
+    parts.headers.remove(skyfri_core::lambda::SOURCE_IP_HEADER);
+    if live.deployment.template.is_lambda() {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = crate::auth::client_ip(peer, &parts.headers, &state.trusted_proxies) {
+            parts.headers.insert(
+                HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER),
+                header_value(&ip.to_string()),
+            );
+        }
+    }
     let body = read_body(state, live, body).await?;
     let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
     Ok(Outgoing {

@@ -108,11 +108,17 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
     Ok(response)
 }
 
-/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones.
+/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones, and
+/// without `X-Skyfri-Lambda-Event` and `X-Skyfri-Source-Ip` (only the gateway's Invoke API
+/// may hand a Lambda function a raw event, and only the gateway says where a call came from).
 fn stored_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, GatewayError> {
     headers
         .iter()
-        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !HOP_BY_HOP.contains(&k.as_str())
+                && k.as_str() != skyfri_core::lambda::EVENT_HEADER
+                && k.as_str() != skyfri_core::lambda::SOURCE_IP_HEADER
+        })
         .map(|(k, v)| {
             let v = v.to_str().map_err(|_| {
                 GatewayError::bad_request(format!(
@@ -162,7 +168,18 @@ fn percent_decode(segment: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, stored_headers};
+
+    #[test]
+    fn a_callers_raw_lambda_event_header_is_not_kept() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-skyfri-lambda-event", "raw".parse().expect("value"));
+        h.insert("x-skyfri-source-ip", "10.9.9.9".parse().expect("value"));
+        h.insert("connection", "close".parse().expect("value"));
+        h.insert("x-kept", "1".parse().expect("value"));
+        let kept = stored_headers(&h).expect("text headers");
+        assert_eq!(kept, [("x-kept".to_string(), "1".to_string())]);
+    }
 
     #[test]
     fn segments_decode() {
