@@ -1,6 +1,7 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
-//! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
+//! (run by the dispatchers of [`async_calls`]), the AWS Lambda Invoke API ([`lambda`]), topic
+//! and cron [`triggers`], health and
 //! Prometheus metrics, and usage metering ([`usage`]).
 
 pub mod access_log;
@@ -13,6 +14,7 @@ pub mod backup;
 pub mod error;
 pub mod extract;
 pub mod invoke;
+pub mod lambda;
 pub mod limits;
 pub mod metrics;
 pub mod router;
@@ -97,6 +99,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/async-function/{name}/{*rest}",
             any(async_calls::accept::accept),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(lambda::invoke::invoke),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
