@@ -13,6 +13,14 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
+# The lambda-node template's runtime client (AWS's aws-lambda-ric) compiles its native part
+# (aws-lambda-cpp and curl) once per version at build: node-gyp, cmake and autotools.
+for tool in cmake autoconf automake libtoolize g++ make; do
+  command -v "$tool" >/dev/null 2>&1 || case "$tool" in
+    libtoolize) need+=(libtool) ;;
+    *) need+=("$tool") ;;
+  esac
+done
 
 if [ "${1:-}" = --tests ]; then
   # venv for the test tools installed from PyPI below.

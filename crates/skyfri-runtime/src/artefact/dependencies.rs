@@ -38,7 +38,7 @@ const NPM_CACHE: &str = ".npm-cache";
 pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
     let function = staging.join(FUNCTION_DIR);
     match template {
-        Template::Python3 | Template::Python3Http | Template::Exec => {
+        Template::Python3 | Template::Python3Http | Template::Exec | Template::LambdaPython => {
             let requirements = function.join(REQUIREMENTS);
             if !requirements.is_file() || !declares_something(&requirements)? {
                 return Ok(());
@@ -75,7 +75,7 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             run(cmd, REQUIREMENTS, "pip", hint, staging)?;
             seal(&target)
         }
-        Template::Node => {
+        Template::Node | Template::LambdaNode => {
             if !function.join(PACKAGE_JSON).is_file() {
                 return Ok(());
             }
@@ -121,7 +121,7 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             result?;
             seal(&function.join("node_modules"))
         }
-        Template::Http => Ok(()),
+        Template::Http | Template::LambdaProvided => Ok(()),
     }
 }
 

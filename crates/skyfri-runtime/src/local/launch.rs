@@ -247,6 +247,12 @@ pub fn plan(
                 true,
             )
         }
+        Template::LambdaPython | Template::LambdaNode | Template::LambdaProvided => {
+            return Err(RuntimeError::Invalid(format!(
+                "the {} template cannot run yet",
+                d.template.name()
+            )))
+        }
     };
 
     let mut env = vec![
