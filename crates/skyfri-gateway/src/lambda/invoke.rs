@@ -30,7 +30,9 @@ use skyfri_core::auth::Scope;
 use skyfri_queue::AsyncCall;
 
 use super::sigv4::{self, SigV4Error};
-use super::{is_lambda, AwsError, Target, EVENT_HEADER, FUNCTION_ERROR_HEADER, LATEST};
+use super::{
+    is_lambda, AwsError, Target, EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER, LATEST,
+};
 use crate::auth::{self, Failure, Principal};
 use crate::error::GatewayError;
 use crate::invoke::{self as proxy, function_name, header_value, Outgoing};
@@ -405,7 +407,7 @@ fn outgoing_headers(from: &HeaderMap, lambda: bool) -> HeaderMap {
     if lambda {
         h.insert(
             HeaderName::from_static(EVENT_HEADER),
-            HeaderValue::from_static("raw"),
+            HeaderValue::from_static(EVENT_RAW),
         );
     }
     h
@@ -457,12 +459,13 @@ fn unhandled(h: &mut HeaderMap) {
 
 /// A 200 carrying a function error, as Lambda reports one.
 fn error_result(message: &str, error_type: &str) -> Response {
-    let body = json!({
-        "errorMessage": message,
-        "errorType": error_type,
-        "stackTrace": [],
-    });
-    let mut r = (StatusCode::OK, axum::Json(body)).into_response();
+    let body = skyfri_core::lambda::error_json(error_type, message);
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     unhandled(r.headers_mut());
     r
 }

@@ -17,19 +17,16 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use skyfri_core::Deployment;
 
-/// Marks a call whose body is a Lambda event to hand to the handler as it is.
-pub const EVENT_HEADER: &str = "x-skyfri-lambda-event";
-/// On a lambda replica's 502: the handler failed, with this error type.
-pub const FUNCTION_ERROR_HEADER: &str = "x-skyfri-function-error";
+pub use skyfri_core::lambda::{EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER};
 /// Where the API lives.
 pub const PATH_PREFIX: &str = "/2015-03-31/functions/";
 const PATH_SUFFIX: &str = "/invocations";
 /// The only version skyfri has of a function.
-pub const LATEST: &str = "$LATEST";
+pub const LATEST: &str = skyfri_core::lambda::FUNCTION_VERSION;
 
 /// Whether a deployment runs a Lambda handler (a `lambda-*` template).
 pub fn is_lambda(d: &Deployment) -> bool {
-    d.template.name().starts_with("lambda-")
+    d.template.is_lambda()
 }
 
 /// A function as the API names it: `NAME`, `NAME:QUALIFIER`, `ACCOUNT:function:NAME[:Q]` or

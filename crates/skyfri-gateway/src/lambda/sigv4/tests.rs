@@ -118,7 +118,10 @@ fn every_vector_of_the_suite() {
     assert!(cases.len() >= 25, "found {} vectors", cases.len());
     for dir in cases {
         let name = dir.strip_prefix(suite()).unwrap_or(&dir).display().to_string();
-        let raw = parse(&read(&dir, "req"));
+        // The signed request (some vectors' `.req` lacks a header the signer adds), without
+        // its Authorization: the `.authz` is the one to check (one `.sreq` has a stale copy).
+        let mut raw = parse(&read(&dir, "sreq"));
+        raw.headers.remove(http::header::AUTHORIZATION);
         let authz = read(&dir, "authz");
         let auth = parse_authorization(authz.trim_end()).expect("the suite's Authorization");
         assert_eq!(auth.access_key, "AKIDEXAMPLE", "{name}");
