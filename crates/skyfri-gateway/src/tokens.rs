@@ -243,7 +243,10 @@ mod tests {
             .find(&a)
             .map(|t| (t.name.clone(), t.expired(Utc::now())));
         assert_eq!(found, Some(("ci".to_string(), true)));
-        assert!(tokens.by_access_key("ci").is_none(), "made without a SigV4 secret");
+        assert!(
+            tokens.by_access_key("ci").is_none(),
+            "made without a SigV4 secret"
+        );
         let sdk = tokens.by_access_key("sdk");
         assert!(sdk.is_some_and(|(t, s)| t.name == "sdk" && s.bytes() == b.as_bytes()));
         store.revoke_token("ci")?;

@@ -344,7 +344,10 @@ mod tests {
             sigv4: false,
         };
         assert!(s.create_token(&t, None)?);
-        assert!(!s.create_token(&t, None)?, "a second token with the same name");
+        assert!(
+            !s.create_token(&t, None)?,
+            "a second token with the same name"
+        );
         let bad = TokenRecord {
             name: "../x".into(),
             ..t.clone()

@@ -218,7 +218,10 @@ fn answers_table() {
                 200,
                 &[
                     ("headername", "headerValue"),
-                    ("set-cookie", "Cookie_1=Value1; Expires=21 Oct 2021 07:48 GMT"),
+                    (
+                        "set-cookie",
+                        "Cookie_1=Value1; Expires=21 Oct 2021 07:48 GMT",
+                    ),
                     ("set-cookie", "Cookie_2=Value2; Max-Age=78000"),
                 ],
                 b"Hello from Lambda!",

@@ -118,9 +118,7 @@ pub(crate) async fn store(state: &AppState, call: AsyncCall) -> Result<bool, Gat
 fn stored_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, GatewayError> {
     headers
         .iter()
-        .filter(|(k, _)| {
-            !HOP_BY_HOP.contains(&k.as_str()) && *k != crate::lambda::EVENT_HEADER
-        })
+        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()) && *k != crate::lambda::EVENT_HEADER)
         .map(|(k, v)| {
             let v = v.to_str().map_err(|_| {
                 GatewayError::bad_request(format!(

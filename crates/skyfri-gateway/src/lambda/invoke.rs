@@ -30,9 +30,7 @@ use skyfri_core::auth::Scope;
 use skyfri_queue::AsyncCall;
 
 use super::sigv4::{self, SigV4Error};
-use super::{
-    is_lambda, AwsError, Target, EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER, LATEST,
-};
+use super::{is_lambda, AwsError, Target, EVENT_HEADER, EVENT_RAW, FUNCTION_ERROR_HEADER, LATEST};
 use crate::auth::{self, Failure, Principal};
 use crate::error::GatewayError;
 use crate::invoke::{self as proxy, function_name, header_value, Outgoing};
@@ -61,16 +59,17 @@ enum InvocationType {
 
 pub async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     let start = Instant::now();
-    let mut call_id = None;
-    let mut response = match handle(&state, req, start, &mut call_id).await {
+    // Every answer has a request id, as Lambda's do; a call has it as its call id. Ordered
+    // in time (v7), which suits the embedded queue's index (see `async_calls::accept`).
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut response = match handle(&state, req, start, &id).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
     let h = response.headers_mut();
-    if let Some(id) = call_id {
-        h.insert(HeaderName::from_static("x-amzn-requestid"), id.clone());
-        h.insert(HeaderName::from_static("x-call-id"), id);
-    }
+    let id = header_value(&id);
+    h.insert(HeaderName::from_static("x-amzn-requestid"), id.clone());
+    h.insert(HeaderName::from_static("x-call-id"), id);
     response
 }
 
@@ -78,7 +77,7 @@ async fn handle(
     state: &AppState,
     req: Request,
     start: Instant,
-    call_id: &mut Option<HeaderValue>,
+    request_id: &str,
 ) -> Result<Response, AwsError> {
     let peer = limits::peer(&req);
     let (parts, body) = req.into_parts();
@@ -126,10 +125,8 @@ async fn handle(
     let headers = outgoing_headers(&parts.headers, lambda);
 
     if kind == InvocationType::Event {
-        let id = uuid::Uuid::now_v7().to_string();
-        *call_id = Some(header_value(&id));
         let call = AsyncCall {
-            id,
+            id: request_id.to_string(),
             function: name,
             method: Method::POST.to_string(),
             path: "/".into(),
@@ -150,8 +147,7 @@ async fn handle(
         return Ok(r);
     }
 
-    let id = header_value(&uuid::Uuid::new_v4().to_string());
-    *call_id = Some(id.clone());
+    let id = header_value(request_id);
     let logs = tail.then(|| state.provider.follow_logs(&name));
     let call = Outgoing {
         method: Method::POST,
@@ -185,7 +181,7 @@ async fn handle(
                     format!("the function's answer could not be read: {e}"),
                 )
             })?;
-        let text = log_tail(rx, &live, id.to_str().unwrap_or(""), start.elapsed()).await;
+        let text = log_tail(rx, &live, request_id, start.elapsed()).await;
         response = Response::from_parts(parts, Body::from(body));
         let encoded = base64::engine::general_purpose::STANDARD.encode(text);
         response.headers_mut().insert(
@@ -211,11 +207,7 @@ fn not_found(name: &str, qualifier: Option<&str>) -> AwsError {
             "Function not found: {name}:{q}; skyfri has no versions or aliases, call {LATEST} (or no qualifier)"
         ),
     };
-    AwsError::new(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFoundException",
-        message,
-    )
+    AwsError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
 }
 
 /// `?Qualifier=`, or the one the function name carries; both must agree.
@@ -249,7 +241,10 @@ fn invocation_type(headers: &HeaderMap) -> Result<InvocationType, AwsError> {
 }
 
 fn log_type(headers: &HeaderMap) -> Result<bool, AwsError> {
-    match headers.get("x-amz-log-type").map(|v| v.to_str().unwrap_or("")) {
+    match headers
+        .get("x-amz-log-type")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         None | Some("None") => Ok(false),
         Some("Tail") => Ok(true),
         Some(other) => Err(AwsError::invalid(format!(

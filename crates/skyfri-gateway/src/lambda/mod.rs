@@ -179,7 +179,10 @@ mod tests {
             function_in_path("/2015-03-31/functions/hello.openfaas-fn/invocations").as_deref(),
             Some("hello")
         );
-        assert_eq!(function_segment("/2015-03-31/functions/a/b/invocations"), None);
+        assert_eq!(
+            function_segment("/2015-03-31/functions/a/b/invocations"),
+            None
+        );
         assert_eq!(function_segment("/function/hello"), None);
     }
 }

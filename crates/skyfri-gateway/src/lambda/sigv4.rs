@@ -68,7 +68,10 @@ pub struct Authorization<'a> {
 impl Authorization<'_> {
     /// `DATE/REGION/SERVICE/aws4_request`.
     pub fn scope(&self) -> String {
-        format!("{}/{}/{}/aws4_request", self.date, self.region, self.service)
+        format!(
+            "{}/{}/{}/aws4_request",
+            self.date, self.region, self.service
+        )
     }
 }
 
@@ -88,10 +91,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error>
         .ok_or_else(|| incomplete(&format!("only {ALGORITHM} is supported")))?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
-        let (k, v) = part
-            .trim()
-            .split_once('=')
-            .ok_or_else(|| incomplete("expected Credential=..., SignedHeaders=..., Signature=..."))?;
+        let (k, v) = part.trim().split_once('=').ok_or_else(|| {
+            incomplete("expected Credential=..., SignedHeaders=..., Signature=...")
+        })?;
         let slot = match k {
             "Credential" => &mut credential,
             "SignedHeaders" => &mut signed_headers,
@@ -105,7 +107,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error>
     let (Some(credential), Some(signed_headers), Some(signature)) =
         (credential, signed_headers, signature)
     else {
-        return Err(incomplete("Credential, SignedHeaders and Signature are all needed"));
+        return Err(incomplete(
+            "Credential, SignedHeaders and Signature are all needed",
+        ));
     };
     let mut scope = credential.split('/');
     let (Some(access_key), Some(date), Some(region), Some(service), Some("aws4_request"), None) = (
@@ -126,7 +130,11 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error>
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
         return Err(incomplete("the Credential's date must be YYYYMMDD"));
     }
-    if signature.len() != 64 || !signature.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if signature.len() != 64
+        || !signature
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(incomplete("Signature must be 64 lower-case hex digits"));
     }
     if signed_headers.is_empty()
@@ -134,7 +142,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error>
             .split(';')
             .any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()))
     {
-        return Err(incomplete("SignedHeaders must be lower-case names separated by ';'"));
+        return Err(incomplete(
+            "SignedHeaders must be lower-case names separated by ';'",
+        ));
     }
     Ok(Authorization {
         access_key,
@@ -261,7 +271,10 @@ pub fn canonical_query(query: &str) -> String {
 /// A header value as signed: trimmed, runs of spaces (and tabs) made one space.
 fn canonical_value(v: &[u8]) -> String {
     let text = String::from_utf8_lossy(v);
-    text.split([' ', '\t']).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+    text.split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -367,7 +380,9 @@ pub fn verify(
     }
     let signed: Vec<&str> = auth.signed_headers.split(';').collect();
     if !signed.contains(&"host") {
-        return Err(SigV4Error::Incomplete("SignedHeaders must include host".into()));
+        return Err(SigV4Error::Incomplete(
+            "SignedHeaders must include host".into(),
+        ));
     }
     let date_header = if req.headers.contains_key("x-amz-date") {
         "x-amz-date"

@@ -87,7 +87,10 @@ impl Create {
             .expires_at
             .map_or("never expires".to_string(), |t| format!("expires {t}"));
         let sigv4 = if created.info.sigv4 {
-            format!("; AWS SDKs: access key id {}, secret access key the token", created.info.name)
+            format!(
+                "; AWS SDKs: access key id {}, secret access key the token",
+                created.info.name
+            )
         } else {
             String::new()
         };

@@ -117,7 +117,11 @@ fn every_vector_of_the_suite() {
     let cases = cases();
     assert!(cases.len() >= 25, "found {} vectors", cases.len());
     for dir in cases {
-        let name = dir.strip_prefix(suite()).unwrap_or(&dir).display().to_string();
+        let name = dir
+            .strip_prefix(suite())
+            .unwrap_or(&dir)
+            .display()
+            .to_string();
         // The signed request (some vectors' `.req` lacks a header the signer adds), without
         // its Authorization: the `.authz` is the one to check (one `.sreq` has a stale copy).
         let mut raw = parse(&read(&dir, "sreq"));
@@ -222,15 +226,25 @@ fn host_and_date_must_be_signed_and_present() {
     let (raw, _) = vanilla();
     let sign = |signed: &str| {
         let creq = canonical_request(&request(&raw), signed).expect("creq");
-        let sts = string_to_sign("20150830T123600Z", "20150830/us-east-1/service/aws4_request", &creq);
-        let sig = signature(&signing_key(SECRET, "20150830", "us-east-1", "service"), &sts);
+        let sts = string_to_sign(
+            "20150830T123600Z",
+            "20150830/us-east-1/service/aws4_request",
+            &creq,
+        );
+        let sig = signature(
+            &signing_key(SECRET, "20150830", "us-east-1", "service"),
+            &sts,
+        );
         format!("{ALGORITHM} Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders={signed}, Signature={sig}")
     };
     for signed in ["x-amz-date", "host"] {
         let authz = sign(signed);
         let auth = parse_authorization(&authz).expect("well formed");
         assert!(
-            matches!(verify(&request(&raw), &auth, SECRET, signed_at()), Err(SigV4Error::Incomplete(_))),
+            matches!(
+                verify(&request(&raw), &auth, SECRET, signed_at()),
+                Err(SigV4Error::Incomplete(_))
+            ),
             "{signed}"
         );
     }
@@ -281,7 +295,10 @@ fn paths_and_queries() {
     );
     assert_eq!(canonical_path(""), "/");
     assert_eq!(canonical_path("/a/b/../c/./"), "/a/c/");
-    assert_eq!(canonical_query("Qualifier=%24LATEST"), "Qualifier=%24LATEST");
+    assert_eq!(
+        canonical_query("Qualifier=%24LATEST"),
+        "Qualifier=%24LATEST"
+    );
     assert_eq!(canonical_query("b=2&a&a=1"), "a=&a=1&b=2");
     assert_eq!(canonical_query("x=a%20b+c"), "x=a%20b%2Bc");
 }
