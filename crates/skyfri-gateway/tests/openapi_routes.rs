@@ -153,7 +153,7 @@ fn every_route_is_documented_and_every_operation_routed() {
 }
 
 #[test]
-fn system_operations_require_auth_and_others_do_not() {
+fn system_and_lambda_operations_require_auth_and_others_do_not() {
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(OPENAPI).expect("docs/openapi.yaml is YAML");
     let global = doc.get("security").and_then(|s| s.as_sequence());
@@ -167,10 +167,11 @@ fn system_operations_require_auth_and_others_do_not() {
             .get("security")
             .and_then(|s| s.as_sequence())
             .is_some_and(|s| s.is_empty());
+        // The Lambda Invoke API always needs credentials, as Lambda does.
+        let authenticated = path.starts_with("/system/") || path.starts_with("/2015-03-31/");
         assert_eq!(
-            open,
-            !path.starts_with("/system/"),
-            "{method} {path}: /system/* is authenticated, the rest is not"
+            open, !authenticated,
+            "{method} {path}: /system/* and the Lambda Invoke API are authenticated, the rest is not"
         );
     }
 }
