@@ -546,3 +546,6 @@ async fn log_tail(
     let from = bytes.len().saturating_sub(LOG_TAIL_BYTES);
     bytes[from..].to_vec()
 }
+
+#[cfg(test)]
+mod tests;
