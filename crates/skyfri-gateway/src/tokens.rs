@@ -113,11 +113,14 @@ impl std::fmt::Debug for SigningSecret {
     }
 }
 
+/// A token with a SigV4 secret, and the secret.
+pub type SigV4Credential = (Arc<Token>, Arc<SigningSecret>);
+
 /// The stored tokens by hash, and those with a SigV4 secret by name.
 #[derive(Default)]
 pub struct Tokens {
     by_hash: RwLock<HashMap<[u8; 32], Arc<Token>>>,
-    by_access_key: RwLock<HashMap<String, (Arc<Token>, Arc<SigningSecret>)>>,
+    by_access_key: RwLock<HashMap<String, SigV4Credential>>,
 }
 
 impl Tokens {
@@ -175,7 +178,7 @@ impl Tokens {
 
     /// The token whose name is a SigV4 access key id, and its signing secret; `None` when
     /// there is no such token or it was made without a SigV4 secret.
-    pub fn by_access_key(&self, key_id: &str) -> Option<(Arc<Token>, Arc<SigningSecret>)> {
+    pub fn by_access_key(&self, key_id: &str) -> Option<SigV4Credential> {
         self.by_access_key.read().ok()?.get(key_id).cloned()
     }
 

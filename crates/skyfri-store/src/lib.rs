@@ -11,7 +11,7 @@ mod tokens;
 
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use schema::SCHEMA_VERSION;
-pub use tokens::TokenRecord;
+pub use tokens::{TokenRecord, TokenSecret};
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

@@ -32,6 +32,9 @@ pub struct TokenRecord {
 const COLUMNS: &str =
     "name, hash, scopes, created_at, expires_at, last_used, sigv4_secret IS NOT NULL";
 
+/// A token's name and its SigV4 secret, or why that does not open.
+pub type TokenSecret = (String, Result<Vec<u8>, StoreError>);
+
 /// What a token's sealed SigV4 secret is bound to.
 fn sigv4_aad(name: &str) -> Vec<u8> {
     format!("skyfri sigv4 {name}").into_bytes()
@@ -93,10 +96,7 @@ impl Store {
 
     /// The SigV4 signing secret of every token that has one, by token name, decrypted; a
     /// record that does not open (altered) is an error of its own, so the others still work.
-    #[allow(clippy::type_complexity)]
-    pub fn token_sigv4_secrets(
-        &self,
-    ) -> Result<Vec<(String, Result<Vec<u8>, StoreError>)>, StoreError> {
+    pub fn token_sigv4_secrets(&self) -> Result<Vec<TokenSecret>, StoreError> {
         let rows: Vec<(String, Vec<u8>, Vec<u8>)> = self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT name, sigv4_nonce, sigv4_secret FROM tokens
