@@ -14,11 +14,7 @@ use serde_json::{json, Value};
 
 /// The venv where scripts/setup.sh installs boto3.
 fn python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    let bin = cache.join("skyfri/py-tools/bin/python");
+    let bin = common::py_tool("python");
     let has_boto3 = Command::new(&bin)
         .args(["-c", "import boto3"])
         .status()

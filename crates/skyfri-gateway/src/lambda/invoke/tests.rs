@@ -9,17 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use skyfri_core::{Deployment, FunctionSpec, Template};
-use skyfri_queue::EmbeddedQueue;
-use skyfri_runtime::{ArtefactStore, Endpoint};
-use skyfri_store::Store;
+use skyfri_runtime::Endpoint;
 
 use super::*;
-use crate::state::GatewayConfig;
-use crate::testing::FakeProvider;
+use crate::testing::{Answer, FakeProvider};
 
 /// What the replica was sent: the raw-event mark and the body.
 type Seen = Arc<Mutex<Vec<(Option<String>, Bytes)>>>;
@@ -64,22 +59,10 @@ async fn harness(template: Template) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let seen = Seen::default();
     let addr = replica(Arc::clone(&seen)).await;
-    let state = AppState::new(
-        GatewayConfig {
-            admin_password: "pw".into(),
-            max_body: 1 << 20,
-            limits: Default::default(),
-            tmp_dir: tmp.path().join("tmp"),
-            locations: crate::state::Locations {
-                data_dir: tmp.path().to_path_buf(),
-                ..Default::default()
-            },
-            trusted_proxies: Vec::new(),
-        },
-        Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
-        Arc::new(FakeProvider::serving(Endpoint::Tcp(addr))),
-        Arc::new(ArtefactStore::open(tmp.path().join("artefacts")).unwrap()),
-        EmbeddedQueue::open(&tmp.path().join("queue.db")).unwrap(),
+    let state = crate::testing::state(
+        tmp.path(),
+        FakeProvider::serving(Endpoint::Tcp(addr)),
+        1 << 20,
     );
     state.set_live(Deployment {
         spec: FunctionSpec::new("f", "img"),
@@ -104,45 +87,13 @@ async fn harness(template: Template) -> Harness {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
 impl Harness {
     /// Invokes `f` as the admin (basic auth) with extra headers.
     async fn invoke(&self, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut req = hyper::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/2015-03-31/functions/f/invocations",
-                self.gateway
-            ))
-            .header("authorization", "Basic YWRtaW46cHc="); // admin:pw
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let res = client
-            .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = res.into_parts();
-        Answer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        let mut all = vec![("authorization", "Basic YWRtaW46cHc=")]; // admin:pw
+        all.extend_from_slice(headers);
+        let path = "/2015-03-31/functions/f/invocations";
+        crate::testing::send(self.gateway, "POST", path, &all, body).await
     }
 
     fn seen(&self) -> Vec<(Option<String>, Bytes)> {
