@@ -20,6 +20,8 @@ pub use dependencies::PYTHON_PACKAGES;
 const PREFIX: &str = "sha256:";
 /// Where the user's files go inside an artefact.
 pub const FUNCTION_DIR: &str = "function";
+/// AWS's Node runtime client in a lambda-node artefact, beside the function.
+pub const LAMBDA_NODE_CLIENT: &str = "lambda_runtime/node_modules/aws-lambda-ric/bin/index.mjs";
 
 /// Builds and finds artefacts under one root directory.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! store functions are built into, and the local provider that runs replicas as processes.
 
 pub mod artefact;
+pub mod lambda;
 pub mod local;
 pub mod provider;
 pub mod templates;

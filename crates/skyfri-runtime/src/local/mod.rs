@@ -69,6 +69,8 @@ pub struct LocalProvider {
     /// One lock per function so deploy/scale/remove of a function never interleave, while
     /// a slow deploy of one function does not hold up the others.
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `AWS_REGION` of Lambda functions (and in their ARNs).
+    aws_region: RwLock<String>,
 }
 
 struct Function {
@@ -109,7 +111,23 @@ impl LocalProvider {
             retiring: Arc::new(Mutex::new(Vec::new())),
             cpu,
             op_locks: Mutex::new(HashMap::new()),
+            aws_region: RwLock::new(skyfri_core::lambda::DEFAULT_REGION.to_string()),
         }))
+    }
+
+    /// Sets the `AWS_REGION` Lambda functions deployed from now on see.
+    pub fn set_aws_region(&self, region: &str) {
+        *self
+            .aws_region
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = region.to_string();
+    }
+
+    fn aws_region(&self) -> String {
+        self.aws_region
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -298,7 +316,14 @@ impl Provider for LocalProvider {
             )));
         }
         let secrets = self.secret_values(&d.spec.secrets)?;
-        let mut launch = launch::plan(d, &dir, &root, &self.interpreters, secrets)?;
+        let mut launch = launch::plan(
+            d,
+            &dir,
+            &root,
+            &self.interpreters,
+            secrets,
+            &self.aws_region(),
+        )?;
         launch.oom_kills = Arc::clone(
             self.oom_kills
                 .lock()

@@ -12,6 +12,7 @@ mod doctor;
 mod info;
 mod install;
 mod invoke;
+mod lambda_shim;
 mod login;
 mod logs;
 mod ls;
@@ -79,6 +80,9 @@ pub enum Command {
     Restore(restore::Restore),
     /// Print the shell completion script for bash, zsh or fish.
     Completion(completion::Completion),
+    /// Run in a Lambda replica's sandbox: serve the Runtime API to a runtime client.
+    #[command(hide = true)]
+    LambdaShim(lambda_shim::LambdaShim),
 }
 
 impl Command {
@@ -108,6 +112,7 @@ impl Command {
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Completion(c) => c.run().await,
+            Command::LambdaShim(c) => c.run().await,
         }
     }
 }

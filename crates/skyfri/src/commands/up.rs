@@ -88,6 +88,9 @@ pub struct Up {
     max_connections: usize,
     /// A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the
     /// client in the audit log; without one, the client is the peer address.
+    /// The AWS region Lambda functions are told they run in (`AWS_REGION`, their ARNs).
+    #[arg(long, env = "SKYFRI_AWS_REGION", default_value = skyfri_core::lambda::DEFAULT_REGION, value_parser = parse_region)]
+    aws_region: String,
     #[arg(long = "trusted-proxy", value_parser = skyfri_gateway::auth::parse_proxy)]
     trusted_proxies: Vec<skyfri_gateway::auth::IpNet>,
     /// How often metered usage is written to the store (`skyfri cost`): a crash loses at
@@ -275,6 +278,7 @@ impl Up {
             isolation(self.isolation)?,
             Arc::new(StoreSecrets(store.clone())),
         )?;
+        provider.set_aws_region(&self.aws_region);
         // After the provider, which made the logs dir private.
         let access_log = AccessLog::start(AccessLogConfig {
             target: self.access_log,
@@ -498,4 +502,20 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && !crate::term::no_color())
         .try_init();
+}
+
+/// An AWS region name as AWS spells them (`eu-north-1`): lower-case letters, digits, '-'.
+fn parse_region(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not an AWS region name (like eu-north-1: lower-case letters, digits and '-')"
+        ))
+    }
 }

@@ -53,6 +53,15 @@ impl Platform {
         p
     }
 
+    /// Starts on a new data dir with extra `up` arguments.
+    pub fn start_with(extra: &[&str]) -> Platform {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut p = Platform::start_in(&dir, extra);
+        p._tmp = Some(tmp);
+        p
+    }
+
     /// Starts on an existing data dir (a restart), with extra `up` arguments.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Platform {
         let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
