@@ -159,6 +159,27 @@ fn boto3_invokes_skyfri_functions() {
                 &reader,
                 json!({"FunctionName": "greet", "Payload": "{}"}),
             ),
+            // 12: a Lambda handler run by awslambdaric, with the log's tail and a client context.
+            call(
+                "sdk",
+                &sdk,
+                json!({"FunctionName": "lambda-greet", "Payload": "{\"name\": \"aws\"}", "LogType": "Tail",
+                       "ClientContext": "eyJjdXN0b20iOnsiYSI6MX19"}),
+            ),
+            // 13: its handler raising.
+            call(
+                "sdk",
+                &sdk,
+                json!({"FunctionName": "lambda-greet", "Payload": "{\"fail\": true}"}),
+            ),
+            // 14: queued.
+            call(
+                "sdk",
+                &sdk,
+                json!({"FunctionName": "lambda-greet", "InvocationType": "Event", "Payload": "{\"name\": \"queued\"}"}),
+            ),
+            // 15: without a payload.
+            call("sdk", &sdk, json!({"FunctionName": "lambda-greet"})),
         ],
     );
 
@@ -251,6 +272,45 @@ fn boto3_invokes_skyfri_functions() {
     );
     assert_eq!(results[11]["status"], 200, "{}", results[11]);
 
+    let lambda = &results[12];
+    assert_eq!(
+        (lambda["status"].as_u64(), &lambda["function_error"]),
+        (Some(200), &Value::Null),
+        "{lambda}"
+    );
+    let result = payload(lambda);
+    assert_eq!(result["hello"], "aws", "{lambda}");
+    assert_eq!(
+        result["requestId"], lambda["request_id"],
+        "the handler's request id is the call's: {lambda}"
+    );
+    assert_eq!(result["custom"], json!({"a": 1}), "{lambda}");
+    let log = lambda["log"].as_str().unwrap_or("");
+    assert!(log.contains("lambda-greet got {'name': 'aws'}"), "{log:?}");
+
+    let raised = &results[13];
+    assert_eq!(raised["status"], 200, "{raised}");
+    assert_eq!(raised["function_error"], "Unhandled", "{raised}");
+    let error = payload(raised);
+    assert_eq!(error["errorType"], "ValueError", "{raised}");
+    assert_eq!(
+        error["errorMessage"], "the handler was asked to fail",
+        "{raised}"
+    );
+
+    assert_eq!(results[14]["status"], 202, "{}", results[14]);
+    let queued_id = results[14]["request_id"].as_str().expect("a request id");
+    let done = p.wait_call_state(queued_id, "done", Duration::from_secs(30));
+    assert_eq!(done["status"], 200, "{done}");
+    let ran = p.cli(&["logs", "lambda-greet"], "");
+    assert!(
+        ran.stdout.contains("lambda-greet got {'name': 'queued'}"),
+        "the queued event reached the handler as it was sent: {}",
+        ran.stdout
+    );
+
+    assert_eq!(payload(&results[15])["hello"], "world", "{}", results[15]);
+
     // The calls are counted and logged as /function calls are.
     let metrics = p.http("GET", "/metrics", &[], b"").text();
     assert!(
@@ -268,7 +328,14 @@ fn boto3_invokes_skyfri_functions() {
 #[test]
 fn bearer_tokens_and_the_raw_event_mark() {
     let p = Platform::start();
-    p.deploy_stack("lambda-invoke");
+    for name in ["greet", "vault"] {
+        let out = p.cli_in(
+            &fixtures().join("lambda-invoke"),
+            &["deploy", "-f", "stack.yml", "--filter", name],
+            "",
+        );
+        assert!(out.ok, "deploy {name}: {}", out.stderr);
+    }
     let sdk = token(&p, "caller", &["--function", "vault"]);
     let path = "/2015-03-31/functions/vault/invocations";
 
