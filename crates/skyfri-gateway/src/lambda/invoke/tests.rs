@@ -56,16 +56,24 @@ struct Harness {
 }
 
 async fn harness(template: Template) -> Harness {
+    harness_with(template, &[]).await
+}
+
+async fn harness_with(template: Template, annotations: &[(&str, &str)]) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let seen = Seen::default();
     let addr = replica(Arc::clone(&seen)).await;
     let state = crate::testing::state(
         tmp.path(),
         FakeProvider::serving(Endpoint::Tcp(addr)),
-        1 << 20,
+        8 << 20,
     );
+    let mut spec = FunctionSpec::new("f", "img");
+    for (k, v) in annotations {
+        spec.annotations.insert(k.to_string(), v.to_string());
+    }
     state.set_live(Deployment {
-        spec: FunctionSpec::new("f", "img"),
+        spec,
         artefact: "sha256:0".into(),
         template,
         replicas: 1,
@@ -181,6 +189,39 @@ async fn another_function_gets_the_payload_as_a_body_and_its_failures_are_functi
     let error: serde_json::Value = serde_json::from_slice(&failed.body).unwrap();
     assert_eq!(error["errorType"], "Function.Status502", "{error}");
     assert!(h.seen().iter().all(|(mark, _)| mark.is_none()));
+}
+
+#[tokio::test]
+async fn lambdas_payload_limits_and_the_functions_rate_apply() {
+    let h = harness_with(
+        Template::Http,
+        &[("com.skyfri.rate", "0.01"), ("com.skyfri.burst", "2")],
+    )
+    .await;
+    // Over Lambda's 1 MiB for Event (the gateway's limit is 8 MiB): refused, naming it.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let refused = h.invoke(&[("x-amz-invocation-type", "Event")], &big).await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(
+        refused.header("x-amzn-errortype"),
+        "RequestTooLargeException"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("Lambda Invoke API (Event: 1 MiB)"),
+        "{:?}",
+        refused.body
+    );
+    // The same body is within RequestResponse's 6 MiB.
+    let ok = h.invoke(&[], &big).await;
+    assert_eq!((ok.status, ok.body.len()), (200, big.len()));
+    // The function's rate (a burst of 2, the first taken) holds for this API as for /function.
+    let second = h.invoke(&[], b"x").await;
+    assert_eq!(second.status, 200);
+    let third = h.invoke(&[], b"x").await;
+    assert_eq!(third.status, 429);
+    assert_eq!(third.header("x-amzn-errortype"), "TooManyRequestsException");
+    assert!(!third.header("retry-after").is_empty());
+    assert_eq!(third.json()["Reason"], "CallerRateLimitExceeded");
 }
 
 #[test]
