@@ -63,6 +63,12 @@ if [ "${1:-}" = --tests ]; then
     /usr/bin/python3 -m venv --clear "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi
+  # The Lambda Invoke API test (crates/skyfri/tests/lambda_invoke.rs) calls skyfri with boto3.
+  BOTO3_VERSION=1.44.18
+  if [ "$("$venv/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/dev/null)" != "$BOTO3_VERSION" ]; then
+    echo "setup: installing boto3 $BOTO3_VERSION into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "boto3==$BOTO3_VERSION"
+  fi
 fi
 
 if [ "${1:-}" = --tests ]; then

@@ -1,4 +1,5 @@
-//! The access log: one JSON line per call of `/function/*` and `/async-function/*` (call id,
+//! The access log: one JSON line per call of `/function/*`, `/async-function/*` and the Lambda
+//! Invoke API (call id,
 //! function, method, path without its query, status, duration, bytes in and out, client IP,
 //! cold start, time), written when the response has been sent (or abandoned).
 //!
@@ -199,6 +200,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     let function = split_under("/function/", &path)
         .or_else(|| split_under("/async-function/", &path))
         .map(|(name, _)| function_name(name).to_string())
+        .or_else(|| crate::lambda::function_in_path(&path))
         .unwrap_or_default();
     let pending = Pending {
         entry: Entry {

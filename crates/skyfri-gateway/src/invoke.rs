@@ -171,7 +171,21 @@ pub(crate) async fn read_body(
     live: &Live,
     body: Body,
 ) -> Result<Bytes, GatewayError> {
-    let (max, limit) = limits::body_limit(state, live);
+    read_body_within(state, live, body, None).await
+}
+
+/// [`read_body`], held to `cap` too when it is lower than the function's limit (an API's
+/// own limit, such as Lambda's payload sizes).
+pub(crate) async fn read_body_within(
+    state: &AppState,
+    live: &Live,
+    body: Body,
+    cap: Option<(usize, Limit)>,
+) -> Result<Bytes, GatewayError> {
+    let (max, limit) = match (limits::body_limit(state, live), cap) {
+        ((max, _), Some((cap, limit))) if cap < max => (cap, limit),
+        (own, _) => own,
+    };
     let too_large = |limit| limits::body_too_large(&live.deployment.spec.name, max, limit);
     Ok(Limited::new(body, max)
         .collect()

@@ -1,8 +1,8 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
-//! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
-//! Prometheus metrics, usage metering ([`usage`]), and the dashboard at `/ui` ([`ui`]) with
-//! its per-minute [`stats`].
+//! (run by the dispatchers of [`async_calls`]), the AWS Lambda Invoke API ([`lambda`]), topic
+//! and cron [`triggers`], health and Prometheus metrics, usage metering ([`usage`]), and the
+//! dashboard at `/ui` ([`ui`]) with its per-minute [`stats`].
 
 pub mod access_log;
 pub mod api;
@@ -14,6 +14,7 @@ pub mod backup;
 pub mod error;
 pub mod extract;
 pub mod invoke;
+pub mod lambda;
 pub mod limits;
 pub mod metrics;
 pub mod router;
@@ -102,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/async-function/{name}/{*rest}",
             any(async_calls::accept::accept),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(lambda::invoke::invoke),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -153,7 +153,7 @@ fn every_route_is_documented_and_every_operation_routed() {
 }
 
 #[test]
-fn system_operations_require_auth_and_others_do_not() {
+fn system_and_lambda_operations_require_auth_and_others_do_not() {
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(OPENAPI).expect("docs/openapi.yaml is YAML");
     let global = doc.get("security").and_then(|s| s.as_sequence());
@@ -170,7 +170,8 @@ fn system_operations_require_auth_and_others_do_not() {
             .and_then(|s| s.as_sequence())
             .is_some_and(|s| s.is_empty());
         let session = security == Some(&dashboard_session);
-        let expected = if path.starts_with("/system/") {
+        // The Lambda Invoke API always needs credentials, as Lambda does.
+        let expected = if path.starts_with("/system/") || path.starts_with("/2015-03-31/") {
             !open && !session
         } else if path.starts_with("/ui/api/") || path == "/ui/logout" || path == "/ui/session" {
             session
@@ -179,7 +180,7 @@ fn system_operations_require_auth_and_others_do_not() {
         };
         assert!(
             expected,
-            "{method} {path}: /system/* takes basic or bearer auth, the dashboard's API its session, the rest is open"
+            "{method} {path}: /system/* and the Lambda Invoke API take basic or bearer auth, the dashboard's API its session, the rest is open"
         );
     }
 }

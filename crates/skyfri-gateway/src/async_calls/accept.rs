@@ -84,7 +84,23 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
         callback_url,
         enqueued_at: Utc::now(),
     };
-    let function = call.function.clone();
+    let duplicate = store(state, call).await?;
+    let mut response = StatusCode::ACCEPTED.into_response();
+    let h = response.headers_mut();
+    h.insert(HeaderName::from_static("x-call-id"), header_value(&id));
+    if duplicate {
+        h.insert(
+            HeaderName::from_static("x-skyfri-duplicate"),
+            header_value("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// Stores an accepted call in the queue (counted, logged): `true` when its id was known
+/// already and nothing was added. The Lambda Invoke API's `Event` calls come this way too.
+pub(crate) async fn store(state: &AppState, call: AsyncCall) -> Result<bool, GatewayError> {
+    let (function, id) = (call.function.clone(), call.id.clone());
     let enqueued = state.queue.enqueue(call).await.map_err(|e| {
         tracing::error!(function = %function, call_id = %id, error = %e, "async call not stored");
         queue_error(e)
@@ -96,16 +112,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
         state.metrics.async_accepted(&function);
         tracing::debug!(function = %function, call_id = %id, "async call accepted");
     }
-    let mut response = StatusCode::ACCEPTED.into_response();
-    let h = response.headers_mut();
-    h.insert(HeaderName::from_static("x-call-id"), header_value(&id));
-    if duplicate {
-        h.insert(
-            HeaderName::from_static("x-skyfri-duplicate"),
-            header_value("true"),
-        );
-    }
-    Ok(response)
+    Ok(duplicate)
 }
 
 /// The caller's headers as the queue keeps them: in order, without hop-by-hop ones, and
@@ -144,26 +151,7 @@ async fn cancel(state: &AppState, id: &str) -> Result<Response, GatewayError> {
 
 /// Decodes `%XX` escapes in a path segment.
 fn percent_decode(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| segment.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::lambda::sigv4::percent_decode(segment)).ok()
 }
 
 #[cfg(test)]

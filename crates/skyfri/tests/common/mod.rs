@@ -18,6 +18,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A program of the venv where `scripts/setup.sh --tests` installs the Python test tools
+/// (schemathesis, boto3): `~/.cache/skyfri/py-tools/bin/NAME`.
+pub fn py_tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    cache.join("skyfri/py-tools/bin").join(name)
+}
+
 /// A port nothing listens on now (for servers the tests start themselves).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
