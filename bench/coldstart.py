@@ -250,7 +250,8 @@ def cold_starts(gw, name, runtime):
     stats = collections.Counter()
     for i in range(COLD_SAMPLES):
         gw.to_zero(name)
-        gw.wait_cells(runtime, stats)
+        if runtime is not None:  # None: a template without stem cells (lambda-python)
+            gw.wait_cells(runtime, stats)
         # A replica may have come back between the two checks (it should not): note it.
         if gw.function(name).get("availableReplicas", 0) != 0:
             stats["replica back before the call"] += 1
@@ -398,7 +399,7 @@ def fmt_row(label, n, values, note=""):
     )
 
 
-def report(ref, py, node, b):
+def report(ref, py, node, b, lambda_py=None):
     lines = [
         f"Cold starts: {COLD_SAMPLES} samples per runtime; each: scale to 0, wait for availableReplicas 0 and",
         f"{COLD_CELLS} idle stem cell(s) of the runtime in the pool, then one `POST /function/NAME` on a fresh connection, timed from",
@@ -409,7 +410,8 @@ def report(ref, py, node, b):
     ]
     for label, times in ref.items():
         lines.append(fmt_row(f"reference: `{label}` (process wall time)", REF_SAMPLES, times))
-    for label, r in (("python3", py), ("node", node)):
+    measured = [("python3", py), ("node", node)] + ([("lambda-python", lambda_py)] if lambda_py else [])
+    for label, r in measured:
         note = f"not marked cold: {r['not_cold']}; failed: {len(r['failures'])}"
         lines.append(fmt_row(f"skyfri {label} cold", COLD_SAMPLES, r["cold"], note))
         lines.append(fmt_row(f"skyfri {label} warm", COLD_SAMPLES, r["warm"]))
@@ -459,7 +461,7 @@ def report(ref, py, node, b):
     check("burst errors", errors, BUDGETS["burst_errors"], "", "{:d}")
 
     notes = []
-    for label, r in (("python3", py), ("node", node)):
+    for label, r in measured:
         if r["not_cold"]:
             notes.append(f"{label}: {r['not_cold']} of {len(r['cold'])} calls after scale-to-zero lacked `X-Skyfri-Cold-Start: true`")
         for k, v in sorted(r["stats"].items()):
@@ -482,12 +484,13 @@ def main():
         print(f"bench: cold starts: {COLD_SAMPLES} samples per runtime", flush=True)
         py = cold_starts(gw, "cold-py", "python")
         node = cold_starts(gw, "cold-node", "node")
+        lambda_py = cold_starts(gw, "cold-lambda-py", None)
         print(f"bench: burst: {BURST} concurrent calls from zero", flush=True)
         b = burst(gw, "burst")
     except Platform as e:
         print(f"bench: {e}", file=sys.stderr)
         return 3
-    text, ok = report(ref, py, node, b)
+    text, ok = report(ref, py, node, b, lambda_py)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_dir, "verdict"), "w") as f:

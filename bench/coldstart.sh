@@ -3,7 +3,7 @@
 #  1. reference: wall time of `python3 -c pass` and `node -e 0`, N runs each;
 #  2. skyfri cold starts: a trivial python3 and a trivial node function, scaled to zero before
 #     every sample (stem-cell pool refilled), one call timed to its first byte, then the same
-#     call warm;
+#     call warm; the same for a lambda-python function (AWS's awslambdaric, no stem cells);
 #  3. a burst of 500 concurrent calls on a python3 function at zero (sleeps 50 ms, max 20
 #     replicas): errors, completion time against the ideal ceil(500/20) x 50 ms, peak replicas.
 # Budgets (DESIGN): cold start python3 p50 <= 5 ms, p99 <= 20 ms; node p50 <= 15 ms; burst
@@ -60,7 +60,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 PORT="$(free_port)"
 URL="http://127.0.0.1:$PORT"
 PASSWORD="bench-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
-mkdir -p "$WORK/stack/cold-py" "$WORK/stack/cold-node" "$WORK/stack/burst" "$WORK/data"
+mkdir -p "$WORK/stack/cold-py" "$WORK/stack/cold-node" "$WORK/stack/burst" "$WORK/stack/cold-lambda-py" "$WORK/data"
 cat >"$WORK/stack/cold-py/handler.py" <<'PY'
 def handle(req):
     return "ok"
@@ -70,6 +70,11 @@ cat >"$WORK/stack/cold-node/handler.js" <<'JS'
 
 module.exports = async (event, context) => context.status(200).succeed('ok');
 JS
+# The same handler as an AWS Lambda function, run by AWS's awslambdaric (no stem cells).
+cat >"$WORK/stack/cold-lambda-py/handler.py" <<'PY'
+def handler(event, context):
+    return "ok"
+PY
 cat >"$WORK/stack/burst/handler.py" <<PY
 import time
 
@@ -104,6 +109,13 @@ $ANNOTATIONS
     labels:
 $LABELS
 $ANNOTATIONS
+  cold-lambda-py:
+    lang: lambda-python
+    handler: ./cold-lambda-py
+    image: skyfri-bench/cold-lambda-py:latest
+    labels:
+$LABELS
+$ANNOTATIONS
   burst:
     lang: python3
     handler: ./burst
@@ -132,7 +144,7 @@ until grep -qx ready "$WORK/skyfri.log" 2>/dev/null; do
   [ "$SECONDS" -lt "$deadline" ] || fail "skyfri not ready within ${READY_TIMEOUT}s"
   sleep 0.1
 done
-echo "bench: skyfri ready on $URL; deploying cold-py, cold-node, burst"
+echo "bench: skyfri ready on $URL; deploying cold-py, cold-node, cold-lambda-py, burst"
 (cd "$WORK/stack" && SKYFRI_PASSWORD="$PASSWORD" timeout 300 "$SKYFRI" deploy -f stack.yml --gateway "$URL") \
   >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log" >&2; fail "deploy failed"; }
 

@@ -13,6 +13,14 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v tar >/dev/null 2>&1 || need+=(tar)
+# The lambda-node template's runtime client (AWS's aws-lambda-ric) compiles its native part
+# (aws-lambda-cpp and curl) once per version at build: node-gyp, cmake and autotools.
+for tool in cmake autoconf automake libtoolize g++ make; do
+  command -v "$tool" >/dev/null 2>&1 || case "$tool" in
+    libtoolize) need+=(libtool) ;;
+    *) need+=("$tool") ;;
+  esac
+done
 
 if [ "${1:-}" = --tests ]; then
   # venv for the test tools installed from PyPI below.
@@ -27,6 +35,8 @@ if [ "${1:-}" = --tests ]; then
   [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
   # The CLI tests run skyfri on a pseudo-terminal (colour, progress lines) with script(1).
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
+  # The dashboard test (crates/skyfri/tests/dashboard.rs) drives Debian's headless Chromium.
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -52,5 +62,24 @@ if [ "${1:-}" = --tests ]; then
     echo "setup: installing schemathesis $SCHEMATHESIS_VERSION into $venv"
     /usr/bin/python3 -m venv --clear "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  # The Lambda Invoke API test (crates/skyfri/tests/lambda_invoke.rs) calls skyfri with boto3.
+  BOTO3_VERSION=1.44.18
+  if [ "$("$venv/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/dev/null)" != "$BOTO3_VERSION" ]; then
+    echo "setup: installing boto3 $BOTO3_VERSION into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "boto3==$BOTO3_VERSION"
+  fi
+fi
+
+if [ "${1:-}" = --tests ]; then
+  # The dashboard test drives /usr/bin/chromium with playwright-core from npm (the library
+  # only: Playwright's own browser download is not used), into its own folder.
+  PLAYWRIGHT_VERSION=1.65.2
+  tools="${XDG_CACHE_HOME:-$HOME/.cache}/skyfri/node-tools"
+  have=$(node -p "require('$tools/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+  if [ "$have" != "$PLAYWRIGHT_VERSION" ]; then
+    echo "setup: installing playwright-core $PLAYWRIGHT_VERSION into $tools"
+    mkdir -p "$tools"
+    npm install --prefix "$tools" --no-save --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION"
   fi
 fi

@@ -1,6 +1,8 @@
 //! What the gateway reads from request headers, on arbitrary values: the client address from
 //! `X-Forwarded-For` (behind a trusted proxy), the caller's `X-Call-Id`, a function's
-//! `Retry-After`, and the scope a `/system` route needs. None may panic.
+//! `Retry-After`, the scope a `/system` route needs, and what the Lambda Invoke API reads (a
+//! SigV4 `Authorization`, its canonical path and query, a function name or ARN). None may
+//! panic.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,4 +39,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = skyfri_core::auth::Scope::parse(c);
     let _ = skyfri_core::quantity::parse_memory(c);
     let _ = skyfri_core::quantity::parse_duration(c);
+
+    use skyfri_gateway::lambda::{sigv4, Target};
+    if let Ok(auth) = sigv4::parse_authorization(c) {
+        let _ = auth.scope();
+    }
+    let _ = sigv4::canonical_path(a);
+    let _ = sigv4::canonical_query(b);
+    let _ = Target::parse(c);
+    let _ = skyfri_gateway::lambda::function_in_path(a);
 });

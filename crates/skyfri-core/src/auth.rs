@@ -204,6 +204,10 @@ pub struct TokenInfo {
     pub expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<String>,
+    /// Also usable as AWS SDK credentials (SigV4): access key id = the name, secret access
+    /// key = the token.
+    #[serde(default)]
+    pub sigv4: bool,
 }
 
 /// The answer to `POST /system/tokens`: the only place a token ever appears.

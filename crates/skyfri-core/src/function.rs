@@ -22,6 +22,13 @@ pub enum Template {
     Node,
     Exec,
     Http,
+    /// An AWS Lambda Python handler (`module.function`), run by AWS's `awslambdaric`.
+    LambdaPython,
+    /// An AWS Lambda Node handler (`exports.handler`), run by AWS's `aws-lambda-ric`.
+    LambdaNode,
+    /// An AWS Lambda custom runtime: an executable `bootstrap` (a shell loop, a Rust
+    /// binary built with the `lambda_runtime` crate, ...).
+    LambdaProvided,
 }
 
 impl Template {
@@ -40,6 +47,9 @@ impl Template {
             Template::Node => &["node18", "node20", "node22", "node-http"],
             Template::Exec => &["dockerfile"],
             Template::Http => &[],
+            Template::LambdaPython => &["lambda-python3"],
+            Template::LambdaNode => &["lambda-nodejs"],
+            Template::LambdaProvided => &["lambda-bootstrap"],
         }
     }
 
@@ -50,25 +60,45 @@ impl Template {
             Template::Node => "node",
             Template::Exec => "exec",
             Template::Http => "http",
+            Template::LambdaPython => "lambda-python",
+            Template::LambdaNode => "lambda-node",
+            Template::LambdaProvided => "lambda-provided",
         }
+    }
+
+    /// Whether the function is an AWS Lambda handler: its replicas serve the Lambda Runtime
+    /// API and take events rather than plain HTTP calls.
+    pub fn is_lambda(self) -> bool {
+        matches!(
+            self,
+            Template::LambdaPython | Template::LambdaNode | Template::LambdaProvided
+        )
     }
 
     /// Calls one replica takes at once when the function does not say (0 = unlimited): a
     /// Python or `exec` replica runs one handler call at a time; Node and HTTP servers take
-    /// many.
+    /// many. A Lambda runtime takes one event at a time, as in AWS.
     pub fn default_concurrency(self) -> u32 {
         match self {
-            Template::Python3 | Template::Python3Http | Template::Exec => 1,
+            Template::Python3
+            | Template::Python3Http
+            | Template::Exec
+            | Template::LambdaPython
+            | Template::LambdaNode
+            | Template::LambdaProvided => 1,
             Template::Node | Template::Http => 0,
         }
     }
 
-    pub const ALL: [Template; 5] = [
+    pub const ALL: [Template; 8] = [
         Template::Python3,
         Template::Python3Http,
         Template::Node,
         Template::Exec,
         Template::Http,
+        Template::LambdaPython,
+        Template::LambdaNode,
+        Template::LambdaProvided,
     ];
 }
 
@@ -252,5 +282,11 @@ mod tests {
         assert_eq!(Template::from_lang("node18"), Some(Template::Node));
         assert_eq!(Template::from_lang("python3"), Some(Template::Python3));
         assert_eq!(Template::from_lang("cobol"), None);
+        assert_eq!(
+            Template::from_lang("lambda-python"),
+            Some(Template::LambdaPython)
+        );
+        assert!(Template::LambdaProvided.is_lambda());
+        assert!(!Template::Python3.is_lambda());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod function;
+pub mod lambda;
 pub mod limits;
 pub mod manifest;
 pub mod openfaas;

@@ -1,4 +1,5 @@
-//! The access log: one JSON line per call of `/function/*` and `/async-function/*` (call id,
+//! The access log: one JSON line per call of `/function/*`, `/async-function/*` and the Lambda
+//! Invoke API (call id,
 //! function, method, path without its query, status, duration, bytes in and out, client IP,
 //! cold start, time), written when the response has been sent (or abandoned).
 //!
@@ -311,6 +312,7 @@ where
     let function = split_under("/function/", &path)
         .or_else(|| split_under("/async-function/", &path))
         .map(|(name, _)| function_name(name).to_owned())
+        .or_else(|| crate::lambda::function_in_path(&path))
         .unwrap_or_default();
     let pending = Pending {
         entry: Entry {

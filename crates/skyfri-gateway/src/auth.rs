@@ -32,6 +32,7 @@ pub fn admin_digest(password: &str) -> [u8; 32] {
 }
 
 /// Who a request authenticated as.
+#[derive(Clone)]
 pub enum Principal {
     Admin,
     Token(std::sync::Arc<Token>),
@@ -52,6 +53,11 @@ impl Principal {
         }
     }
 }
+
+/// A principal the dashboard's session layer (`crate::ui::session`) has already
+/// authenticated: a request extension, which only the gateway's own code can set.
+#[derive(Clone)]
+pub struct Authenticated(pub Principal);
 
 /// Why a request is not authenticated.
 pub enum Failure {
@@ -206,7 +212,7 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     Some(client)
 }
 
-fn client_of(state: &AppState, req: &Request) -> String {
+pub(crate) fn client_of(state: &AppState, req: &Request) -> String {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -220,7 +226,12 @@ fn client_of(state: &AppState, req: &Request) -> String {
 pub async fn require(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let client = client_of(&state, &req);
     let target = format!("{} {}", req.method(), req.uri().path());
-    let principal = match authenticate(&state, req.headers()) {
+    let session = req.extensions_mut().remove::<Authenticated>();
+    let authenticated = match session {
+        Some(Authenticated(p)) => Ok(p),
+        None => authenticate(&state, req.headers()),
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(Failure::Missing) => {
             return unauthorized(
@@ -264,12 +275,14 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
 /// Checks a call of a function; the refusal to answer with, if any. A private one needs basic admin or a token with
 /// `invoke:NAME` (or admin); the credentials are then taken off the request. A skyfri token
 /// is never passed on to a function, private or not; other `Authorization` headers reach
-/// public functions untouched, as in OpenFaaS.
+/// public functions untouched, as in OpenFaaS. `session` is the dashboard's principal when
+/// the call comes from its invoke form.
 pub fn check_invoke(
     state: &AppState,
     name: &str,
     private: bool,
     headers: &mut HeaderMap,
+    session: Option<Principal>,
 ) -> Option<Response> {
     if !private {
         let ours = headers
@@ -285,7 +298,11 @@ pub fn check_invoke(
         return None;
     }
     let need = Scope::Invoke(name.to_string());
-    let principal = match authenticate(state, headers) {
+    let authenticated = match session {
+        Some(p) => Ok(p),
+        None => authenticate(state, headers),
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(Failure::Missing) => {
             return Some(unauthorized(format!(

@@ -192,6 +192,7 @@ fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
     let Some(status) = state.provider.status(name) else {
         return;
     };
+    s.live.stats.replicas(now, status.available);
     let decision = s.kpa.decide(now, status.available);
     let previous = state.decisions.get(name);
     if previous.as_ref().map(|p| (p.desired, p.panic)) != Some((decision.desired, decision.panic)) {

@@ -65,6 +65,12 @@ impl GatewayError {
         }
     }
 
+    /// The function failed (crashed, closed the connection, timed out), not the caller or
+    /// the platform.
+    pub fn is_function(&self) -> bool {
+        self.source_name() == "function"
+    }
+
     fn source_name(&self) -> &'static str {
         match self {
             GatewayError::Caller { .. } => "caller",

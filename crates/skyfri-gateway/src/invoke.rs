@@ -108,9 +108,20 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
             }
         }
     };
-    let name = &live.deployment.spec.name;
-    if let Some(refused) = crate::auth::check_invoke(&state, name, live.private, req.headers_mut())
-    {
+    let name = live.deployment.spec.name.as_str();
+    // The dashboard's session, for a private function called from its invoke form.
+    let session = if live.private {
+        req.extensions_mut().remove::<crate::auth::Authenticated>()
+    } else {
+        None
+    };
+    if let Some(refused) = crate::auth::check_invoke(
+        &state,
+        name,
+        live.private,
+        req.headers_mut(),
+        session.map(|s| s.0),
+    ) {
         return refused;
     }
     let call_id = req
@@ -170,11 +181,14 @@ fn seconds_value(seconds: f64) -> HeaderValue {
     header_value(&text)
 }
 
-/// Counts a call of `live` that ended with `code`, as invocations and in the metrics;
-/// returns its duration in seconds.
+/// Counts a call of `live` that ended with `code`, as invocations, in the metrics and in
+/// the dashboard's per-minute stats; returns its duration in seconds.
 pub(crate) fn record(_state: &AppState, live: &Live, code: u16, start: Instant) -> f64 {
-    let elapsed = start.elapsed().as_secs_f64();
+    let now = Instant::now();
+    let took = now.saturating_duration_since(start);
+    let elapsed = took.as_secs_f64();
     live.invocations.fetch_add(1, Ordering::Relaxed);
+    live.stats.call(now, took, code);
     live.calls.observe(code, elapsed);
     elapsed
 }
@@ -191,7 +205,21 @@ pub(crate) async fn read_body(
     live: &Live,
     body: Body,
 ) -> Result<Bytes, GatewayError> {
-    let (max, limit) = limits::body_limit(state, live);
+    read_body_within(state, live, body, None).await
+}
+
+/// [`read_body`], held to `cap` too when it is lower than the function's limit (an API's
+/// own limit, such as Lambda's payload sizes).
+pub(crate) async fn read_body_within(
+    state: &AppState,
+    live: &Live,
+    body: Body,
+    cap: Option<(usize, Limit)>,
+) -> Result<Bytes, GatewayError> {
+    let (max, limit) = match (limits::body_limit(state, live), cap) {
+        ((max, _), Some((cap, limit))) if cap < max => (cap, limit),
+        (own, _) => own,
+    };
     let too_large = |limit| limits::body_too_large(&live.deployment.spec.name, max, limit);
     Ok(Limited::new(body, max)
         .collect()
@@ -208,7 +236,23 @@ pub(crate) async fn read_body(
 
 /// A `/function/NAME[/path]` request as the call to send on.
 async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoing, GatewayError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Only the gateway's Invoke API may hand a Lambda function a raw event, and only the
+    // gateway says where a call came from.
+    parts.headers.remove(skyfri_core::lambda::EVENT_HEADER);
+    parts.headers.remove(skyfri_core::lambda::SOURCE_IP_HEADER);
+    if live.deployment.template.is_lambda() {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = crate::auth::client_ip(peer, &parts.headers, &state.trusted_proxies) {
+            parts.headers.insert(
+                HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER),
+                header_value(&ip.to_string()),
+            );
+        }
+    }
     let body = read_body(state, live, body).await?;
     let (_, suffix) = split_path(parts.uri.path()).unwrap_or(("", "/"));
     Ok(Outgoing {
@@ -343,6 +387,7 @@ pub async fn forward(
     copy_headers(&parts.headers, response.headers_mut());
     if cold {
         state.metrics.cold_start(&spec.name);
+        live.stats.cold_start(Instant::now());
         response.headers_mut().insert(
             HeaderName::from_static("x-skyfri-cold-start"),
             HeaderValue::from_static("true"),

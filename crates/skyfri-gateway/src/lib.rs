@@ -1,7 +1,8 @@
 //! skyfri-gateway: the HTTP front door. OpenFaaS-compatible admin API under `/system`
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
-//! (run by the dispatchers of [`async_calls`]), topic and cron [`triggers`], health and
-//! Prometheus metrics, and usage metering ([`usage`]).
+//! (run by the dispatchers of [`async_calls`]), the AWS Lambda Invoke API ([`lambda`]), topic
+//! and cron [`triggers`], health and Prometheus metrics, usage metering ([`usage`]), and the
+//! dashboard at `/ui` ([`ui`]) with its per-minute [`stats`].
 
 pub mod access_log;
 pub mod api;
@@ -13,14 +14,17 @@ pub mod backup;
 pub mod error;
 pub mod extract;
 pub mod invoke;
+pub mod lambda;
 pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod tokens;
 pub mod triggers;
+pub mod ui;
 pub mod upstream;
 pub mod usage;
 
@@ -36,7 +40,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::Response;
 use axum::routing::{any, delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -84,6 +88,8 @@ pub fn router(state: AppState) -> Router {
         .route("/system/info", get(api::system::info))
         .route("/system/info/residency", get(api::residency::residency))
         .route("/system/usage", get(api::usage::usage))
+        .route("/system/cost", get(api::cost::cost))
+        .route("/system/stats", get(api::stats::stats))
         .route("/system/namespaces", get(api::system::namespaces))
         .route("/system/logs", get(api::logs::logs))
         .route(
@@ -105,13 +111,37 @@ pub fn router(state: AppState) -> Router {
             "/async-function/{name}/{*rest}",
             any(async_calls::accept::accept),
         )
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(lambda::invoke::invoke),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access_log::record,
         ));
+    // The dashboard's API runs its requests through these same routes and middleware.
+    let system_api = ui::api::SystemApi(system.clone().with_state(state.clone()));
+    let calls_api = ui::api::CallsApi(calls.clone().with_state(state.clone()));
     Router::new()
         .merge(system)
         .merge(calls)
+        .route("/ui", get(ui::assets::index))
+        .route("/ui/", get(ui::assets::index))
+        .route("/ui/assets/{file}", get(ui::assets::file))
+        .route("/ui/login", post(ui::session::login))
+        .route("/ui/logout", post(ui::session::logout))
+        .route("/ui/session", get(ui::session::current))
+        .route(
+            "/ui/api/system/{*rest}",
+            get(ui::api::system)
+                .post(ui::api::system)
+                .delete(ui::api::system)
+                .layer(Extension(system_api)),
+        )
+        .route(
+            "/ui/api/invoke/{name}",
+            post(ui::api::invoke).layer(Extension(calls_api)),
+        )
         .route("/healthz", get(api::system::healthz))
         .route("/metrics", get(api::system::metrics))
         .with_state(state)

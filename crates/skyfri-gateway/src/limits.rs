@@ -211,9 +211,10 @@ pub fn body_limit(state: &AppState, live: &Live) -> (usize, Limit) {
 
 /// The 413 for a body over `limit`.
 pub fn body_too_large(function: &str, bytes: usize, limit: Limit) -> GatewayError {
-    let whose = match limit.scope {
-        "function" => format!("function {function:?}'s limit ({MAX_BODY_KEY})"),
-        _ => "the gateway's limit (skyfri up --max-body)".to_string(),
+    let whose = match (limit.scope, limit.name) {
+        ("function", _) => format!("function {function:?}'s limit ({MAX_BODY_KEY})"),
+        (_, "--max-body") => "the gateway's limit (skyfri up --max-body)".to_string(),
+        (_, api) => format!("the limit of the {api}"),
     };
     GatewayError::Caller {
         status: StatusCode::PAYLOAD_TOO_LARGE,

@@ -132,6 +132,12 @@ impl Router {
         queued.values().next().map(Instant::elapsed)
     }
 
+    /// Calls holding `endpoint` now (from getting it until their answer is sent).
+    pub fn calls_on(&self, endpoint: &Endpoint) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.load.get(endpoint).map_or(0, |&n| n as usize)
+    }
+
     /// Calls that have been given a replica since the start.
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
@@ -362,6 +368,7 @@ mod tests {
         };
         assert_ne!(a.endpoint(), b.endpoint());
         assert_eq!(r.in_flight(), 2);
+        assert_eq!(r.calls_on(a.endpoint()), 1);
         // Full: the third waits, and gets the replica the first one frees.
         let r2 = Arc::clone(&r);
         let list = two.clone();
@@ -381,8 +388,10 @@ mod tests {
         drop(a);
         assert_eq!(third.await.ok(), Some(Ok(freed)));
         assert_eq!((r.waiting(), r.oldest_wait()), (0, None));
+        let on_b = b.endpoint().clone();
         drop(b);
         assert_eq!(r.in_flight(), 0);
+        assert_eq!(r.calls_on(&on_b), 0);
         assert_eq!(r.started(), 3);
     }
 

@@ -11,7 +11,7 @@ pub use skyfri_core::scaling::MAX_CONCURRENCY_KEY;
 pub use skyfri_core::scaling::QUEUE_SIZE_KEY as QUEUE_ANNOTATION;
 use skyfri_core::{Deployment, ScalePolicy};
 use skyfri_queue::Queue;
-use skyfri_runtime::{ArtefactStore, Provider};
+use skyfri_runtime::{ArtefactStore, CallTracker, Endpoint, Provider};
 use skyfri_store::Store;
 
 use crate::access_log::AccessLog;
@@ -22,6 +22,7 @@ use crate::limits::bucket::Bucket;
 use crate::limits::{function_bucket, GatewayLimits, LimitSettings};
 use crate::metrics::{CallSeries, Metrics};
 use crate::router::{Limits, Router};
+use crate::stats::FunctionStats;
 use crate::tokens::Tokens;
 use crate::upstream::Upstream;
 use crate::usage::Meter;
@@ -67,6 +68,8 @@ pub struct Live {
     pub rate: Option<Arc<Bucket>>,
     /// Its calls' metrics series; survive redeploys.
     pub calls: Arc<CallSeries>,
+    /// Its last hour by minute, for the dashboard; survives redeploys.
+    pub stats: Arc<FunctionStats>,
     /// A scale-up from zero is on its way.
     activating: AtomicBool,
 }
@@ -121,9 +124,22 @@ pub struct Inner {
     pub decisions: Decisions,
     /// Usage per function and month, until it is flushed to the store.
     pub meter: Meter,
+    /// Dashboard sessions (in memory).
+    pub sessions: crate::ui::session::Sessions,
     /// Set once at start when the access log is on.
     pub access_log: std::sync::OnceLock<AccessLog>,
     functions: RwLock<HashMap<String, Arc<Live>>>,
+}
+
+/// The provider stops a replica it retires once no call of the function's router holds it.
+impl CallTracker for Inner {
+    fn calls_on(&self, function: &str, endpoint: &Endpoint) -> usize {
+        self.functions
+            .read()
+            .ok()
+            .and_then(|m| m.get(function).map(|live| live.router.calls_on(endpoint)))
+            .unwrap_or(0)
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -141,7 +157,7 @@ impl AppState {
         artefacts: Arc<ArtefactStore>,
         queue: Arc<dyn Queue>,
     ) -> AppState {
-        AppState(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             audit: Audit::new(Arc::clone(&store)),
             store,
             provider,
@@ -160,9 +176,14 @@ impl AppState {
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
             meter: Meter::default(),
+            sessions: Default::default(),
             access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),
-        }))
+        });
+        // Weak: the provider is part of the state it asks.
+        let tracker: std::sync::Weak<dyn CallTracker> = Arc::downgrade(&inner) as _;
+        inner.provider.track_calls(tracker);
+        AppState(inner)
     }
 
     /// A call found no replica: start one, once, if the function is at zero.
@@ -231,6 +252,7 @@ impl AppState {
                         limits: call_limits,
                         rate: function_bucket(call_limits.rate, old.rate.as_ref()),
                         calls: Arc::clone(&old.calls),
+                        stats: Arc::clone(&old.stats),
                         activating: AtomicBool::new(false),
                     }
                 }
@@ -242,6 +264,7 @@ impl AppState {
                     limits: call_limits,
                     rate: function_bucket(call_limits.rate, None),
                     calls: self.metrics.call_series(&name),
+                    stats: Arc::default(),
                     activating: AtomicBool::new(false),
                 },
             };

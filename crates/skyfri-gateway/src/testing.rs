@@ -1,11 +1,94 @@
-//! What the gateway's unit tests share: a provider with no processes behind it.
+//! What the gateway's unit tests share: a provider with no processes behind it, a gateway
+//! state over it, and a client.
 
-use std::sync::Mutex;
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use skyfri_core::Deployment;
-use skyfri_runtime::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+use skyfri_queue::EmbeddedQueue;
+use skyfri_runtime::{ArtefactStore, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError};
+use skyfri_store::Store;
+
+use crate::state::{AppState, GatewayConfig, Locations};
+
+/// A gateway state over `provider` (admin password `pw`), keeping its store, artefacts and
+/// embedded queue in `dir`.
+pub fn state(dir: &Path, provider: FakeProvider, max_body: usize) -> AppState {
+    AppState::new(
+        GatewayConfig {
+            admin_password: "pw".into(),
+            max_body,
+            limits: Default::default(),
+            tmp_dir: dir.join("tmp"),
+            locations: Locations {
+                data_dir: dir.to_path_buf(),
+                ..Default::default()
+            },
+            trusted_proxies: Vec::new(),
+        },
+        Arc::new(Store::open(&dir.join("skyfri.db")).unwrap()),
+        Arc::new(provider),
+        Arc::new(ArtefactStore::open(dir.join("artefacts")).unwrap()),
+        EmbeddedQueue::open(&dir.join("queue.db")).unwrap(),
+    )
+}
+
+/// An answer, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Sends one request to the gateway at `gateway` and reads the answer.
+pub async fn send(
+    gateway: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{gateway}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
 
 /// A provider whose functions all have the replicas `endpoints` (servers the test runs, or
 /// none), and whose CPU readings are whatever the test puts in `cpu`.

@@ -8,6 +8,10 @@
 //! search), so the lookup needs no constant-time scan. The view is reloaded from the store on
 //! every create and revoke (and at start, by `restore`).
 //!
+//! A token made for AWS SDK callers (`sigv4`) also has its signing secret here (the token
+//! itself, decrypted from the store at reload), found by the token's name, which is the
+//! SigV4 access key id (see `crate::lambda::sigv4`).
+//!
 //! The time of last use is kept here and written to the store at most once a minute per
 //! token, off the request path; listings overlay the in-memory time.
 
@@ -94,10 +98,29 @@ impl Token {
     }
 }
 
-/// The stored tokens by hash.
+/// A SigV4 signing secret, kept out of `Debug` output.
+pub struct SigningSecret(Vec<u8>);
+
+impl SigningSecret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret(..)")
+    }
+}
+
+/// A token with a SigV4 secret, and the secret.
+pub type SigV4Credential = (Arc<Token>, Arc<SigningSecret>);
+
+/// The stored tokens by hash, and those with a SigV4 secret by name.
 #[derive(Default)]
 pub struct Tokens {
     by_hash: RwLock<HashMap<[u8; 32], Arc<Token>>>,
+    by_access_key: RwLock<HashMap<String, SigV4Credential>>,
 }
 
 impl Tokens {
@@ -105,9 +128,22 @@ impl Tokens {
     /// stored token whose scopes no longer parse is left out (it grants nothing).
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let records = store.list_tokens()?;
-        let Ok(mut map) = self.by_hash.write() else {
+        let mut secrets: HashMap<String, Vec<u8>> = HashMap::new();
+        for (name, secret) in store.token_sigv4_secrets()? {
+            match secret {
+                Ok(s) => {
+                    secrets.insert(name, s);
+                }
+                Err(e) => {
+                    tracing::error!(token = %name, error = %e, "token's SigV4 secret does not open; the token works as a bearer token only")
+                }
+            }
+        }
+        let (Ok(mut map), Ok(mut by_key)) = (self.by_hash.write(), self.by_access_key.write())
+        else {
             return Err(StoreError::Poisoned);
         };
+        by_key.clear();
         let old: HashMap<String, Arc<Token>> =
             map.drain().map(|(_, t)| (t.name.clone(), t)).collect();
         for r in records {
@@ -122,24 +158,38 @@ impl Tokens {
             let noted = old
                 .get(&r.name)
                 .map_or(0, |t| t.last_used.load(Ordering::Relaxed));
-            map.insert(
-                r.hash,
-                Arc::new(Token {
-                    name: r.name,
-                    scopes,
-                    expires_at: r.expires_at,
-                    last_used: AtomicI64::new(noted.max(stored_use)),
-                    saved: AtomicI64::new(stored_use),
-                }),
-            );
+            let token = Arc::new(Token {
+                name: r.name,
+                scopes,
+                expires_at: r.expires_at,
+                last_used: AtomicI64::new(noted.max(stored_use)),
+                saved: AtomicI64::new(stored_use),
+            });
+            if let Some(secret) = secrets.remove(&token.name) {
+                by_key.insert(
+                    token.name.clone(),
+                    (Arc::clone(&token), Arc::new(SigningSecret(secret))),
+                );
+            }
+            map.insert(r.hash, token);
         }
         Ok(())
     }
 
+    /// The token whose name is a SigV4 access key id, and its signing secret; `None` when
+    /// there is no such token or it was made without a SigV4 secret.
+    pub fn by_access_key(&self, key_id: &str) -> Option<SigV4Credential> {
+        self.by_access_key.read().ok()?.get(key_id).cloned()
+    }
+
     /// The token a presented one is, if any (expired ones too: the caller says why).
     pub fn find(&self, presented: &str) -> Option<Arc<Token>> {
-        let h = hash(presented);
-        self.by_hash.read().ok()?.get(&h).cloned()
+        self.find_hash(&hash(presented))
+    }
+
+    /// The token whose hash is `h` (a dashboard session keeps only the hash).
+    pub fn find_hash(&self, h: &[u8; 32]) -> Option<Arc<Token>> {
+        self.by_hash.read().ok()?.get(h).cloned()
     }
 
     /// A stored record with the last use noted in memory.
@@ -170,24 +220,47 @@ mod tests {
 
         let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
         let store = Store::open(&dir.path().join("skyfri.db"))?;
-        store.create_token(&TokenRecord {
-            name: "ci".into(),
-            hash: ha,
-            scopes: vec!["read".into()],
-            created_at: Utc::now(),
-            expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
-            last_used: None,
-        })?;
+        store.create_token(
+            &TokenRecord {
+                name: "ci".into(),
+                hash: ha,
+                scopes: vec!["read".into()],
+                created_at: Utc::now(),
+                expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+                last_used: None,
+                sigv4: false,
+            },
+            None,
+        )?;
+        store.create_token(
+            &TokenRecord {
+                name: "sdk".into(),
+                hash: hash(&b),
+                scopes: vec!["invoke:f".into()],
+                created_at: Utc::now(),
+                expires_at: None,
+                last_used: None,
+                sigv4: false,
+            },
+            Some(b.as_bytes()),
+        )?;
         let tokens = Tokens::default();
         tokens.reload(&store)?;
         let found = tokens
             .find(&a)
             .map(|t| (t.name.clone(), t.expired(Utc::now())));
         assert_eq!(found, Some(("ci".to_string(), true)));
-        assert!(tokens.find(&b).is_none());
+        assert!(
+            tokens.by_access_key("ci").is_none(),
+            "made without a SigV4 secret"
+        );
+        let sdk = tokens.by_access_key("sdk");
+        assert!(sdk.is_some_and(|(t, s)| t.name == "sdk" && s.bytes() == b.as_bytes()));
         store.revoke_token("ci")?;
+        store.revoke_token("sdk")?;
         tokens.reload(&store)?;
         assert!(tokens.find(&a).is_none(), "a revoked token is gone at once");
+        assert!(tokens.by_access_key("sdk").is_none());
         Ok(())
     }
 }

@@ -153,7 +153,7 @@ fn every_route_is_documented_and_every_operation_routed() {
 }
 
 #[test]
-fn system_operations_require_auth_and_others_do_not() {
+fn system_and_lambda_operations_require_auth_and_others_do_not() {
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(OPENAPI).expect("docs/openapi.yaml is YAML");
     let global = doc.get("security").and_then(|s| s.as_sequence());
@@ -161,16 +161,26 @@ fn system_operations_require_auth_and_others_do_not() {
         global.is_some_and(|s| s.len() == 2),
         "the document's default security is basic or bearer"
     );
+    let dashboard_session =
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[{dashboardSession: []}]").expect("YAML");
     for (method, path) in documented() {
         let op = &doc["paths"][path.as_str()][method.as_str()];
-        let open = op
-            .get("security")
+        let security = op.get("security");
+        let open = security
             .and_then(|s| s.as_sequence())
             .is_some_and(|s| s.is_empty());
-        assert_eq!(
-            open,
-            !path.starts_with("/system/"),
-            "{method} {path}: /system/* is authenticated, the rest is not"
+        let session = security == Some(&dashboard_session);
+        // The Lambda Invoke API always needs credentials, as Lambda does.
+        let expected = if path.starts_with("/system/") || path.starts_with("/2015-03-31/") {
+            !open && !session
+        } else if path.starts_with("/ui/api/") || path == "/ui/logout" || path == "/ui/session" {
+            session
+        } else {
+            open
+        };
+        assert!(
+            expected,
+            "{method} {path}: /system/* and the Lambda Invoke API take basic or bearer auth, the dashboard's API its session, the rest is open"
         );
     }
 }

@@ -20,6 +20,8 @@ pub use dependencies::PYTHON_PACKAGES;
 const PREFIX: &str = "sha256:";
 /// Where the user's files go inside an artefact.
 pub const FUNCTION_DIR: &str = "function";
+/// AWS's Node runtime client in a lambda-node artefact, beside the function.
+pub const LAMBDA_NODE_CLIENT: &str = "lambda_runtime/node_modules/aws-lambda-ric/bin/index.mjs";
 
 /// Builds and finds artefacts under one root directory.
 #[derive(Debug, Clone)]
@@ -241,7 +243,10 @@ fn install_dependencies(template: Template, staging: &Path) -> Result<(), Runtim
 /// comparing them to their source: the artefact never changes. A file that does not compile
 /// fails the build, naming it.
 fn precompile(template: Template, staging: &Path) -> Result<(), RuntimeError> {
-    if !matches!(template, Template::Python3 | Template::Python3Http) {
+    if !matches!(
+        template,
+        Template::Python3 | Template::Python3Http | Template::LambdaPython
+    ) {
         return Ok(());
     }
     let Some(python) = crate::local::Interpreters::resolve().python else {

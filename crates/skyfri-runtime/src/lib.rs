@@ -2,10 +2,13 @@
 //! store functions are built into, and the local provider that runs replicas as processes.
 
 pub mod artefact;
+pub mod lambda;
 pub mod local;
 pub mod provider;
 pub mod templates;
 
 pub use artefact::ArtefactStore;
 pub use local::LocalProvider;
-pub use provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
+pub use provider::{
+    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+};

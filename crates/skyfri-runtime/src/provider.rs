@@ -80,13 +80,25 @@ pub trait SecretSource: Send + Sync + 'static {
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
 }
 
+/// What the gateway knows of the calls it sends to replicas: a replica that left the
+/// rotation (scaled down, replaced by a deploy) is stopped only once no call holds it.
+pub trait CallTracker: Send + Sync + 'static {
+    /// Calls of `function` that hold `endpoint` now: on their way to it, running there, or
+    /// having their answer streamed back.
+    fn calls_on(&self, function: &str, endpoint: &Endpoint) -> usize;
+}
+
 /// Runs function replicas and tells the gateway where to reach them.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync + 'static {
-    /// Creates or replaces the function's replicas (d.replicas of them, from d.artefact). On
-    /// update, new replicas start and old ones are stopped once new ones are ready. Returns once
-    /// at least one replica is ready, or an error if the replica fails to start within ~10 s
-    /// (with the last lines of its output in the message), e.g. handler import error.
+    /// Creates or replaces the function's replicas, from d.artefact: d.replicas of them, or
+    /// as many as the function runs now when that is more. A replacement switches without a
+    /// failed call: the new replicas start beside the old ones, which serve until the new
+    /// ones are ready (all of them, or at least one when the others are not ready within
+    /// ~10 s); then the old ones leave the rotation and stop once the calls they hold are
+    /// done (see [`Provider::track_calls`]). Returns an error, the old replicas untouched,
+    /// if no new replica gets ready within ~10 s (with the last lines of its output in the
+    /// message), e.g. a handler import error.
     async fn deploy(&self, d: &Deployment) -> Result<(), RuntimeError>;
     async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
     async fn scale(&self, name: &str, replicas: u32) -> Result<(), RuntimeError>;
@@ -108,6 +120,9 @@ pub trait Provider: Send + Sync + 'static {
     fn take_cpu_usage(&self) -> Option<Vec<(String, Duration)>> {
         None
     }
+    /// Where the provider asks whether calls still hold a replica it retires. Without a
+    /// tracker, a retired replica gets a fixed grace period.
+    fn track_calls(&self, _tracker: std::sync::Weak<dyn CallTracker>) {}
     /// Stops every replica (kill process groups) and waits for them.
     async fn shutdown(&self);
 }

@@ -205,3 +205,88 @@ async fn node_call_survives_scale_down() -> Result {
     env.provider.shutdown().await;
     Ok(())
 }
+
+/// Calls that hold replicas, as the gateway's router would report them.
+#[derive(Default)]
+struct Held(std::sync::Mutex<Vec<skyfri_runtime::Endpoint>>);
+
+impl skyfri_runtime::CallTracker for Held {
+    fn calls_on(&self, _function: &str, endpoint: &skyfri_runtime::Endpoint) -> usize {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.iter().filter(|e| *e == endpoint).count()
+    }
+}
+
+async fn answer(ep: &skyfri_runtime::Endpoint) -> Option<String> {
+    request(ep, "POST", "/", &[], "").await.ok().map(|r| r.body)
+}
+
+/// A new version takes over at the scale the function runs at, once all its replicas are
+/// ready; an old replica a call still holds keeps running until the call lets go of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redeploy_takes_over_at_scale_and_waits_for_held_calls() -> Result {
+    let env = env()?;
+    let held = std::sync::Arc::new(Held::default());
+    let tracker: std::sync::Arc<dyn skyfri_runtime::CallTracker> = held.clone();
+    env.provider
+        .track_calls(std::sync::Arc::downgrade(&tracker));
+    let version = |v: &str| format!("def handle(req):\n    return '{v}'\n");
+    let v1 = env.function(
+        "rollout",
+        Template::Python3,
+        &[("handler.py", &version("v1"))],
+        None,
+    )?;
+    env.provider.deploy(&v1).await?;
+    env.provider.scale("rollout", 3).await?;
+    let mut old = Vec::new();
+    for _ in 0..500 {
+        old = env.provider.endpoints("rollout");
+        if old.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(old.len(), 3, "three v1 replicas");
+    held.0.lock().expect("lock").push(old[0].clone());
+
+    // Deployed asking for one replica, while three run.
+    let v2 = env.function(
+        "rollout",
+        Template::Python3,
+        &[("handler.py", &version("v2"))],
+        None,
+    )?;
+    env.provider.deploy(&v2).await?;
+    let status = env.provider.status("rollout").expect("status");
+    assert_eq!((status.desired, status.available), (3, 3));
+    let new = env.provider.endpoints("rollout");
+    assert!(new.iter().all(|e| !old.contains(e)), "{new:?} {old:?}");
+    for ep in &new {
+        assert_eq!(answer(ep).await.as_deref(), Some("v2"));
+    }
+
+    // Past the drain period: the idle old replicas are gone, the held one still answers.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        answer(&old[1]).await,
+        None,
+        "an idle old replica still serves"
+    );
+    assert_eq!(answer(&old[0]).await.as_deref(), Some("v1"));
+    held.0.lock().expect("lock").clear();
+    let mut gone = false;
+    for _ in 0..200 {
+        if answer(&old[0]).await.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the old replica outlived the call that held it");
+    env.provider.shutdown().await;
+    Ok(())
+}

@@ -11,7 +11,7 @@ mod tokens;
 
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use schema::SCHEMA_VERSION;
-pub use tokens::TokenRecord;
+pub use tokens::{TokenRecord, TokenSecret};
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -46,6 +46,8 @@ pub enum StoreError {
     SecretKey { path: PathBuf, reason: String },
     #[error("store: secret {name:?} cannot be decrypted: its stored record was altered or copied from another secret; set it again with `skyfri secret update {name}`")]
     SecretAltered { name: String },
+    #[error("store: the SigV4 secret of token {name:?} cannot be decrypted: its stored record was altered; revoke the token and create a new one")]
+    TokenAltered { name: String },
     #[error("store: {0}")]
     InvalidName(String),
     #[error("store: cannot encrypt a secret value")]
@@ -339,14 +341,18 @@ mod tests {
             created_at: now,
             expires_at: Some(now + chrono::Duration::days(30)),
             last_used: None,
+            sigv4: false,
         };
-        assert!(s.create_token(&t)?);
-        assert!(!s.create_token(&t)?, "a second token with the same name");
+        assert!(s.create_token(&t, None)?);
+        assert!(
+            !s.create_token(&t, None)?,
+            "a second token with the same name"
+        );
         let bad = TokenRecord {
             name: "../x".into(),
             ..t.clone()
         };
-        assert!(s.create_token(&bad).is_err());
+        assert!(s.create_token(&bad, None).is_err());
         let later = now + chrono::Duration::minutes(5);
         s.touch_token("ci", later)?;
         s.touch_token("ci", now)?;

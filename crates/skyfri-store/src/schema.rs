@@ -72,6 +72,12 @@ CREATE TABLE usage (
     PRIMARY KEY (function, month)
 ) WITHOUT ROWID;
 ",
+    // 4: a token's SigV4 signing secret (the token itself, for AWS SDK callers of the Lambda
+    // Invoke API), sealed under secret.key like secrets; NULL for tokens without one.
+    "
+ALTER TABLE tokens ADD COLUMN sigv4_nonce BLOB;
+ALTER TABLE tokens ADD COLUMN sigv4_secret BLOB;
+",
 ];
 
 /// The schema version this build writes.

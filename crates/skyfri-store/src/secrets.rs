@@ -38,16 +38,22 @@ pub(crate) struct SecretKey {
     path: PathBuf,
 }
 
-struct Sealed {
-    nonce: [u8; NONCE_LEN],
-    ciphertext: Vec<u8>,
+pub(crate) struct Sealed {
+    pub(crate) nonce: [u8; NONCE_LEN],
+    pub(crate) ciphertext: Vec<u8>,
 }
 
 impl SecretKey {
     /// Loads the key at `path` and checks it against the stored secrets. Makes a new key when
     /// there is none and no secret needs the old one.
     pub(crate) fn open(conn: &Connection, path: &Path) -> Result<SecretKey, StoreError> {
-        let stored: u64 = conn.query_row("SELECT count(*) FROM secrets", [], |r| r.get(0))?;
+        // Secrets, and the tokens whose SigV4 signing secret is sealed under the key.
+        let stored: u64 = conn.query_row(
+            "SELECT (SELECT count(*) FROM secrets)
+                  + (SELECT count(*) FROM tokens WHERE sigv4_secret IS NOT NULL)",
+            [],
+            |r| r.get(0),
+        )?;
         let key = match read_key(path)? {
             Some(key) => key,
             None if stored > 0 => {
@@ -89,7 +95,7 @@ impl SecretKey {
         Ok(key)
     }
 
-    fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<Sealed, StoreError> {
+    pub(crate) fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<Sealed, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng
             .try_fill_bytes(&mut nonce)
@@ -102,7 +108,7 @@ impl SecretKey {
     }
 
     /// The plaintext, or `None` when the record does not authenticate under this key.
-    fn unseal(&self, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn unseal(&self, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
         self.cipher
             .decrypt(

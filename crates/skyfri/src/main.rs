@@ -9,6 +9,7 @@ mod progress;
 mod service;
 mod stackfile;
 mod term;
+mod watch;
 
 use clap::Parser;
 
@@ -27,7 +28,16 @@ pub struct Cli {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     term::init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The lambda shim runs in every Lambda replica and serves one event at a time: one
+    // thread is plenty, and each worker thread would cost the replica memory.
+    let runtime = if cli.command.is_lambda_shim() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

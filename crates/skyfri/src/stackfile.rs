@@ -15,6 +15,8 @@ use crate::progress::{Progress, Task};
 pub struct StackFile {
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// Other files the manifest was read from (its `environment_file`s).
+    pub includes: Vec<PathBuf>,
 }
 
 impl StackFile {
@@ -24,7 +26,7 @@ impl StackFile {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let file = path.display().to_string();
-        let mut manifest = parse(path, &text)?;
+        let (mut manifest, includes) = parse_with_includes(path, &text)?;
         if let Some(name) = filter {
             manifest.functions.retain(|f| f.spec.name == name);
             if manifest.functions.is_empty() {
@@ -46,29 +48,38 @@ impl StackFile {
         Ok(StackFile {
             path: path.to_path_buf(),
             manifest,
+            includes,
         })
     }
 
     fn dir(&self) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).to_path_buf()
     }
+
+    /// The folder a function's handler is built from, if it has one.
+    pub fn handler_dir(&self, f: &ManifestFunction) -> Option<PathBuf> {
+        f.handler.as_ref().map(|h| self.dir().join(h))
+    }
 }
 
 /// Parses `text` as the manifest at `path`: `${VAR}`s from the environment, an
 /// `environment_file` relative to the file's folder.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest> {
+    parse_with_includes(path, text).map(|(manifest, _)| manifest)
+}
+
+/// As [`parse`], and the files it read besides `path`.
+fn parse_with_includes(path: &Path, text: &str) -> Result<(Manifest, Vec<PathBuf>)> {
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let env = |k: &str| std::env::var(k).ok();
+    let includes = std::cell::RefCell::new(Vec::new());
     let read = |rel: &str| {
-        std::fs::read_to_string(dir.join(rel))
-            .map_err(|e| format!("cannot read {}: {e}", dir.join(rel).display()))
+        let file = dir.join(rel);
+        includes.borrow_mut().push(file.clone());
+        std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))
     };
-    Ok(manifest::parse(
-        &path.display().to_string(),
-        text,
-        &env,
-        &read,
-    )?)
+    let manifest = manifest::parse(&path.display().to_string(), text, &env, &read)?;
+    Ok((manifest, includes.into_inner()))
 }
 
 fn pack(folder: &Path) -> Result<Vec<u8>> {
@@ -108,7 +119,7 @@ pub async fn build_all(gw: &Gateway, stack: &StackFile, progress: &Progress) -> 
         .collect();
     let results: Vec<Result<()>> = futures_util::stream::iter(tasks)
         .map(|(f, mut task)| async move {
-            let result = build(gw, stack, f, &mut task).await;
+            let result = build(gw, stack, f, &mut task).await.map(|_| ());
             if let Err(e) = &result {
                 let text = format!("{e:#}");
                 let first = text.lines().next().unwrap_or_default();
@@ -143,15 +154,16 @@ pub async fn build_all(gw: &Gateway, stack: &StackFile, progress: &Progress) -> 
     }
 }
 
-/// Builds one function's artefact on the gateway, which installs its dependencies.
-async fn build(
+/// Builds one function's artefact on the gateway, which installs its dependencies; returns
+/// the artefact's name (the hash of its content), `None` for a function without a handler.
+pub async fn build(
     gw: &Gateway,
     stack: &StackFile,
     f: &ManifestFunction,
     task: &mut Task,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let (Some(handler), Some(template)) = (&f.handler, f.template) else {
-        return Ok(());
+        return Ok(None);
     };
     task.step(format!("packing {handler}"));
     let folder = stack.dir().join(handler);
@@ -185,8 +197,8 @@ async fn build(
             .with_context(|| format!("building {}", f.spec.name));
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let artefact = v["artefact"].as_str().unwrap_or("?");
-    let short = artefact.get(..19).unwrap_or(artefact);
+    let artefact = v["artefact"].as_str().unwrap_or("?").to_string();
+    let short = artefact.get(..19).unwrap_or(&artefact);
     task.done(
         &format!("{} ({short}) in {}", f.spec.image, task.elapsed()),
         &format!(
@@ -196,7 +208,7 @@ async fn build(
             task.elapsed()
         ),
     );
-    Ok(())
+    Ok(Some(artefact))
 }
 
 /// A build error that starts with a file of the handler folder (`requirements.txt: pip

@@ -10,12 +10,27 @@ use common::{cli, Platform, PASSWORD};
 
 /// Every template's `--lang` (an alias for node), the new function's name, and what its
 /// starter answers to the body `skyfri`.
-const STARTERS: [(&str, &str, &str); 5] = [
+const STARTERS: [(&str, &str, &str); 8] = [
     ("python3", "hello-py", "Hello, skyfri!"),
     ("python3-http", "hello-py-http", r#""received": "skyfri""#),
     ("node20", "hello-node", r#""received":"skyfri""#),
     ("exec", "hello-exec", "Hello from hello-exec (POST): skyfri"),
     ("http", "hello-http", r#""received": "skyfri""#),
+    (
+        "lambda-python",
+        "hello-lambda-py",
+        r#""message": "Hello, skyfri!""#,
+    ),
+    (
+        "lambda-node",
+        "hello-lambda-node",
+        r#""message":"Hello, skyfri!""#,
+    ),
+    (
+        "lambda-provided",
+        "hello-lambda-sh",
+        "Hello from bootstrap, request ",
+    ),
 ];
 
 /// A stack the user wrote: `skyfri new` must keep its comments and layout.
@@ -178,6 +193,9 @@ fn template_ls_and_completions() {
         "http ",
         "node18",
         "node20",
+        "lambda-python",
+        "lambda-node",
+        "lambda-provided",
     ] {
         assert!(
             out.stdout.contains(t),
@@ -187,7 +205,7 @@ fn template_ls_and_completions() {
     }
     assert_eq!(
         out.stdout.lines().count(),
-        6,
+        9,
         "a header and one line each:\n{}",
         out.stdout
     );
@@ -214,7 +232,19 @@ fn template_ls_and_completions() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["python3", "python3-http", "node", "exec", "http"]);
+    assert_eq!(
+        names,
+        [
+            "python3",
+            "python3-http",
+            "node",
+            "exec",
+            "http",
+            "lambda-python",
+            "lambda-node",
+            "lambda-provided"
+        ]
+    );
 
     for shell in ["bash", "zsh", "fish"] {
         let out = cli(here, &["completion", shell], "", &[]);

@@ -20,11 +20,7 @@ const CHECKS: &str = concat!(
 
 /// Where scripts/setup.sh installs schemathesis.
 fn schemathesis() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    let bin = cache.join("skyfri/py-tools/bin/schemathesis");
+    let bin = common::py_tool("schemathesis");
     assert!(
         bin.exists(),
         "{} is missing: run scripts/setup.sh, which installs it",

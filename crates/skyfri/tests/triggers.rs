@@ -111,19 +111,6 @@ fn wait_logs(
     }
 }
 
-/// Waits until the platform's own output has `needle` at least `n` times.
-fn wait_output(p: &Platform, needle: &str, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while p.logs().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not logged {n} times within {within:?}:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// How many log lines say this order was processed.
 fn processed(logs: &str, id: &str) -> usize {
     let want = format!("processed order {id}");
@@ -147,7 +134,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
     // The example as users have it; its ingest function needs nats-py, so only the processor
     // is deployed and the test publishes the orders.
     deploy(&p, &orders_dir(), "stack.yml", Some("order-processor"));
-    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+    p.wait_output("topic trigger ready", 1, Duration::from_secs(30));
 
     let first: Vec<String> = (1..=5).map(|i| format!("order-{i:02}")).collect();
     for id in &first {
@@ -185,7 +172,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
     // Removal stops the trigger and deletes its durable consumer.
     let out = p.cli(&["rm", "order-processor"], "");
     assert!(out.ok, "rm: {}", out.stderr);
-    wait_output(&p, "durable consumer deleted", 1, Duration::from_secs(30));
+    p.wait_output("durable consumer deleted", 1, Duration::from_secs(30));
 }
 
 /// The orders example unchanged: order-ingest (python3-http with nats-py, installed at build)
@@ -212,7 +199,7 @@ fn the_orders_example_processes_each_accepted_order_once() {
         "deploy failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+    p.wait_output("topic trigger ready", 1, Duration::from_secs(30));
     let ids = ["A-1", "A-2", "A-3"];
     for id in ids {
         let body = format!(r#"{{"order_id":"{id}","amount":5}}"#);
@@ -240,7 +227,7 @@ fn failed_topic_messages_are_redelivered_and_cron_ticks_fire() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = Platform::start_in(&tmp.path().join("data"), &["--nats", &nats.url()]);
     deploy(&p, &fixtures().join("triggers"), "stack.yml", None);
-    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(30));
+    p.wait_output("topic trigger ready", 1, Duration::from_secs(30));
     // No stream captured jobs.flaky: skyfri made one, and said so.
     assert!(
         p.logs().contains("created one (file storage"),
@@ -303,9 +290,9 @@ fn topic_functions_deploy_while_nats_is_down_and_get_messages_once_it_is_up() {
         b"direct",
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    wait_output(&p, "NATS is unreachable", 2, Duration::from_secs(30));
+    p.wait_output("NATS is unreachable", 2, Duration::from_secs(30));
     let nats = Nats::start_on(port);
-    wait_output(&p, "topic trigger ready", 1, Duration::from_secs(60));
+    p.wait_output("topic trigger ready", 1, Duration::from_secs(60));
     nats.publish("jobs.flaky", "job-late");
     wait_logs(
         &p,

@@ -26,6 +26,9 @@ pub struct CreateRequest {
     /// A lifetime such as `30d`; none: the token lasts until revoked.
     #[serde(default)]
     expires_in: Option<String>,
+    /// Keep a SigV4 signing secret, for AWS SDK callers.
+    #[serde(default)]
+    sigv4: bool,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -39,6 +42,7 @@ fn info(r: TokenRecord) -> TokenInfo {
         created_at: time(r.created_at),
         expires_at: r.expires_at.map(time),
         last_used: r.last_used.map(time),
+        sigv4: r.sigv4,
     }
 }
 
@@ -58,7 +62,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, GatewayError> {
     let req: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
         GatewayError::bad_request(format!(
-            r#"expected {{"name": "...", "scopes": ["read" | "deploy" | "admin" | "invoke:FUNCTION", ...], "expiresIn": "30d"}}: {e}"#
+            r#"expected {{"name": "...", "scopes": ["read" | "deploy" | "admin" | "invoke:FUNCTION", ...], "expiresIn": "30d", "sigv4": false}}: {e}"#
         ))
     })?;
     let name = req.name.clone();
@@ -90,8 +94,10 @@ fn new_token(state: &AppState, req: CreateRequest) -> Result<CreatedToken, Gatew
         created_at,
         expires_at,
         last_used: None,
+        sigv4: req.sigv4,
     };
-    if !state.store.create_token(&record)? {
+    let signing = req.sigv4.then_some(token.as_bytes());
+    if !state.store.create_token(&record, signing)? {
         return Err(GatewayError::Caller {
             status: StatusCode::CONFLICT,
             message: format!(

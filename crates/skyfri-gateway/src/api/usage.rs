@@ -54,14 +54,19 @@ pub struct UsageReport {
 
 #[derive(Deserialize)]
 pub struct UsageQuery {
-    month: Option<String>,
+    pub(crate) month: Option<String>,
 }
 
 pub async fn usage(
     State(state): State<AppState>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, GatewayError> {
-    let month = match q.month.as_deref() {
+    report(&state, q.month.as_deref()).map(Json)
+}
+
+/// The stored usage of `month` (`YYYY-MM`; this month when absent or empty).
+pub(crate) fn report(state: &AppState, month: Option<&str>) -> Result<UsageReport, GatewayError> {
+    let month = match month {
         None | Some("") => Month::of(Utc::now()),
         Some(m) => m
             .parse()
@@ -72,7 +77,7 @@ pub async fn usage(
     for (_, u) in &rows {
         total.add(u);
     }
-    Ok(Json(UsageReport {
+    Ok(UsageReport {
         month,
         functions: rows
             .into_iter()
@@ -81,5 +86,5 @@ pub async fn usage(
         total: FunctionUsage::new("*".into(), total),
         cpu_metered: state.meter.cpu_metered(),
         flushed_at: state.meter.last_flush(),
-    }))
+    })
 }

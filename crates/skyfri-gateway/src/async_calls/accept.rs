@@ -40,7 +40,9 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
             "function {name:?} is not deployed (see `skyfri ls`)"
         )));
     };
-    if let Some(refused) = crate::auth::check_invoke(state, name, live.private, req.headers_mut()) {
+    if let Some(refused) =
+        crate::auth::check_invoke(state, name, live.private, req.headers_mut(), None)
+    {
         return Ok(refused);
     }
     crate::limits::admit(state, &live, crate::limits::peer(&req))?;
@@ -82,18 +84,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
         callback_url,
         enqueued_at: Utc::now(),
     };
-    let function = call.function.clone();
-    let enqueued = state.queue.enqueue(call).await.map_err(|e| {
-        tracing::error!(function = %function, call_id = %id, error = %e, "async call not stored");
-        queue_error(e)
-    })?;
-    let duplicate = enqueued == Enqueued::Duplicate;
-    if duplicate {
-        tracing::info!(function = %function, call_id = %id, "async call already known: not added again");
-    } else {
-        state.metrics.async_accepted(&function);
-        tracing::debug!(function = %function, call_id = %id, "async call accepted");
-    }
+    let duplicate = store(state, call).await?;
     let mut response = StatusCode::ACCEPTED.into_response();
     let h = response.headers_mut();
     h.insert(HeaderName::from_static("x-call-id"), header_value(&id));
@@ -106,11 +97,35 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
     Ok(response)
 }
 
-/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones.
+/// Stores an accepted call in the queue (counted, logged): `true` when its id was known
+/// already and nothing was added. The Lambda Invoke API's `Event` calls come this way too.
+pub(crate) async fn store(state: &AppState, call: AsyncCall) -> Result<bool, GatewayError> {
+    let (function, id) = (call.function.clone(), call.id.clone());
+    let enqueued = state.queue.enqueue(call).await.map_err(|e| {
+        tracing::error!(function = %function, call_id = %id, error = %e, "async call not stored");
+        queue_error(e)
+    })?;
+    let duplicate = enqueued == Enqueued::Duplicate;
+    if duplicate {
+        tracing::info!(function = %function, call_id = %id, "async call already known: not added again");
+    } else {
+        state.metrics.async_accepted(&function);
+        tracing::debug!(function = %function, call_id = %id, "async call accepted");
+    }
+    Ok(duplicate)
+}
+
+/// The caller's headers as the queue keeps them: in order, without hop-by-hop ones, and
+/// without `X-Skyfri-Lambda-Event` and `X-Skyfri-Source-Ip` (only the gateway's Invoke API
+/// may hand a Lambda function a raw event, and only the gateway says where a call came from).
 fn stored_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, GatewayError> {
     headers
         .iter()
-        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !HOP_BY_HOP.contains(&k.as_str())
+                && k.as_str() != skyfri_core::lambda::EVENT_HEADER
+                && k.as_str() != skyfri_core::lambda::SOURCE_IP_HEADER
+        })
         .map(|(k, v)| {
             let v = v.to_str().map_err(|_| {
                 GatewayError::bad_request(format!(
@@ -136,31 +151,23 @@ async fn cancel(state: &AppState, id: &str) -> Result<Response, GatewayError> {
 
 /// Decodes `%XX` escapes in a path segment.
 fn percent_decode(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| segment.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::lambda::sigv4::percent_decode(segment)).ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, stored_headers};
+
+    #[test]
+    fn a_callers_raw_lambda_event_header_is_not_kept() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-skyfri-lambda-event", "raw".parse().expect("value"));
+        h.insert("x-skyfri-source-ip", "10.9.9.9".parse().expect("value"));
+        h.insert("connection", "close".parse().expect("value"));
+        h.insert("x-kept", "1".parse().expect("value"));
+        let kept = stored_headers(&h).expect("text headers");
+        assert_eq!(kept, [("x-kept".to_string(), "1".to_string())]);
+    }
 
     #[test]
     fn segments_decode() {

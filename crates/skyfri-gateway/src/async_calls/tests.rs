@@ -16,14 +16,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use skyfri_core::{Deployment, FunctionSpec, Template};
-use skyfri_queue::{CallState, EmbeddedQueue};
-use skyfri_runtime::{ArtefactStore, Endpoint};
-use skyfri_store::Store;
+use skyfri_queue::CallState;
+use skyfri_runtime::Endpoint;
 use tokio::sync::watch;
 
 use super::validate_call_id;
-use crate::state::{AppState, GatewayConfig};
-use crate::testing::FakeProvider;
+use crate::state::AppState;
+use crate::testing::{Answer, FakeProvider};
 
 /// One request a test server saw.
 #[derive(Clone, Debug)]
@@ -145,22 +144,10 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
     let tmp = tempfile::tempdir().unwrap();
     let function = Recorder::start(behaviour).await;
     let callbacks = Recorder::start(Arc::new(|_| reply(200, "thanks"))).await;
-    let state = AppState::new(
-        GatewayConfig {
-            admin_password: "pw".into(),
-            max_body: 1024,
-            limits: Default::default(),
-            tmp_dir: tmp.path().join("tmp"),
-            locations: crate::state::Locations {
-                data_dir: tmp.path().to_path_buf(),
-                ..Default::default()
-            },
-            trusted_proxies: Vec::new(),
-        },
-        Arc::new(Store::open(&tmp.path().join("skyfri.db")).unwrap()),
-        Arc::new(FakeProvider::serving(Endpoint::Tcp(function.addr))),
-        Arc::new(ArtefactStore::open(tmp.path().join("artefacts")).unwrap()),
-        EmbeddedQueue::open(&tmp.path().join("queue.db")).unwrap(),
+    let state = crate::testing::state(
+        tmp.path(),
+        FakeProvider::serving(Endpoint::Tcp(function.addr)),
+        1024,
     );
     let mut spec = FunctionSpec::new("f", "img");
     spec.timeout_secs = 5;
@@ -200,24 +187,6 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
 impl Harness {
     async fn send(
         &self,
@@ -226,26 +195,11 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.gateway));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
+        let mut all = headers.to_vec();
         if path.starts_with("/system/") {
-            req = req.header("authorization", "Basic YWRtaW46cHc="); // admin:pw
+            all.push(("authorization", "Basic YWRtaW46cHc=")); // admin:pw
         }
-        let res = client
-            .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = res.into_parts();
-        Answer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        crate::testing::send(self.gateway, method, path, &all, body).await
     }
 
     /// Posts an async call with a callback to the test's receiver; returns its id.

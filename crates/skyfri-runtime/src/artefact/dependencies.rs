@@ -33,14 +33,21 @@ const TAIL_LINES: usize = 20;
 /// Scratch files of a run, inside the staging dir and removed before it is renamed.
 const LOG_FILE: &str = ".install.log";
 const NPM_CACHE: &str = ".npm-cache";
+/// AWS's Python runtime client, installed into every lambda-python artefact.
+pub const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
+/// AWS's Node runtime client, copied into every lambda-node artefact (3.x: the 4.x line
+/// needs Node 22).
+pub const AWS_LAMBDA_RIC: &str = "aws-lambda-ric@3.3.0";
 
 /// Installs what the handler folder in `staging/function/` declares, if anything.
 pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
     let function = staging.join(FUNCTION_DIR);
     match template {
-        Template::Python3 | Template::Python3Http | Template::Exec => {
+        Template::Python3 | Template::Python3Http | Template::Exec | Template::LambdaPython => {
             let requirements = function.join(REQUIREMENTS);
-            if !requirements.is_file() || !declares_something(&requirements)? {
+            let declared = requirements.is_file() && declares_something(&requirements)?;
+            let lambda = template == Template::LambdaPython;
+            if !declared && !lambda {
                 return Ok(());
             }
             let python = crate::local::Interpreters::resolve()
@@ -59,21 +66,32 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
                 "--only-binary=:all:",
                 "--target",
             ])
-            .arg(&target)
-            .args(["-r", REQUIREMENTS])
-            // Settings that contradict `--target` (PIP_USER makes pip refuse it) or would
-            // point the interpreter at other packages; proxies and index settings stay.
-            .env_remove("PIP_USER")
-            .env_remove("PIP_TARGET")
-            .env_remove("PIP_PREFIX")
-            .env_remove("PIP_REQUIRE_VIRTUALENV")
-            .env_remove("PYTHONPATH")
-            .env_remove("PYTHONHOME");
+            .arg(&target);
+            if declared {
+                cmd.args(["-r", REQUIREMENTS]);
+            }
+            if lambda {
+                // AWS's runtime client, beside the function's own packages.
+                cmd.arg(AWSLAMBDARIC);
+            }
+            cmd
+                // Settings that contradict `--target` (PIP_USER makes pip refuse it) or would
+                // point the interpreter at other packages; proxies and index settings stay.
+                .env_remove("PIP_USER")
+                .env_remove("PIP_TARGET")
+                .env_remove("PIP_PREFIX")
+                .env_remove("PIP_REQUIRE_VIRTUALENV")
+                .env_remove("PYTHONPATH")
+                .env_remove("PYTHONHOME");
             let hint = "fix requirements.txt and build again (skyfri installs wheels only: \
                 building a package from source would run its code on the build host, outside \
                 the sandbox)";
             run(cmd, REQUIREMENTS, "pip", hint, staging)?;
             seal(&target)
+        }
+        Template::LambdaNode => {
+            install(Template::Node, staging)?;
+            add_lambda_node_client(staging)
         }
         Template::Node => {
             if !function.join(PACKAGE_JSON).is_file() {
@@ -121,8 +139,107 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             result?;
             seal(&function.join("node_modules"))
         }
-        Template::Http => Ok(()),
+        Template::Http | Template::LambdaProvided => Ok(()),
     }
+}
+
+/// Copies AWS's Node runtime client into `staging/lambda_runtime/node_modules/`, from the
+/// host's cache (see [`lambda_node_client`]).
+fn add_lambda_node_client(staging: &Path) -> Result<(), RuntimeError> {
+    let cached = lambda_node_client()?;
+    let dest = staging.join("lambda_runtime/node_modules/aws-lambda-ric");
+    for entry in walkdir::WalkDir::new(&cached).follow_links(false) {
+        let entry = entry.map_err(|e| RuntimeError::io("copying aws-lambda-ric", e.into()))?;
+        let rel = entry.path().strip_prefix(&cached).unwrap_or(entry.path());
+        let to = dest.join(rel);
+        let io = |e| RuntimeError::io(format!("copying aws-lambda-ric to {}", to.display()), e);
+        if entry.file_type().is_dir() {
+            fs::create_dir_all(&to).map_err(io)?;
+        } else if entry.file_type().is_file() {
+            fs::copy(entry.path(), &to).map_err(io)?;
+        }
+    }
+    seal(&staging.join("lambda_runtime"))
+}
+
+/// AWS's Node runtime client (`aws-lambda-ric`, pinned), the parts a replica runs
+/// (`package.json`, `bin/`, `dist/` with the native `rapid-client.node`), built once per host
+/// into the cache (`$SKYFRI_CACHE_DIR`, else the user's cache dir `/skyfri`). Its install
+/// compiles native code (aws-lambda-cpp, curl) with its own install scripts: the one package
+/// whose scripts run at build, a fixed version from AWS, never the function's packages.
+fn lambda_node_client() -> Result<PathBuf, RuntimeError> {
+    let cache = std::env::var_os("SKYFRI_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("skyfri")))
+        .ok_or_else(|| {
+            RuntimeError::Invalid(
+                "no cache directory for aws-lambda-ric: set SKYFRI_CACHE_DIR".into(),
+            )
+        })?;
+    let name = AWS_LAMBDA_RIC.replace('@', "-");
+    let done = cache.join("lambda-node").join(&name);
+    if done.join("dist/rapid-client.node").is_file() {
+        return Ok(done);
+    }
+    let node = crate::local::Interpreters::resolve()
+        .node
+        .ok_or(RuntimeError::MissingInterpreter("node"))?;
+    let npm = find_npm(&node).ok_or(RuntimeError::MissingInterpreter("npm"))?;
+    let work = cache
+        .join("lambda-node")
+        .join(format!(".building-{name}-{}", rand::random::<u32>()));
+    let io = |what: &str, e| RuntimeError::io(format!("{what} {}", work.display()), e);
+    fs::create_dir_all(work.join(FUNCTION_DIR)).map_err(|e| io("creating", e))?;
+    fs::write(
+        work.join(FUNCTION_DIR).join(PACKAGE_JSON),
+        r#"{"name":"skyfri-lambda-node-client","version":"1.0.0","private":true}"#,
+    )
+    .map_err(|e| io("writing", e))?;
+    tracing::info!(
+        client = AWS_LAMBDA_RIC,
+        "building AWS's Node runtime client once for this host (minutes)"
+    );
+    let mut cmd = Command::new(&npm);
+    cmd.args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--omit=dev",
+        "--update-notifier=false",
+        "--logs-max=0",
+        "--foreground-scripts",
+    ])
+    .arg(AWS_LAMBDA_RIC);
+    let mut path = node
+        .parent()
+        .map(|p| p.as_os_str().to_os_string())
+        .unwrap_or_default();
+    path.push(":/usr/local/bin:/usr/bin:/bin");
+    cmd.env("PATH", path);
+    let hint = "aws-lambda-ric compiles native code: install cmake, autoconf, automake, libtool, g++ and make (scripts/setup.sh does)";
+    let built = run(cmd, AWS_LAMBDA_RIC, "npm", hint, &work).and_then(|()| {
+        let package = work.join(FUNCTION_DIR).join("node_modules/aws-lambda-ric");
+        if !package.join("dist/rapid-client.node").is_file() {
+            return Err(RuntimeError::Invalid(format!(
+                "{AWS_LAMBDA_RIC}: npm installed it without its native part (dist/rapid-client.node); {hint}"
+            )));
+        }
+        let keep = work.join("keep");
+        for part in ["package.json", "bin", "dist"] {
+            fs::create_dir_all(&keep).map_err(|e| io("creating", e))?;
+            fs::rename(package.join(part), keep.join(part)).map_err(|e| io("moving", e))?;
+        }
+        // Another build may have finished first: theirs is as good.
+        if fs::rename(&keep, &done).is_err() && !done.join("dist/rapid-client.node").is_file() {
+            return Err(RuntimeError::Invalid(format!(
+                "{AWS_LAMBDA_RIC}: cannot move the build into {}",
+                done.display()
+            )));
+        }
+        Ok(())
+    });
+    let _ = fs::remove_dir_all(&work);
+    built.map(|()| done)
 }
 
 /// Whether a requirements file names anything: the OpenFaaS templates ship an empty one, and

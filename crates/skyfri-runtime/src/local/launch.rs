@@ -19,6 +19,9 @@ use crate::templates;
 pub struct Interpreters {
     pub python: Option<PathBuf>,
     pub node: Option<PathBuf>,
+    /// The skyfri binary, whose `lambda-shim` command serves the Lambda templates' Runtime
+    /// API (`None` when this process is not skyfri: a library test).
+    pub lambda_shim: Option<PathBuf>,
 }
 
 impl Interpreters {
@@ -26,6 +29,9 @@ impl Interpreters {
         Interpreters {
             python: find("python3", &["/usr/bin/python3", "/usr/local/bin/python3"]),
             node: find("node", &[]),
+            lambda_shim: std::env::current_exe()
+                .ok()
+                .filter(|exe| exe.file_name().is_some_and(|n| n == "skyfri")),
         }
     }
 }
@@ -195,6 +201,7 @@ pub fn plan(
     root: &Path,
     interpreters: &Interpreters,
     secrets: Vec<(String, Vec<u8>)>,
+    region: &str,
 ) -> Result<Launch, RuntimeError> {
     let fprocess = d.spec.env_process.clone().filter(|p| !p.trim().is_empty());
     let python = || {
@@ -247,6 +254,15 @@ pub fn plan(
                 true,
             )
         }
+        Template::LambdaPython | Template::LambdaNode | Template::LambdaProvided => {
+            let shim = interpreters
+                .lambda_shim
+                .clone()
+                .ok_or(RuntimeError::MissingInterpreter("skyfri (lambda-shim)"))?;
+            let mut args = vec!["lambda-shim".to_string(), "--".to_string()];
+            args.extend(lambda_client(d, artefact_dir, root, interpreters)?);
+            (shim, args, Probe::Shim, false)
+        }
     };
 
     let mut env = vec![
@@ -258,6 +274,9 @@ pub fn plan(
     ];
     if let Some(fprocess) = fprocess {
         env.push(("fprocess".to_string(), fprocess));
+    }
+    if d.template.is_lambda() {
+        env.extend(lambda_environment(d, root, region));
     }
     // The user's variables come last so they may override the defaults above (PATH, say);
     // the protocol variables set per replica at spawn override them in turn.
@@ -363,6 +382,122 @@ pub fn plan(
         health_period,
         oom_kills: Arc::default(),
     })
+}
+
+/// The handler a Lambda function names (`_HANDLER` in its environment), else the
+/// template's starter's.
+fn lambda_handler(d: &Deployment) -> String {
+    d.spec
+        .env_vars
+        .get("_HANDLER")
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| {
+            match d.template {
+                Template::LambdaNode => "index.handler",
+                Template::LambdaProvided => "bootstrap",
+                _ => "handler.handler",
+            }
+            .to_string()
+        })
+}
+
+/// The runtime client a Lambda template's shim starts: AWS's own for Python and Node, the
+/// function's `bootstrap` for a custom runtime.
+fn lambda_client(
+    d: &Deployment,
+    artefact_dir: &Path,
+    root: &Path,
+    interpreters: &Interpreters,
+) -> Result<Vec<String>, RuntimeError> {
+    let handler = lambda_handler(d);
+    let text = |p: PathBuf| p.to_string_lossy().into_owned();
+    match d.template {
+        Template::LambdaPython => {
+            let python = interpreters
+                .python
+                .clone()
+                .ok_or(RuntimeError::MissingInterpreter("python3"))?;
+            Ok(vec![
+                text(python),
+                "-m".into(),
+                "awslambdaric".into(),
+                handler,
+            ])
+        }
+        Template::LambdaNode => {
+            let node = interpreters
+                .node
+                .clone()
+                .ok_or(RuntimeError::MissingInterpreter("node"))?;
+            let client = Path::new(crate::artefact::LAMBDA_NODE_CLIENT);
+            if !artefact_dir.join(client).is_file() {
+                return Err(RuntimeError::Invalid(format!(
+                    "the artefact of {} has no aws-lambda-ric ({}): build it again",
+                    d.spec.name,
+                    client.display()
+                )));
+            }
+            Ok(vec![text(node), text(root.join(client)), handler])
+        }
+        _ => {
+            let bootstrap = Path::new(FUNCTION_DIR).join(templates::LAMBDA_BOOTSTRAP);
+            if !is_executable(&artefact_dir.join(&bootstrap)) {
+                return Err(RuntimeError::Invalid(format!(
+                    "the lambda-provided template runs an executable file named {} in the handler folder, and {} has none: add it (chmod +x) and deploy again",
+                    templates::LAMBDA_BOOTSTRAP,
+                    d.spec.name
+                )));
+            }
+            Ok(vec![text(root.join(bootstrap))])
+        }
+    }
+}
+
+/// The environment AWS gives a function (the shim adds `AWS_LAMBDA_RUNTIME_API` and the log
+/// stream); the function's own variables come after and may override it.
+fn lambda_environment(d: &Deployment, root: &Path, region: &str) -> Vec<(String, String)> {
+    use skyfri_core::lambda as aws;
+    let name = &d.spec.name;
+    let memory_mb = d
+        .spec
+        .limits
+        .memory
+        .map_or(aws::DEFAULT_MEMORY_MB, |b| (b >> 20).max(1));
+    let task_root = root.join(FUNCTION_DIR).to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = [
+        ("_HANDLER", lambda_handler(d)),
+        ("LAMBDA_TASK_ROOT", task_root),
+        ("LAMBDA_RUNTIME_DIR", root.to_string_lossy().into_owned()),
+        ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", aws::FUNCTION_VERSION.into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+        ("AWS_REGION", region.into()),
+        ("AWS_DEFAULT_REGION", region.into()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        ("TZ", ":UTC".into()),
+        ("LANG", "en_US.UTF-8".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    match d.template {
+        Template::LambdaPython => {
+            env.push(("AWS_EXECUTION_ENV".into(), "AWS_Lambda_python3".into()));
+            env.push((
+                "PYTHONPATH".into(),
+                root.join(crate::artefact::PYTHON_PACKAGES)
+                    .to_string_lossy()
+                    .into_owned(),
+            ));
+        }
+        Template::LambdaNode => {
+            env.push(("AWS_EXECUTION_ENV".into(), "AWS_Lambda_nodejs".into()));
+        }
+        _ => {}
+    }
+    env
 }
 
 /// `exec` in front of a plain command (`python3 server.py`), so the server replaces the

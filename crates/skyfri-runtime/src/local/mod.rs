@@ -22,15 +22,18 @@ pub use logs::{
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use skyfri_core::scaling::ScalePolicy;
 use skyfri_core::Deployment;
 use tokio::sync::broadcast;
 
 use crate::artefact::ArtefactStore;
-use crate::provider::{Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource};
+use crate::provider::{
+    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+};
 use cells::Cells;
 use launch::Launch;
 use logs::LogStore;
@@ -41,12 +44,15 @@ use supervisor::Replica;
 /// of its health check).
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long retired replicas (scaled down, replaced by a deploy) keep running untouched
-/// after they left the rotation: a call the gateway routed to one just before may still be
-/// on its way (in a kept-alive connection, in its write path). Then they get SIGTERM, and
-/// finish the calls they serve before they exit (the supervisor gives them the exec
-/// timeout): scaling causes no 5xx. The http template's server decides itself what it does
-/// on SIGTERM, as in Knative.
+/// after they left the rotation: a call that read the endpoint list just before may take
+/// its replica only now. Then each waits until the gateway's calls no longer hold it (see
+/// [`CallTracker`]; at most the function's timeout more), gets SIGTERM, and finishes
+/// whatever it still serves before it exits (the supervisor gives it the exec timeout):
+/// scaling and redeploys cause no 5xx. The http template's server decides itself what it
+/// does on SIGTERM, as in Knative.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How often a retired replica looks whether calls still hold it.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
 
 /// Runs functions as local processes.
 pub struct LocalProvider {
@@ -64,11 +70,15 @@ pub struct LocalProvider {
     oom_kills: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Replicas replaced by a deploy, draining before they stop; shutdown must stop them too.
     retiring: Arc<Mutex<Vec<Arc<Replica>>>>,
+    /// The gateway's view of the calls on each replica, once it has said where it is.
+    tracker: RwLock<Option<Weak<dyn CallTracker>>>,
     /// CPU the replicas used, per function, until the gateway collects it.
     cpu: Arc<CpuLedger>,
     /// One lock per function so deploy/scale/remove of a function never interleave, while
     /// a slow deploy of one function does not hold up the others.
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `AWS_REGION` of Lambda functions (and in their ARNs).
+    aws_region: RwLock<String>,
 }
 
 struct Function {
@@ -107,9 +117,26 @@ impl LocalProvider {
             secrets,
             functions: RwLock::new(HashMap::new()),
             retiring: Arc::new(Mutex::new(Vec::new())),
+            tracker: RwLock::new(None),
             cpu,
             op_locks: Mutex::new(HashMap::new()),
+            aws_region: RwLock::new(skyfri_core::lambda::DEFAULT_REGION.to_string()),
         }))
+    }
+
+    /// Sets the `AWS_REGION` Lambda functions deployed from now on see.
+    pub fn set_aws_region(&self, region: &str) {
+        *self
+            .aws_region
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = region.to_string();
+    }
+
+    fn aws_region(&self) -> String {
+        self.aws_region
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -208,9 +235,10 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// Stops replicas after the drain period, in the background; calls they are serving
-    /// then still finish (see [`DRAIN`]).
-    fn retire(&self, replicas: Vec<Arc<Replica>>) {
+    /// Stops replicas of `function` that left the rotation, in the background, each once
+    /// the drain period is over and no call holds it (waiting at most `timeout`, the
+    /// function's, for that); calls it is serving then still finish (see [`DRAIN`]).
+    fn retire(&self, function: &str, timeout: Duration, replicas: Vec<Arc<Replica>>) {
         if replicas.is_empty() {
             return;
         }
@@ -218,15 +246,30 @@ impl LocalProvider {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(replicas.iter().cloned());
-        let retiring = Arc::clone(&self.retiring);
-        tokio::spawn(async move {
-            tokio::time::sleep(DRAIN).await;
-            stop_all(replicas.clone()).await;
-            retiring
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|r| !replicas.iter().any(|old| Arc::ptr_eq(r, old)));
-        });
+        let tracker = self
+            .tracker
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for replica in replicas {
+            let retiring = Arc::clone(&self.retiring);
+            let tracker = tracker.clone();
+            let function = function.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(DRAIN).await;
+                let idle_by = tokio::time::Instant::now() + timeout;
+                while tokio::time::Instant::now() < idle_by
+                    && calls_on(tracker.as_ref(), &function, &replica.endpoint) > 0
+                {
+                    tokio::time::sleep(IDLE_CHECK).await;
+                }
+                replica.stop().await;
+                retiring
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|r| !Arc::ptr_eq(r, &replica));
+            });
+        }
     }
 }
 
@@ -238,20 +281,32 @@ impl Drop for LocalProvider {
     }
 }
 
-/// Waits until one of `replicas` is ready; if none becomes ready in time or all of them
-/// exited before becoming ready, says why.
+/// Calls the gateway says hold `endpoint`; without a gateway (or once it is gone), none.
+fn calls_on(tracker: Option<&Weak<dyn CallTracker>>, function: &str, endpoint: &Endpoint) -> usize {
+    tracker
+        .and_then(Weak::upgrade)
+        .map_or(0, |t| t.calls_on(function, endpoint))
+}
+
+/// Waits until all of `replicas` are ready, so that traffic moves to the new version at
+/// full capacity; when only some are by the deadline, those do (the others keep trying).
+/// If none becomes ready in time, or all of them exited before becoming ready, says why.
 async fn wait_ready(replicas: &[Arc<Replica>], initial_delay: Duration) -> Result<(), String> {
     let deadline = Instant::now() + initial_delay + START_TIMEOUT;
     loop {
-        if replicas.iter().any(|r| r.is_ready()) {
+        let ready = replicas.iter().filter(|r| r.is_ready()).count();
+        if ready == replicas.len() {
             return Ok(());
         }
         // A process that exits before it is ready will most likely do it again: fail now
         // with its output rather than after the full timeout.
-        if replicas.iter().all(|r| r.state().exits > 0) {
+        if ready == 0 && replicas.iter().all(|r| r.state().exits > 0) {
             return Err("the process exited before it was ready".into());
         }
         if Instant::now() >= deadline {
+            if ready > 0 {
+                return Ok(());
+            }
             return Err(format!(
                 "not ready after {} s",
                 (initial_delay + START_TIMEOUT).as_secs()
@@ -298,7 +353,14 @@ impl Provider for LocalProvider {
             )));
         }
         let secrets = self.secret_values(&d.spec.secrets)?;
-        let mut launch = launch::plan(d, &dir, &root, &self.interpreters, secrets)?;
+        let mut launch = launch::plan(
+            d,
+            &dir,
+            &root,
+            &self.interpreters,
+            secrets,
+            &self.aws_region(),
+        )?;
         launch.oom_kills = Arc::clone(
             self.oom_kills
                 .lock()
@@ -309,13 +371,24 @@ impl Provider for LocalProvider {
         let launch = Arc::new(launch);
         let lock = self.op_lock(name);
         let _guard = lock.lock().await;
-        self.admit(name, launch.requests_memory, d.replicas)?;
+        // A new version takes over at the scale the function runs at (the autoscaler's or
+        // an activation's), within its new maximum, so that the switch costs no capacity.
+        let running = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map_or(0, |f| f.desired);
+        let max = ScalePolicy::from_spec(&d.spec, d.template).map_or(u32::MAX, |p| p.max);
+        let replicas = d.replicas.max(running.min(max));
+        self.admit(name, launch.requests_memory, replicas)?;
 
         // A function deployed at zero still starts once, so that a handler that cannot
         // load fails its deploy (as a Knative revision that never gets ready), not its
-        // first call.
-        let trial = d.replicas == 0;
-        let mut new = self.start_replicas(&launch, d.replicas.max(1)).await?;
+        // first call. Until the new replicas are ready the old ones serve; a deploy that
+        // fails leaves them serving.
+        let trial = replicas == 0;
+        let mut new = self.start_replicas(&launch, replicas.max(1)).await?;
         if !new.is_empty() {
             if let Err(reason) = wait_ready(&new, launch.initial_delay).await {
                 let output = new
@@ -332,8 +405,9 @@ impl Provider for LocalProvider {
             }
         }
         if trial {
-            self.retire(std::mem::take(&mut new));
+            self.retire(name, launch.timeout, std::mem::take(&mut new));
         }
+        // One swap: calls see either the old replicas or the new, never none.
         let old = {
             let mut functions = self
                 .functions
@@ -343,13 +417,13 @@ impl Provider for LocalProvider {
                 name.to_string(),
                 Function {
                     launch,
-                    desired: d.replicas,
+                    desired: replicas,
                     replicas: new,
                 },
             )
         };
         if let Some(old) = old {
-            self.retire(old.replicas);
+            self.retire(name, old.launch.timeout, old.replicas);
         }
         Ok(())
     }
@@ -407,7 +481,7 @@ impl Provider for LocalProvider {
             }
         };
         // Calls already on their way to the removed replicas may finish.
-        self.retire(removed);
+        self.retire(name, launch.timeout, removed);
         Ok(())
     }
 
@@ -502,6 +576,10 @@ impl Provider for LocalProvider {
             replica.meter_cpu();
         }
         Some(self.cpu.take())
+    }
+
+    fn track_calls(&self, tracker: Weak<dyn CallTracker>) {
+        *self.tracker.write().unwrap_or_else(PoisonError::into_inner) = Some(tracker);
     }
 
     async fn shutdown(&self) {

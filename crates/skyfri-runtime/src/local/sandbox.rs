@@ -204,6 +204,12 @@ impl Sandbox {
         }
         push(&mut out, "--ro-bind-fd", open_path(spec.artefact)?, APP_DIR);
         push(&mut out, "--bind-fd", open_path(spec.run)?, RUN_DIR);
+        // A program outside the system directories (skyfri's own binary, running the lambda
+        // shim) is bound read-only at its own path, and nothing else beside it.
+        if !SYSTEM_DIRS.iter().any(|dir| program.starts_with(dir)) && program.is_absolute() {
+            let dest = program.to_string_lossy().into_owned();
+            push(&mut out, "--ro-bind-fd", open_file(program)?, &dest);
+        }
         for (name, value) in spec.secrets {
             let dest = format!("{SECRETS_DIR}/{name}");
             push(&mut out, "--ro-bind-data", memfd(name, value)?, &dest);
@@ -277,6 +283,19 @@ fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `O_PATH` descriptor of a file, close-on-exec (see [`open_path`]).
+fn open_file(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a valid NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

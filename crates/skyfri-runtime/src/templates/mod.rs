@@ -12,6 +12,14 @@ pub const NODE_SHIM: &str = "skyfri_shim.js";
 pub const PYTHON_SHIM_SRC: &str = include_str!("skyfri_shim.py");
 pub const NODE_SHIM_SRC: &str = include_str!("skyfri_shim.js");
 
+/// The custom runtime of the lambda-provided template, in the handler folder.
+pub const LAMBDA_BOOTSTRAP: &str = "bootstrap";
+
+/// Starter files written executable.
+pub fn is_executable_starter_file(name: &str) -> bool {
+    name == LAMBDA_BOOTSTRAP || name.ends_with(".sh")
+}
+
 /// The files (name relative to the artefact root, contents) a template adds to an artefact.
 pub fn shim_files(template: Template) -> &'static [(&'static str, &'static str)] {
     match template {
@@ -19,8 +27,12 @@ pub fn shim_files(template: Template) -> &'static [(&'static str, &'static str)]
             &[(PYTHON_SHIM, PYTHON_SHIM_SRC)]
         }
         Template::Node => &[(NODE_SHIM, NODE_SHIM_SRC)],
-        // The user's program is the server: nothing to add.
-        Template::Http => &[],
+        // The user's program is the server, and a Lambda runtime client talks to skyfri's
+        // lambda shim: nothing to add.
+        Template::Http
+        | Template::LambdaPython
+        | Template::LambdaNode
+        | Template::LambdaProvided => &[],
     }
 }
 
@@ -30,7 +42,11 @@ pub fn python_mode(template: Template) -> Option<&'static str> {
         Template::Python3 => Some("python3"),
         Template::Python3Http => Some("python3-http"),
         Template::Exec => Some("exec"),
-        Template::Node | Template::Http => None,
+        Template::Node
+        | Template::Http
+        | Template::LambdaPython
+        | Template::LambdaNode
+        | Template::LambdaProvided => None,
     }
 }
 
@@ -101,6 +117,45 @@ pub fn starter(template: Template) -> Starter {
                 "fprocess starts a server listening on 127.0.0.1:$PORT that gets every call",
             files: &[("server.py", include_str!("starters/http/server.py"))],
             fprocess: Some("python3 server.py"),
+        },
+        Template::LambdaPython => Starter {
+            language: "Python 3 (AWS Lambda)",
+            description:
+                "def handler(event, context) in handler.py (_HANDLER handler.handler), run by AWS's awslambdaric",
+            files: &[
+                (
+                    "handler.py",
+                    include_str!("starters/lambda-python/handler.py"),
+                ),
+                (
+                    "requirements.txt",
+                    include_str!("starters/lambda-python/requirements.txt"),
+                ),
+            ],
+            fprocess: None,
+        },
+        Template::LambdaNode => Starter {
+            language: "JavaScript (AWS Lambda)",
+            description:
+                "exports.handler = async (event, context) in index.js (_HANDLER index.handler), run by AWS's aws-lambda-ric",
+            files: &[
+                ("index.js", include_str!("starters/lambda-node/index.js")),
+                (
+                    "package.json",
+                    include_str!("starters/lambda-node/package.json"),
+                ),
+            ],
+            fprocess: None,
+        },
+        Template::LambdaProvided => Starter {
+            language: "any executable (AWS Lambda)",
+            description:
+                "an executable bootstrap that loops on the Lambda Runtime API (a shell loop, a lambda_runtime binary)",
+            files: &[(
+                LAMBDA_BOOTSTRAP,
+                include_str!("starters/lambda-provided/bootstrap"),
+            )],
+            fprocess: None,
         },
     }
 }

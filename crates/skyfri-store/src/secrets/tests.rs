@@ -244,3 +244,60 @@ fn invalid_names_are_not_stored() -> Result {
     assert!(s.list_secrets()?.is_empty());
     Ok(())
 }
+
+fn token(name: &str, hash: u8) -> crate::TokenRecord {
+    crate::TokenRecord {
+        name: name.into(),
+        hash: [hash; 32],
+        scopes: vec!["invoke:f".into()],
+        created_at: chrono::Utc::now(),
+        expires_at: None,
+        last_used: None,
+        sigv4: false,
+    }
+}
+
+#[test]
+fn sigv4_token_secrets_are_sealed_bound_to_their_name_and_need_the_key() -> Result {
+    let (dir, db) = setup()?;
+    {
+        let s = Store::open(&db)?;
+        assert!(s.create_token(&token("sdk", 1), Some(VALUE))?);
+        assert!(s.create_token(&token("plain", 2), None)?);
+        assert!(!contains(&db_bytes(&db)?, VALUE));
+        let listed: Vec<_> = s.list_tokens()?.into_iter().map(|t| t.sigv4).collect();
+        assert_eq!(listed, [false, true], "plain, sdk");
+        let secrets: Vec<_> = s
+            .token_sigv4_secrets()?
+            .into_iter()
+            .map(|(name, secret)| (name, secret.ok()))
+            .collect();
+        assert_eq!(secrets, [("sdk".to_string(), Some(VALUE.to_vec()))]);
+        // A sealed secret moved to another token's name does not open.
+        let raw = Connection::open(&db)?;
+        raw.execute(
+            "UPDATE tokens SET sigv4_nonce = (SELECT sigv4_nonce FROM tokens WHERE name = 'sdk'),
+                               sigv4_secret = (SELECT sigv4_secret FROM tokens WHERE name = 'sdk')
+             WHERE name = 'plain'",
+            [],
+        )?;
+        let opened: Vec<_> = s
+            .token_sigv4_secrets()?
+            .into_iter()
+            .map(|(name, secret)| (name, secret.map_err(|e| e.to_string())))
+            .collect();
+        assert!(
+            matches!(&opened[..], [(p, Err(e)), (s, Ok(_))] if p == "plain" && s == "sdk" && e.contains("token \"plain\"")),
+            "{opened:?}"
+        );
+        raw.execute(
+            "UPDATE tokens SET sigv4_nonce = NULL, sigv4_secret = NULL WHERE name = 'plain'",
+            [],
+        )?;
+    }
+    // The key is needed as long as a token's secret is sealed under it.
+    std::fs::write(dir.path().join("secret.key"), [7u8; 32])?;
+    let err = Store::open(&db).err().ok_or("opened with the wrong key")?;
+    assert!(matches!(err, StoreError::SecretKey { .. }), "{err:?}");
+    Ok(())
+}

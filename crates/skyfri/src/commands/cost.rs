@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::Method;
-use serde::Serialize;
-use skyfri_core::usage::{self, Charge, Month, Prices, Usage};
-use skyfri_gateway::api::usage::{FunctionUsage, UsageReport};
+use skyfri_core::usage::{self, Month, Prices};
+use skyfri_gateway::api::cost::{price, CostReport};
+use skyfri_gateway::api::usage::UsageReport;
 
 use crate::client::GatewayArgs;
 
-/// The price file looked for in the data dir.
-pub const PRICE_FILE: &str = "prices.yaml";
+use skyfri_gateway::api::cost::PRICE_FILE;
 
 #[derive(clap::Args)]
 pub struct Cost {
@@ -34,55 +33,6 @@ pub struct Cost {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     gateway: GatewayArgs,
-}
-
-/// One function's line (or the total's) of `--json`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Line {
-    #[serde(flatten)]
-    usage: FunctionUsage,
-    /// At list price, without the free tier (it belongs to the account, not a function).
-    list_price_usd: f64,
-    #[serde(skip)]
-    list_price: u128,
-}
-
-impl Line {
-    fn new(usage: FunctionUsage, prices: &Prices) -> Line {
-        let list_price = usage::list_price(&usage.usage, prices).total();
-        Line {
-            usage,
-            list_price_usd: usage::usd(list_price),
-            list_price,
-        }
-    }
-}
-
-/// `--json`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CostReport {
-    month: Month,
-    /// The price file used, or `defaults`.
-    prices_from: String,
-    prices: Prices,
-    functions: Vec<Line>,
-    total: Line,
-    /// The month's pay-per-request bill, free tier taken off.
-    requests_usd: f64,
-    compute_usd: f64,
-    pay_per_request_usd: f64,
-    server_monthly_usd: f64,
-    /// Invocations per month, at this month's average GB-s per call, that would cost as
-    /// much as the servers; null without calls or without a server cost.
-    break_even_invocations: Option<u64>,
-    gb_seconds_per_call: Option<f64>,
-    cpu_metered: bool,
-    flushed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The bill in pico-dollars, for the text report.
-    #[serde(skip)]
-    bill: Charge,
 }
 
 impl Cost {
@@ -141,32 +91,6 @@ impl Cost {
 
 fn shown(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn price(report: UsageReport, prices: Prices, prices_from: String) -> CostReport {
-    let total: Usage = report.total.usage;
-    let bill = usage::with_free_tier(&total, &prices);
-    CostReport {
-        month: report.month,
-        prices_from,
-        functions: report
-            .functions
-            .into_iter()
-            .map(|f| Line::new(f, &prices))
-            .collect(),
-        total: Line::new(report.total, &prices),
-        requests_usd: usage::usd(bill.requests),
-        compute_usd: usage::usd(bill.compute),
-        pay_per_request_usd: usage::usd(bill.total()),
-        server_monthly_usd: prices.server_monthly_usd,
-        break_even_invocations: usage::break_even(&total, &prices),
-        gb_seconds_per_call: (total.invocations > 0)
-            .then(|| total.gb_seconds() / total.invocations as f64),
-        cpu_metered: report.cpu_metered,
-        flushed_at: report.flushed_at,
-        prices,
-        bill,
-    }
 }
 
 fn text(c: &CostReport) -> String {

@@ -12,6 +12,7 @@ mod doctor;
 mod info;
 mod install;
 mod invoke;
+mod lambda_shim;
 mod login;
 mod logs;
 mod ls;
@@ -79,9 +80,16 @@ pub enum Command {
     Restore(restore::Restore),
     /// Print the shell completion script for bash, zsh or fish.
     Completion(completion::Completion),
+    /// Run in a Lambda replica's sandbox: serve the Runtime API to a runtime client.
+    #[command(hide = true)]
+    LambdaShim(lambda_shim::LambdaShim),
 }
 
 impl Command {
+    pub fn is_lambda_shim(&self) -> bool {
+        matches!(self, Command::LambdaShim(_))
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Up(c) => c.run().await,
@@ -108,6 +116,7 @@ impl Command {
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Completion(c) => c.run().await,
+            Command::LambdaShim(c) => c.run().await,
         }
     }
 }

@@ -247,7 +247,7 @@ fn write_starter(folder: &Path, starter: &templates::Starter, name: &str) -> Res
         let path = folder.join(file);
         std::fs::write(&path, contents.replace("{{name}}", name))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        if file.ends_with(".sh") {
+        if templates::is_executable_starter_file(file) {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("cannot chmod {}", path.display()))?;
         }

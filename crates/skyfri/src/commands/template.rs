@@ -53,7 +53,7 @@ impl Ls {
             return Ok(());
         }
         let header = format!(
-            "{:<14} {:<22} {:<34} DESCRIPTION",
+            "{:<15} {:<27} {:<34} DESCRIPTION",
             "TEMPLATE", "LANGUAGE", "ALIASES"
         );
         println!("{}", crate::term::header(&header));
@@ -64,7 +64,7 @@ impl Ls {
                 r.aliases.join(", ")
             };
             println!(
-                "{:<14} {:<22} {:<34} {}",
+                "{:<15} {:<27} {:<34} {}",
                 r.name, r.language, aliases, r.description
             );
         }

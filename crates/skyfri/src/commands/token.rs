@@ -44,6 +44,11 @@ pub struct Create {
     /// Lifetime, such as 30d, 12h or 2w; without it the token lasts until revoked.
     #[arg(long)]
     expires: Option<String>,
+    /// Also usable as AWS SDK credentials for the Lambda Invoke API: access key id = NAME,
+    /// secret access key = the token (the gateway then keeps it encrypted under secret.key,
+    /// besides its hash).
+    #[arg(long)]
+    sigv4: bool,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -65,6 +70,7 @@ impl Create {
             "name": self.name,
             "scopes": scopes,
             "expiresIn": self.expires,
+            "sigv4": self.sigv4,
         });
         let gw = self.gateway.connect(None)?;
         let answer = gw
@@ -80,8 +86,16 @@ impl Create {
             .info
             .expires_at
             .map_or("never expires".to_string(), |t| format!("expires {t}"));
+        let sigv4 = if created.info.sigv4 {
+            format!(
+                "; AWS SDKs: access key id {}, secret access key the token",
+                created.info.name
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "created token {} (scopes: {}; {expires}); it is shown only now:",
+            "created token {} (scopes: {}; {expires}{sigv4}); it is shown only now:",
             created.info.name,
             created.info.scopes.join(", ")
         );
@@ -109,17 +123,18 @@ impl Ls {
             return Ok(());
         };
         println!(
-            "{:<24} {:<30} {:<20} {:<20} EXPIRES",
-            "NAME", "SCOPES", "CREATED", "LAST USED"
+            "{:<24} {:<30} {:<20} {:<20} {:<20} SIGV4",
+            "NAME", "SCOPES", "CREATED", "LAST USED", "EXPIRES"
         );
         for t in list {
             println!(
-                "{:<24} {:<30} {:<20} {:<20} {}",
+                "{:<24} {:<30} {:<20} {:<20} {:<20} {}",
                 t.name,
                 t.scopes.join(","),
                 t.created_at,
                 t.last_used.as_deref().unwrap_or("never"),
                 t.expires_at.as_deref().unwrap_or("never"),
+                if t.sigv4 { "yes" } else { "no" },
             );
         }
         Ok(())

@@ -21,6 +21,7 @@ use skyfri_store::Store;
 use crate::client::Gateway;
 use crate::progress::Progress;
 use crate::stackfile::StackFile;
+use crate::watch::StackWatch;
 
 /// How long open connections may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -39,6 +40,10 @@ pub struct Up {
     /// Deploy this stack.yml or Knative Service once the gateway is ready.
     #[arg(short = 'f', long = "yaml")]
     file: Option<PathBuf>,
+    /// Keep -f's functions deployed as their files change: a change to a handler folder or
+    /// to a function's entry rebuilds and redeploys that function, without a failed call.
+    #[arg(long, requires = "file")]
+    watch: bool,
     /// Largest request body in bytes; a function's `com.skyfri.max-body` may only lower it.
     #[arg(long, default_value_t = 50 << 20)]
     max_body: usize,
@@ -88,6 +93,9 @@ pub struct Up {
     max_connections: usize,
     /// A reverse proxy (address or network, repeatable) whose X-Forwarded-For names the
     /// client in the audit log; without one, the client is the peer address.
+    /// The AWS region Lambda functions are told they run in (`AWS_REGION`, their ARNs).
+    #[arg(long, env = "SKYFRI_AWS_REGION", default_value = skyfri_core::lambda::DEFAULT_REGION, value_parser = parse_region)]
+    aws_region: String,
     #[arg(long = "trusted-proxy", value_parser = skyfri_gateway::auth::parse_proxy)]
     trusted_proxies: Vec<skyfri_gateway::auth::IpNet>,
     /// How often metered usage is written to the store (`skyfri cost`): a crash loses at
@@ -242,6 +250,8 @@ impl Up {
             .as_deref()
             .map(|f| StackFile::load(f, None))
             .transpose()?;
+        // Started before anything else, so that a host out of inotify instances says so first.
+        let files = self.watch.then(crate::watch::FileEvents::new).transpose()?;
         let queue_arg = QueueArg::parse(&self.queue)?;
         let call_limits = self.call_limits()?;
         let nats_url = match &self.nats {
@@ -275,6 +285,7 @@ impl Up {
             isolation(self.isolation)?,
             Arc::new(StoreSecrets(store.clone())),
         )?;
+        provider.set_aws_region(&self.aws_region);
         // After the provider, which made the logs dir private.
         let access_log = AccessLog::start(AccessLogConfig {
             target: self.access_log,
@@ -380,10 +391,20 @@ impl Up {
         });
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));
-            if let Err(e) =
-                crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain()).await
-            {
-                eprintln!("error: {e:#}");
+            match files {
+                // Watching from before the first build, so that no edit is missed.
+                Some(files) => {
+                    let mut watch = StackWatch::new(files, gw, stack);
+                    watch.deploy_all().await;
+                    tokio::spawn(watch.run(stop_rx.clone()));
+                }
+                None => {
+                    if let Err(e) =
+                        crate::commands::deploy::deploy_all(&gw, &stack, &Progress::plain()).await
+                    {
+                        eprintln!("error: {e:#}");
+                    }
+                }
             }
         }
         println!("ready");
@@ -498,4 +519,20 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && !crate::term::no_color())
         .try_init();
+}
+
+/// An AWS region name as AWS spells them (`eu-north-1`): lower-case letters, digits, '-'.
+fn parse_region(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not an AWS region name (like eu-north-1: lower-case letters, digits and '-')"
+        ))
+    }
 }

@@ -18,6 +18,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A program of the venv where `scripts/setup.sh --tests` installs the Python test tools
+/// (schemathesis, boto3): `~/.cache/skyfri/py-tools/bin/NAME`.
+pub fn py_tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    cache.join("skyfri/py-tools/bin").join(name)
+}
+
 /// A port nothing listens on now (for servers the tests start themselves).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -39,6 +49,15 @@ impl Platform {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let mut p = Platform::start_in(&dir, &[]);
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Starts on a new data dir with extra `up` arguments.
+    pub fn start_with(extra: &[&str]) -> Platform {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut p = Platform::start_in(&dir, extra);
         p._tmp = Some(tmp);
         p
     }
@@ -198,6 +217,20 @@ impl Platform {
                 "{id} not {state}: {v}"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the platform's own output has `needle` at least `n` times; panics with
+    /// the output after `within`.
+    pub fn wait_output(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} not logged {n} times within {within:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
