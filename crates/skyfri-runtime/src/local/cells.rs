@@ -801,3 +801,51 @@ fn clear_leftovers(run_dir: &Path, mounts_dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn policy(tid: i32) -> libc::c_int {
+        // SAFETY: sched_getscheduler only reads the thread's policy.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    #[test]
+    fn promote_moves_a_process_tree_out_of_the_background_class() -> std::io::Result<()> {
+        // A shell in SCHED_IDLE with a child that inherits it, as bubblewrap's processes do.
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & wait"]).process_group(0);
+        // SAFETY: sched_setscheduler is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| supervisor::set_scheduler(0, libc::SCHED_IDLE));
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let root = i32::try_from(pid).map_err(std::io::Error::other)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cell_threads(root).len() < 2 {
+            assert!(Instant::now() < deadline, "the shell started no child");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let threads = cell_threads(root);
+        let before: Vec<_> = threads.iter().map(|&t| policy(t)).collect();
+        promote(pid)?;
+        let after: Vec<_> = threads.iter().map(|&t| policy(t)).collect();
+        // SAFETY: kill(2) of the process group made for the test.
+        unsafe {
+            libc::kill(-root, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        assert!(
+            before.iter().all(|&p| p == libc::SCHED_IDLE),
+            "{threads:?}: {before:?}"
+        );
+        assert!(
+            after.iter().all(|&p| p == libc::SCHED_OTHER),
+            "{threads:?}: {after:?}"
+        );
+        Ok(())
+    }
+}
