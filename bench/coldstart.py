@@ -6,9 +6,10 @@
 GATEWAY_URL is a running skyfri with the functions of coldstart.sh's stack deployed
 (`cold-py`, `cold-node`, `burst`); the admin password is in SKYFRI_PASSWORD. Knobs come from
 the environment (BENCH_COLD_SAMPLES, BENCH_REF_SAMPLES, BENCH_BURST, BENCH_BURST_MAX,
-BENCH_BURST_SLEEP_MS, BENCH_NODE). Writes OUT_DIR/report.md (the markdown report) and
-OUT_DIR/verdict (PASS or FAIL). Exit status 0 when everything ran (budget met or not), 3 when
-the platform misbehaved (a function never reached zero, a call failed outright, ...).
+BENCH_BURST_SLEEP_MS, BENCH_NODE). Writes OUT_DIR/report.md (the markdown report),
+OUT_DIR/samples.json (every timing, in ns) and OUT_DIR/verdict (PASS or FAIL). Exit status 0
+when everything ran (budget met or not), 3 when the platform misbehaved (a function never
+reached zero, a call failed outright, ...).
 
 Timings use time.perf_counter_ns. A call is timed from the moment its request is written on
 an already connected TCP socket (TCP_NODELAY) to the moment the first byte of the answer is
@@ -490,6 +491,13 @@ def main():
     text, ok = report(ref, py, node, b)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
+    # Every sample in ns, for pooling runs (bench/README.md: runs on a busy host).
+    with open(os.path.join(out_dir, "samples.json"), "w") as f:
+        json.dump({
+            "reference": ref,
+            "python3": {"cold": py["cold"], "warm": py["warm"]},
+            "node": {"cold": node["cold"], "warm": node["warm"]},
+        }, f)
     with open(os.path.join(out_dir, "verdict"), "w") as f:
         f.write("PASS\n" if ok else "FAIL\n")
     return 0

@@ -174,8 +174,9 @@ if [ "$WARNINGS" != 0 ]; then
 fi
 mkdir -p bench/out
 cp "$WORK/full.md" bench/out/coldstart.md
+cp "$WORK/samples.json" bench/out/coldstart-samples.json
 cp "$WORK/skyfri.log" bench/out/coldstart-skyfri.log
 echo
-echo "bench: wrote bench/out/coldstart.md (skyfri's log: bench/out/coldstart-skyfri.log)"
+echo "bench: wrote bench/out/coldstart.md (samples: bench/out/coldstart-samples.json, skyfri's log: bench/out/coldstart-skyfri.log)"
 if [ "$STRICT" = 1 ] && [ "$(cat "$WORK/verdict")" != PASS ]; then exit 1; fi
 exit 0

@@ -451,8 +451,13 @@ def main():
     server.listen(1024)
     while True:
         conn, _ = server.accept()
+        if CELL:
+            # A cell's only callers are skyfri's probes and its specialisation, one request
+            # per connection: served here, without a thread to start and wake.
+            serve(conn)
+            continue
         # A bare thread: threading.Thread.start() waits until the new thread has run, a
-        # scheduler round trip on the path of every new connection (a cold start has two).
+        # scheduler round trip on the path of every new connection.
         _thread.start_new_thread(serve, (conn,))
 
 
