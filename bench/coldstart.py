@@ -49,7 +49,7 @@ REF_SAMPLES = knob("BENCH_REF_SAMPLES", COLD_SAMPLES, 1, 10000)
 BURST = knob("BENCH_BURST", 500, 1, 5000)
 BURST_MAX = knob("BENCH_BURST_MAX", 20, 1, 1000)          # must match the stack's scale.max
 BURST_SLEEP_MS = knob("BENCH_BURST_SLEEP_MS", 50, 1, 10000)  # must match the handler's sleep
-COLD_CELLS = knob("BENCH_COLD_CELLS", 1, 1, 100)  # idle stem cells of the runtime to wait for
+COLD_CELLS = knob("BENCH_COLD_CELLS", 2, 1, 100)  # idle stem cells of the runtime to wait for
 PYTHON = "/usr/bin/python3"
 NODE = os.environ.get("BENCH_NODE") or "/usr/bin/node"
 

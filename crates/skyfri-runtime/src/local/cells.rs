@@ -22,6 +22,11 @@
 //!
 //! Cells need the sandbox and root (for the mounts, and to rename the cell's host: its
 //! kernel hostname becomes the replica's instance name, as `HOSTNAME` in its environment).
+//!
+//! A cold start waits for the specialisation and the first call, so nothing else of the pool's
+//! may compete with them for the CPU: a cell boots in `SCHED_IDLE` (preempted by whatever
+//! wakes) and is promoted to the normal class once it answers its probe, and the pool refills
+//! [`REFILL_DELAY`] after a specialisation rather than during its first call.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
