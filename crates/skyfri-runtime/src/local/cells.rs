@@ -289,7 +289,9 @@ impl Cells {
 
     /// Stops refilling and kills every idle cell.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        // Kept even when the refiller has not subscribed yet (`send` would drop it, and the
+        // refiller, started later, would never stop).
+        self.stop.send_replace(true);
         let task = self
             .refiller
             .lock()
@@ -308,7 +310,7 @@ impl Cells {
     /// For a provider dropped without [`Cells::shutdown`] (tests, error paths): stops
     /// refilling, kills the idle cells and lets go of the mounts, without waiting.
     pub fn abandon(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let all = self.take_all();
         for mut cell in all {
             if let Some(pid) = cell.child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -837,6 +839,24 @@ mod tests {
     fn policy(tid: i32) -> libc::c_int {
         // SAFETY: sched_getscheduler only reads the thread's policy.
         unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    /// A pool shut down before its refiller ever ran (on this single-threaded runtime it
+    /// cannot have) must still stop: the stop request may not be lost for want of a listener.
+    #[tokio::test]
+    async fn a_pool_shut_down_at_once_stops() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let isolation = Isolation::detect();
+        let ledger = Arc::new(CpuLedger::default());
+        let Some(cells) = Cells::start(dir.path(), &isolation, &Interpreters::resolve(), &ledger)
+        else {
+            eprintln!("SKIPPED: no stem cells on this host (they need root and the sandbox)");
+            return Ok(());
+        };
+        let stopped = tokio::time::timeout(Duration::from_secs(30), cells.shutdown()).await;
+        assert!(stopped.is_ok(), "the refiller did not stop");
+        assert!(cells.idle().values().all(|&n| n == 0));
+        Ok(())
     }
 
     #[test]

@@ -197,7 +197,9 @@ impl Replica {
     /// Stops the replica (SIGTERM, then SIGKILL of its process group) and waits until the
     /// supervisor is done.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
+        // `send` would drop the value when the supervisor has not subscribed yet (a replica
+        // stopped right after it was made), and the wait below would never end.
+        self.stop.send_replace(true);
         let mut rx = self.state.subscribe();
         // The supervisor owns the sender too, so this cannot fail while it runs.
         let _ = rx.wait_for(|s| s.stopped).await;
