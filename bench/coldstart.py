@@ -266,8 +266,11 @@ def cold_starts(gw, name, runtime):
                 continue
             marked = headers.get("x-skyfri-cold-start") == "true"
             if kind == "cold":
-                cold.append(ns)
-                if not marked:
+                if marked:
+                    cold.append(ns)
+                else:
+                    # A replica came back before the call (the autoscaler, between the
+                    # scale to zero and the call): a warm call, left out of the cold row.
                     not_cold += 1
             elif marked:
                 # The replica was gone again (the autoscaler): not a warm sample.
@@ -462,7 +465,7 @@ def report(ref, py, node, b):
     notes = []
     for label, r in (("python3", py), ("node", node)):
         if r["not_cold"]:
-            notes.append(f"{label}: {r['not_cold']} of {len(r['cold'])} calls after scale-to-zero lacked `X-Skyfri-Cold-Start: true`")
+            notes.append(f"{label}: {r['not_cold']} of {len(r['cold']) + r['not_cold']} calls after scale-to-zero lacked `X-Skyfri-Cold-Start: true` (left out of the cold row)")
         for k, v in sorted(r["stats"].items()):
             notes.append(f"{label}: {k}: {v}")
         for f in r["failures"][:5]:
