@@ -6,9 +6,10 @@
 GATEWAY_URL is a running skyfri with the functions of coldstart.sh's stack deployed
 (`cold-py`, `cold-node`, `burst`); the admin password is in SKYFRI_PASSWORD. Knobs come from
 the environment (BENCH_COLD_SAMPLES, BENCH_REF_SAMPLES, BENCH_BURST, BENCH_BURST_MAX,
-BENCH_BURST_SLEEP_MS, BENCH_NODE). Writes OUT_DIR/report.md (the markdown report) and
-OUT_DIR/verdict (PASS or FAIL). Exit status 0 when everything ran (budget met or not), 3 when
-the platform misbehaved (a function never reached zero, a call failed outright, ...).
+BENCH_BURST_SLEEP_MS, BENCH_NODE). Writes OUT_DIR/report.md (the markdown report),
+OUT_DIR/samples.json (every timing, in ns) and OUT_DIR/verdict (PASS or FAIL). Exit status 0
+when everything ran (budget met or not), 3 when the platform misbehaved (a function never
+reached zero, a call failed outright, ...).
 
 Timings use time.perf_counter_ns. A call is timed from the moment its request is written on
 an already connected TCP socket (TCP_NODELAY) to the moment the first byte of the answer is
@@ -48,7 +49,7 @@ REF_SAMPLES = knob("BENCH_REF_SAMPLES", COLD_SAMPLES, 1, 10000)
 BURST = knob("BENCH_BURST", 500, 1, 5000)
 BURST_MAX = knob("BENCH_BURST_MAX", 20, 1, 1000)          # must match the stack's scale.max
 BURST_SLEEP_MS = knob("BENCH_BURST_SLEEP_MS", 50, 1, 10000)  # must match the handler's sleep
-COLD_CELLS = knob("BENCH_COLD_CELLS", 1, 1, 100)  # idle stem cells of the runtime to wait for
+COLD_CELLS = knob("BENCH_COLD_CELLS", 2, 1, 100)  # idle stem cells of the runtime to wait for
 PYTHON = "/usr/bin/python3"
 NODE = os.environ.get("BENCH_NODE") or "/usr/bin/node"
 
@@ -266,8 +267,11 @@ def cold_starts(gw, name, runtime):
                 continue
             marked = headers.get("x-skyfri-cold-start") == "true"
             if kind == "cold":
-                cold.append(ns)
-                if not marked:
+                if marked:
+                    cold.append(ns)
+                else:
+                    # A replica came back before the call (the autoscaler, between the
+                    # scale to zero and the call): a warm call, left out of the cold row.
                     not_cold += 1
             elif marked:
                 # The replica was gone again (the autoscaler): not a warm sample.
@@ -463,7 +467,7 @@ def report(ref, py, node, b, lambda_py=None):
     notes = []
     for label, r in measured:
         if r["not_cold"]:
-            notes.append(f"{label}: {r['not_cold']} of {len(r['cold'])} calls after scale-to-zero lacked `X-Skyfri-Cold-Start: true`")
+            notes.append(f"{label}: {r['not_cold']} of {len(r['cold']) + r['not_cold']} calls after scale-to-zero lacked `X-Skyfri-Cold-Start: true` (left out of the cold row)")
         for k, v in sorted(r["stats"].items()):
             notes.append(f"{label}: {k}: {v}")
         for f in r["failures"][:5]:
@@ -493,6 +497,13 @@ def main():
     text, ok = report(ref, py, node, b, lambda_py)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
+    # Every sample in ns, for pooling runs (bench/README.md: runs on a busy host).
+    with open(os.path.join(out_dir, "samples.json"), "w") as f:
+        json.dump({
+            "reference": ref,
+            "python3": {"cold": py["cold"], "warm": py["warm"]},
+            "node": {"cold": node["cold"], "warm": node["warm"]},
+        }, f)
     with open(os.path.join(out_dir, "verdict"), "w") as f:
         f.write("PASS\n" if ok else "FAIL\n")
     return 0

@@ -11,8 +11,8 @@
 # is bench/coldstart.py (python3 standard library, raw sockets, perf_counter_ns).
 #
 # Knobs (env): BENCH_COLD_SAMPLES (200) per runtime, BENCH_REF_SAMPLES (= cold samples) runs
-# of each interpreter, BENCH_COLD_CELLS (1) idle stem cells of the runtime to wait for before
-# each cold sample, BENCH_BURST (500) concurrent calls, BENCH_READY_TIMEOUT (180) seconds
+# of each interpreter, BENCH_COLD_CELLS (2: the pool's full depth) idle stem cells of the
+# runtime to wait for before each cold sample, BENCH_BURST (500) concurrent calls, BENCH_READY_TIMEOUT (180) seconds
 # for skyfri to come up, BENCH_STRICT=1 to exit 1 when a budget is missed, BENCH_SKYFRI_BIN
 # to use a prebuilt skyfri, SKYFRI_LOG (info: it logs scaling decisions, not calls) skyfri's log filter.
 set -euo pipefail
@@ -24,7 +24,7 @@ COLD_SAMPLES="${BENCH_COLD_SAMPLES:-200}"
 REF_SAMPLES="${BENCH_REF_SAMPLES:-$COLD_SAMPLES}"
 BURST="${BENCH_BURST:-500}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
-COLD_CELLS="${BENCH_COLD_CELLS:-1}"
+COLD_CELLS="${BENCH_COLD_CELLS:-2}"
 STRICT="${BENCH_STRICT:-0}"
 for v in "$COLD_SAMPLES" "$REF_SAMPLES" "$BURST" "$READY_TIMEOUT" "$COLD_CELLS"; do
   [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
@@ -186,8 +186,9 @@ if [ "$WARNINGS" != 0 ]; then
 fi
 mkdir -p bench/out
 cp "$WORK/full.md" bench/out/coldstart.md
+cp "$WORK/samples.json" bench/out/coldstart-samples.json
 cp "$WORK/skyfri.log" bench/out/coldstart-skyfri.log
 echo
-echo "bench: wrote bench/out/coldstart.md (skyfri's log: bench/out/coldstart-skyfri.log)"
+echo "bench: wrote bench/out/coldstart.md (samples: bench/out/coldstart-samples.json, skyfri's log: bench/out/coldstart-skyfri.log)"
 if [ "$STRICT" = 1 ] && [ "$(cat "$WORK/verdict")" != PASS ]; then exit 1; fi
 exit 0

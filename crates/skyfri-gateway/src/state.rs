@@ -198,11 +198,15 @@ impl AppState {
         self.metrics.scaling_decision(name, "up");
         let provider = Arc::clone(&self.provider);
         let live = Arc::clone(live);
+        let asked = std::time::Instant::now();
         tokio::spawn(async move {
             let name = &live.deployment.spec.name;
             match provider.scale(name, 1).await {
                 // The waiting calls look again now rather than at their next recheck.
-                Ok(()) => live.router.wake(),
+                Ok(()) => {
+                    live.router.wake();
+                    tracing::debug!(function = %name, took_us = asked.elapsed().as_micros() as u64, "scaled up from zero");
+                }
                 Err(e) => {
                     tracing::error!(function = %name, error = %e, "could not scale up from zero")
                 }

@@ -75,6 +75,11 @@ fn functions_at_zero_start_from_stem_cells_with_their_own_environment() {
     assert_eq!(v["uid"], 65534, "{v}");
     assert_eq!(v["write_app"], "OSError", "the artefact is read-only: {v}");
     assert_eq!(v["write_tmp"], "yes", "{v}");
+    assert_eq!(
+        v["policies"],
+        serde_json::json!([0]),
+        "the cell booted in SCHED_IDLE; its replica runs in SCHED_OTHER: {v}"
+    );
 
     // Its output reaches the function's log.
     let deadline = Instant::now() + Duration::from_secs(10);

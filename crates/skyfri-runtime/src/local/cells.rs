@@ -22,6 +22,11 @@
 //!
 //! Cells need the sandbox and root (for the mounts, and to rename the cell's host: its
 //! kernel hostname becomes the replica's instance name, as `HOSTNAME` in its environment).
+//!
+//! A cold start waits for the specialisation and the first call, so nothing else of the pool's
+//! may compete with them for the CPU: a cell boots in `SCHED_IDLE` (preempted by whatever
+//! wakes) and is promoted to the normal class once it answers its probe, and the pool refills
+//! [`REFILL_DELAY`] after a specialisation rather than during its first call.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -43,7 +48,7 @@ use super::metering::CpuLedger;
 use super::mounts;
 use super::probe;
 use super::sandbox::{self, Spec};
-use super::supervisor::{self, Adopted, Replica, SOCKET_NAME};
+use super::supervisor::{self, Adopted, Priority, Replica, SOCKET_NAME};
 use crate::provider::Endpoint;
 use crate::templates;
 
@@ -57,6 +62,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// How often idle cells are checked for having died.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long after a specialisation the pool starts refilling: long enough for the new
+/// replica's first call (the cold start a caller waits for) to be served without the next
+/// cell's sandbox and interpreter start (tens of ms of CPU, and a fork of skyfri) beside it.
+const REFILL_DELAY: Duration = Duration::from_millis(20);
 /// Largest answer read from a specialising shim (a traceback).
 const MAX_ANSWER: usize = 64 << 10;
 const CELL_PREFIX: &str = "cell-";
@@ -258,14 +267,21 @@ impl Cells {
         let id = cell.id.clone();
         let started = Instant::now();
         let made = self.specialise(cell, launch, logs).await;
-        tracing::debug!(function = %launch.function, cell = %id, took_us = started.elapsed().as_micros() as u64, ok = made.is_ok(), "specialised a stem cell");
-        // Refill after, not during: on a small machine the next cell's interpreter boot
-        // would compete with this specialisation for the CPU.
-        self.refill.notify_one();
         match made {
-            Ok(replica) => Some(replica),
+            Ok((replica, steps)) => {
+                tracing::debug!(function = %launch.function, cell = %id, took_us = micros(started.elapsed()), mount_us = steps.mount, rename_us = steps.rename, hostname_us = steps.hostname, cgroup_us = steps.cgroup, load_us = steps.load, "specialised a stem cell");
+                // Refill after the replica's first call, not during: on a small machine the
+                // next cell's start would compete with it for the CPU.
+                let cells = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(REFILL_DELAY).await;
+                    cells.refill.notify_one();
+                });
+                Some(replica)
+            }
             Err(e) => {
                 tracing::warn!(function = %launch.function, cell = %id, error = %e, "stem cell not specialised; starting from scratch");
+                self.refill.notify_one();
                 None
             }
         }
@@ -273,7 +289,9 @@ impl Cells {
 
     /// Stops refilling and kills every idle cell.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        // Kept even when the refiller has not subscribed yet (`send` would drop it, and the
+        // refiller, started later, would never stop).
+        self.stop.send_replace(true);
         let task = self
             .refiller
             .lock()
@@ -292,7 +310,7 @@ impl Cells {
     /// For a provider dropped without [`Cells::shutdown`] (tests, error paths): stops
     /// refilling, kills the idle cells and lets go of the mounts, without waiting.
     pub fn abandon(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let all = self.take_all();
         for mut cell in all {
             if let Some(pid) = cell.child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -350,7 +368,7 @@ impl Cells {
         mut cell: Cell,
         launch: &Arc<Launch>,
         logs: &Arc<LogSink>,
-    ) -> Result<Arc<Replica>, String> {
+    ) -> Result<(Arc<Replica>, Steps), String> {
         let stem = launch.stem.ok_or("the function has no stem")?;
         let instance = format!(
             "{}-{}",
@@ -358,20 +376,30 @@ impl Cells {
             cell.id.trim_start_matches(CELL_PREFIX)
         );
         let dir = self.run_dir.join(&instance);
+        let mut took = Steps::default();
         let steps = async {
+            let mut clock = Instant::now();
+            let mut lap = || {
+                let now = Instant::now();
+                micros(now - std::mem::replace(&mut clock, now))
+            };
             mounts::attach_read_only(&launch.artefact, &cell.app())
                 .map_err(|e| format!("mounting the artefact: {e}"))?;
+            took.mount = lap();
             std::fs::rename(&cell.dir, &dir)
                 .map_err(|e| format!("renaming the run directory: {e}"))?;
             cell.dir = dir.clone();
+            took.rename = lap();
             if let Some(pid) = cell.child.id() {
                 set_hostname(pid, &instance).map_err(|e| format!("setting the hostname: {e}"))?;
             }
+            took.hostname = lap();
             if let Some(group) = &mut cell.group {
                 group
                     .rename(&self.isolation.cgroups, &instance, launch.limits)
                     .map_err(|e| format!("setting the function's limits: {e}"))?;
             }
+            took.cgroup = lap();
             let env: serde_json::Map<String, serde_json::Value> = launch
                 .environment(
                     &instance,
@@ -404,6 +432,7 @@ impl Cells {
                     text.trim()
                 ));
             }
+            took.load = lap();
             Ok(())
         };
         if let Err(e) = steps.await {
@@ -427,7 +456,7 @@ impl Cells {
         );
         let _ = owner.set((Arc::downgrade(&replica), Arc::clone(logs)));
         self.used.fetch_add(1, Ordering::Relaxed);
-        Ok(replica)
+        Ok((replica, took))
     }
 
     /// Keeps every wanted shape filled, and idle cells alive, until shutdown.
@@ -559,6 +588,7 @@ impl Cells {
             &args,
             &env,
             Some(&group),
+            Priority::Background,
         );
         let mut child = match spawned {
             Ok(child) => child,
@@ -591,7 +621,15 @@ impl Cells {
                 return Err("the interpreter exited before it was ready".into());
             }
             if probe::is_ready(&endpoint, &Probe::Shim).await {
-                return Ok(cell);
+                // Booted (in the background class, see `Priority`): from now on it waits
+                // in accept, and what it does next (specialise, serve) is a caller's.
+                return match cell.child.id().map(promote) {
+                    Some(Err(e)) => {
+                        cell.discard().await;
+                        Err(format!("restoring the CPU priority of a booted cell: {e}"))
+                    }
+                    _ => Ok(cell),
+                };
             }
             if Instant::now() >= deadline {
                 cell.discard().await;
@@ -600,6 +638,77 @@ impl Cells {
             tokio::time::sleep(PROBE_EVERY).await;
         }
     }
+}
+
+/// How long each step of a specialisation took, in µs, for the debug log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Steps {
+    mount: u64,
+    rename: u64,
+    hostname: u64,
+    cgroup: u64,
+    load: u64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Rounds of [`promote`] at most: a cell creates no threads while it waits, so the second
+/// round normally finds nothing new.
+const PROMOTE_ROUNDS: usize = 4;
+
+/// Moves every thread of the cell whose bubblewrap is `pid` (bubblewrap, the sandbox's init,
+/// the interpreter and their threads) from the background scheduling class it booted in to
+/// the normal one, which its replica runs in. Threads are found through `/proc`, children per thread; a thread that
+/// ended meanwhile is skipped. Rounds repeat until no new thread turns up, so one made by a
+/// thread that was still in the background class is not missed.
+fn promote(pid: u32) -> std::io::Result<()> {
+    let root = i32::try_from(pid)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad pid"))?;
+    let mut done: HashSet<i32> = HashSet::new();
+    for _ in 0..PROMOTE_ROUNDS {
+        let mut fresh = 0;
+        for tid in cell_threads(root) {
+            if !done.insert(tid) {
+                continue;
+            }
+            fresh += 1;
+            match supervisor::set_scheduler(tid, libc::SCHED_OTHER) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(e),
+                _ => {}
+            }
+        }
+        if fresh == 0 {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The threads of `pid` and of all its descendants, from `/proc`.
+fn cell_threads(pid: i32) -> Vec<i32> {
+    let mut threads = Vec::new();
+    let mut processes = vec![pid];
+    while let Some(p) = processes.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            threads.push(tid);
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                processes.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    threads
 }
 
 /// Sends a cell's output to its replica's log once it has one.
@@ -618,50 +727,63 @@ fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 }
 
 /// Sets the kernel hostname of the cell whose bubblewrap is `pid` to the replica's name.
-/// The sandboxed processes are bubblewrap's children, in the cell's UTS namespace; a
-/// thread of our own joins that namespace just for this (a thread may, unlike for mount
-/// namespaces), then ends.
+/// The sandboxed processes are bubblewrap's children, in the cell's UTS namespace; the
+/// calling thread joins that namespace just for this (a thread may, unlike for mount
+/// namespaces), then goes back to its own. No await in between: nothing else runs on this
+/// thread meanwhile. (Not a thread of its own: starting one costs a scheduler round trip,
+/// milliseconds on a busy host, on the cold-start path.)
 fn set_hostname(pid: u32, hostname: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
     let inner = children.split_whitespace().next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "the sandbox has no process")
     })?;
-    let ns = std::fs::File::open(format!("/proc/{inner}/ns/uts"))?;
-    let name = hostname.as_bytes().to_vec();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on a namespace descriptor we opened, then sethostname with a
-                // valid buffer and length; both only affect this short-lived thread's view.
-                unsafe {
-                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUTS) != 0
-                        || libc::sethostname(name.as_ptr().cast(), name.len()) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the hostname thread panicked")))
-    })
+    let cell = std::fs::File::open(format!("/proc/{inner}/ns/uts"))?;
+    let own = std::fs::File::open("/proc/thread-self/ns/uts")?;
+    let name = hostname.as_bytes();
+    // SAFETY: setns on namespace descriptors we opened, sethostname with a valid buffer and
+    // length; both only affect this thread, which is back in its own namespace before the
+    // function returns.
+    unsafe {
+        if libc::setns(cell.as_raw_fd(), libc::CLONE_NEWUTS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let set = if libc::sethostname(name.as_ptr().cast(), name.len()) != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        if libc::setns(own.as_raw_fd(), libc::CLONE_NEWUTS) != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::error!(error = %e, "a skyfri thread could not return to its own UTS namespace");
+            return Err(e);
+        }
+        set
+    }
 }
 
 /// A one-shot HTTP/1.1 POST over a unix socket: the status and the body.
 async fn post(socket: &Path, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket).await?;
-    let head = format!(
+    let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    )
+    .into_bytes();
+    // One write: the shim reads the whole request at once instead of waking twice.
+    request.extend_from_slice(body);
+    stream.write_all(&request).await?;
+    // Read until the answer is complete by its Content-Length (the shim always sends one)
+    // rather than until the shim closes: one wake-up less on the cold-start path.
     let mut answer = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER as u64)
-        .read_to_end(&mut answer)
-        .await?;
+    let mut chunk = [0u8; 4096];
+    while answer.len() < MAX_ANSWER && !complete(&answer) {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n.min(MAX_ANSWER - answer.len())]);
+    }
     let text = String::from_utf8_lossy(&answer);
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
     let status = text
@@ -671,6 +793,22 @@ async fn post(socket: &Path, path: &str, body: &[u8]) -> std::io::Result<(u16, S
         .ok_or_else(bad)?;
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, body.to_string()))
+}
+
+/// Whether `answer` holds an HTTP head and as many body bytes as its Content-Length says.
+fn complete(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    length.is_some_and(|n| answer.len() >= end + 4 + n)
 }
 
 /// Clears what a killed skyfri left in the cells directory: its mounts, then the empty
@@ -690,5 +828,84 @@ fn clear_leftovers(run_dir: &Path, mounts_dir: &Path) {
         for entry in entries.flatten() {
             MountPoint(entry.path()).clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn policy(tid: i32) -> libc::c_int {
+        // SAFETY: sched_getscheduler only reads the thread's policy.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    /// A pool shut down before its refiller ever ran (on this single-threaded runtime it
+    /// cannot have) must still stop: the stop request may not be lost for want of a listener.
+    #[tokio::test]
+    async fn a_pool_shut_down_at_once_stops() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let isolation = Isolation::detect();
+        let ledger = Arc::new(CpuLedger::default());
+        let Some(cells) = Cells::start(dir.path(), &isolation, &Interpreters::resolve(), &ledger)
+        else {
+            eprintln!("SKIPPED: no stem cells on this host (they need root and the sandbox)");
+            return Ok(());
+        };
+        let stopped = tokio::time::timeout(Duration::from_secs(30), cells.shutdown()).await;
+        assert!(stopped.is_ok(), "the refiller did not stop");
+        assert!(cells.idle().values().all(|&n| n == 0));
+        Ok(())
+    }
+
+    #[test]
+    fn answers_are_complete_by_their_content_length() {
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n"));
+        assert!(!complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nspecial"
+        ));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nspecialised"
+        ));
+        // Without a length, only the end of the stream completes it.
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\nspecialised"));
+    }
+
+    #[test]
+    fn promote_moves_a_process_tree_out_of_the_background_class() -> std::io::Result<()> {
+        // A shell in SCHED_IDLE with a child that inherits it, as bubblewrap's processes do.
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & wait"]).process_group(0);
+        // SAFETY: sched_setscheduler is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| supervisor::set_scheduler(0, libc::SCHED_IDLE));
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let root = i32::try_from(pid).map_err(std::io::Error::other)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cell_threads(root).len() < 2 {
+            assert!(Instant::now() < deadline, "the shell started no child");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let threads = cell_threads(root);
+        let before: Vec<_> = threads.iter().map(|&t| policy(t)).collect();
+        promote(pid)?;
+        let after: Vec<_> = threads.iter().map(|&t| policy(t)).collect();
+        // SAFETY: kill(2) of the process group made for the test.
+        unsafe {
+            libc::kill(-root, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        assert!(
+            before.iter().all(|&p| p == libc::SCHED_IDLE),
+            "{threads:?}: {before:?}"
+        );
+        assert!(
+            after.iter().all(|&p| p == libc::SCHED_OTHER),
+            "{threads:?}: {after:?}"
+        );
+        Ok(())
     }
 }

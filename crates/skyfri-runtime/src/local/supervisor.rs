@@ -197,7 +197,9 @@ impl Replica {
     /// Stops the replica (SIGTERM, then SIGKILL of its process group) and waits until the
     /// supervisor is done.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
+        // `send` would drop the value when the supervisor has not subscribed yet (a replica
+        // stopped right after it was made), and the wait below would never end.
+        self.stop.send_replace(true);
         let mut rx = self.state.subscribe();
         // The supervisor owns the sender too, so this cannot fail while it runs.
         let _ = rx.wait_for(|s| s.stopped).await;
@@ -427,6 +429,7 @@ impl Replica {
             &launch.args,
             &env,
             self.group.as_ref(),
+            Priority::Normal,
         )?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         self.pgid.store(pid, Ordering::Release);
@@ -509,9 +512,19 @@ pub struct Adopted {
     pub keep: Box<dyn Send + Sync>,
 }
 
+/// The CPU scheduling class a process starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Priority {
+    Normal,
+    /// `SCHED_IDLE`: whatever else wakes up on the CPU preempts it at once (a stem cell
+    /// booting must not delay a cold start in flight). It still gets its cgroup's share when
+    /// the CPUs are busy, so it is slowed down, not starved.
+    Background,
+}
+
 /// Starts `program args` with exactly `env`: in the sandbox built from `spec` when there is
 /// one (else as a plain process in `spec.cwd`), in its own process group, in `group`, as the
-/// sandbox user, with piped output.
+/// sandbox user, with piped output, in the scheduling class `priority`.
 pub(super) fn spawn_process(
     sandbox: Option<&Sandbox>,
     spec: &Spec<'_>,
@@ -519,6 +532,7 @@ pub(super) fn spawn_process(
     args: &[String],
     env: &[(String, String)],
     group: Option<&Group>,
+    priority: Priority,
 ) -> std::io::Result<Child> {
     let (program, args, fds, cwd) = match sandbox {
         Some(sandbox) => {
@@ -547,11 +561,15 @@ pub(super) fn spawn_process(
     let keep: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let user = sandbox.and_then(Sandbox::uid);
     // SAFETY: between fork and exec the closure only makes async-signal-safe calls
-    // (open/write/close, fcntl, setgroups/setgid/setuid) and does not allocate.
+    // (open/write/close, fcntl, sched_setscheduler, setgroups/setgid/setuid) and does not
+    // allocate.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(join) = &join {
                 join.join()?;
+            }
+            if priority == Priority::Background {
+                set_scheduler(0, libc::SCHED_IDLE)?;
             }
             sandbox::inherit(&keep)?;
             sandbox::drop_privileges(user)
@@ -560,6 +578,17 @@ pub(super) fn spawn_process(
     let child = cmd.spawn()?;
     drop(fds);
     Ok(child)
+}
+
+/// Puts the thread `tid` (0: the calling one) in the scheduling class `policy` (`SCHED_IDLE`
+/// or `SCHED_OTHER`, which take no static priority). Async-signal-safe.
+pub(super) fn set_scheduler(tid: i32, policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with a valid parameter block; the result is checked.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Copies one output stream to `line`, line by line, until it closes.
