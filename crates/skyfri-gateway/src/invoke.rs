@@ -431,13 +431,15 @@ impl hyper::body::Body for Leased {
         let Some((live, limit)) = &this.cut else {
             return Poll::Ready(None);
         };
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        // What the replica has sent is passed on first: an answer whose head came in at the
+        // deadline (a replica ending the call at its own copy of the timeout) is not cut.
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending() && this.deadline.as_mut().poll(cx).is_ready() {
             let error = limits::timed_out(&live.deployment.spec, limit.clone(), None);
             tracing::warn!(function = %live.deployment.spec.name, error = %error, "answer cut at the deadline while streaming");
             this.cut = None;
             return Poll::Ready(Some(Err(Box::new(error))));
         }
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             this.conn = None;
         }

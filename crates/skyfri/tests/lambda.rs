@@ -342,7 +342,6 @@ fn replica_call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> common::Response {
-    use std::io::{Read, Write};
     let socket = std::fs::read_dir(data_dir.join("run"))
         .expect("run dir")
         .flatten()
@@ -357,18 +356,7 @@ fn replica_call(
         .join("sock");
     let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut req = format!(
-        "POST / HTTP/1.1\r\nHost: replica\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let raw = common::exchange(&mut s, "replica", "POST", "/", headers, body);
     assert!(
         !raw.is_empty(),
         "no answer from the replica at {}",

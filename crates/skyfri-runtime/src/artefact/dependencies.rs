@@ -121,13 +121,7 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             ])
             .arg("--cache")
             .arg(staging.join(NPM_CACHE));
-            // npm is a `#!/usr/bin/env node` script: let it find the node replicas run.
-            let mut path = node
-                .parent()
-                .map(|p| p.as_os_str().to_os_string())
-                .unwrap_or_default();
-            path.push(":/usr/local/bin:/usr/bin:/bin");
-            cmd.env("PATH", path);
+            cmd.env("PATH", npm_path(&node));
             let hint = if locked {
                 "fix package.json and build again (npm ci needs the lock file to match it; \
                  packages' install scripts are not run)"
@@ -210,12 +204,7 @@ fn lambda_node_client() -> Result<PathBuf, RuntimeError> {
         "--foreground-scripts",
     ])
     .arg(AWS_LAMBDA_RIC);
-    let mut path = node
-        .parent()
-        .map(|p| p.as_os_str().to_os_string())
-        .unwrap_or_default();
-    path.push(":/usr/local/bin:/usr/bin:/bin");
-    cmd.env("PATH", path);
+    cmd.env("PATH", npm_path(&node));
     let hint = "aws-lambda-ric compiles native code: install cmake, autoconf, automake, libtool, g++ and make (scripts/setup.sh does)";
     let built = run(cmd, AWS_LAMBDA_RIC, "npm", hint, &work).and_then(|()| {
         let package = work.join(FUNCTION_DIR).join("node_modules/aws-lambda-ric");
@@ -397,6 +386,16 @@ fn seal(dir: &Path) -> Result<(), RuntimeError> {
             .map_err(|e| RuntimeError::io(format!("chmod {}", entry.path().display()), e))?;
     }
     Ok(())
+}
+
+/// `PATH` for npm, a `#!/usr/bin/env node` script: the node replicas run comes first.
+fn npm_path(node: &Path) -> std::ffi::OsString {
+    let mut path = node
+        .parent()
+        .map(|p| p.as_os_str().to_os_string())
+        .unwrap_or_default();
+    path.push(":/usr/local/bin:/usr/bin:/bin");
+    path
 }
 
 #[cfg(test)]

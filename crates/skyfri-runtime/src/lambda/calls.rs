@@ -25,6 +25,9 @@ use tokio::sync::oneshot;
 
 use super::{Invocation, Outcome, Shared};
 
+/// How much later than the gateway this side gives up on an event (see `deadline`).
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Calls larger than this are refused here too (the gateway has its own, lower, limit).
 const MAX_EVENT_BYTES: usize = 64 << 20;
 
@@ -145,7 +148,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     let deadline_ms =
         now.timestamp_millis() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
     let (reply, outcome) = oneshot::channel();
-    let deadline = tokio::time::Instant::now() + timeout;
+    // The handler's deadline (`deadline_ms`) is the function's timeout; this side waits a
+    // little longer, so that through the gateway its own deadline answers first (a 504 naming
+    // the limit) rather than both timers racing.
+    let deadline = tokio::time::Instant::now() + timeout + DEADLINE_GRACE;
     let invocation = Invocation {
         request_id,
         event,
@@ -161,7 +167,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     }
     // The runtime's side ends every taken event by its deadline (`watch_deadline`); this
     // bounds the wait of one still queued.
-    let outcome = match tokio::time::timeout(timeout, outcome).await {
+    let outcome = match tokio::time::timeout(timeout + DEADLINE_GRACE, outcome).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) => {
             return function_error(

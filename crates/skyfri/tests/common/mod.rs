@@ -335,19 +335,31 @@ pub fn http(
 ) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(90))).ok();
+    parse_response(&exchange(&mut s, addr, method, path, headers, body))
+}
+
+/// Writes one `Connection: close` request to `stream` and reads the whole raw answer.
+pub fn exchange(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
+    stream.write_all(req.as_bytes()).expect("write");
+    stream.write_all(body).expect("write body");
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    parse_response(&raw)
+    let _ = stream.read_to_end(&mut raw);
+    raw
 }
 
 /// Parses a whole HTTP/1.1 response (head and body, chunked or not).
