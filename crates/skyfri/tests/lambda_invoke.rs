@@ -102,10 +102,10 @@ fn boto3_invokes_skyfri_functions() {
     let results = boto3(
         &p,
         &[
-            // 0: sync, with the log's tail.
+            // 0: sync, with the log's tail (which needs the read scope).
             call(
-                "sdk",
-                &sdk,
+                "reader",
+                &reader,
                 json!({"FunctionName": "greet", "Payload": "{\"name\": \"boto\"}", "LogType": "Tail",
                        "ClientContext": "eyJjdXN0b20iOnsiYSI6MX19"}),
             ),
@@ -161,8 +161,8 @@ fn boto3_invokes_skyfri_functions() {
             ),
             // 12: a Lambda handler run by awslambdaric, with the log's tail and a client context.
             call(
-                "sdk",
-                &sdk,
+                "reader",
+                &reader,
                 json!({"FunctionName": "lambda-greet", "Payload": "{\"name\": \"aws\"}", "LogType": "Tail",
                        "ClientContext": "eyJjdXN0b20iOnsiYSI6MX19"}),
             ),
@@ -180,6 +180,12 @@ fn boto3_invokes_skyfri_functions() {
             ),
             // 15: without a payload.
             call("sdk", &sdk, json!({"FunctionName": "lambda-greet"})),
+            // 16: the log's tail without the read scope.
+            call(
+                "sdk",
+                &sdk,
+                json!({"FunctionName": "greet", "Payload": "{}", "LogType": "Tail"}),
+            ),
         ],
     );
 
@@ -255,6 +261,7 @@ fn boto3_invokes_skyfri_functions() {
         (5, "InvalidSignatureException"),
         (6, "UnrecognizedClientException"),
         (7, "AccessDeniedException"),
+        (16, "AccessDeniedException"),
     ] {
         let r = &results[i];
         assert_eq!(

@@ -115,6 +115,9 @@ async fn handle(
         .map_err(platform_error)?;
     let principal = credentials.verify(state, &parts, &payload)?;
     authorize(&principal, &name, live.private)?;
+    if tail {
+        authorize_logs(&principal, &name)?;
+    }
 
     let lambda = is_lambda(&live.deployment);
     let payload = if lambda { event(payload)? } else { payload };
@@ -367,6 +370,21 @@ fn authorize(principal: &Principal, name: &str, private: bool) -> Result<(), Aws
         "AccessDeniedException",
         format!(
             "User: {} is not authorized to perform: lambda:InvokeFunction on resource: {name} (a private function: the token needs scope {need} or admin)",
+            principal.who()
+        ),
+    ))
+}
+
+/// `X-Amz-Log-Type: Tail` returns the function's log lines of the call's time, which may hold
+/// other callers' lines: it needs what `/system/logs` needs, the `read` scope.
+fn authorize_logs(principal: &Principal, name: &str) -> Result<(), AwsError> {
+    if principal.allows(&Scope::Read) {
+        return Ok(());
+    }
+    Err(AwsError::forbidden(
+        "AccessDeniedException",
+        format!(
+            "User: {} is not authorized to read the logs of {name} (X-Amz-Log-Type: Tail needs scope read); call without LogType",
             principal.who()
         ),
     ))

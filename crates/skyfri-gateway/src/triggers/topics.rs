@@ -476,7 +476,18 @@ async fn handle(state: &AppState, function: &str, stream: &str, message: jetstre
     let policy = RetryPolicy::from_spec(spec).unwrap_or_default();
     let mut headers: Vec<(String, String)> = Vec::new();
     if let Some(h) = &message.headers {
+        // Only the gateway marks raw Lambda events and says where a call came from.
+        let gateways = [
+            skyfri_core::lambda::EVENT_HEADER,
+            skyfri_core::lambda::SOURCE_IP_HEADER,
+        ];
         for (name, values) in h.iter() {
+            if gateways
+                .iter()
+                .any(|g| name.to_string().eq_ignore_ascii_case(g))
+            {
+                continue;
+            }
             for v in values {
                 headers.push((name.to_string(), v.as_str().to_string()));
             }
