@@ -44,3 +44,41 @@ to_us() {
     printf "%.0f", n * f }'
 }
 
+
+# start_nginx UP_PORT: nginx (2 workers) as a keep-alive reverse proxy to 127.0.0.1:UP_PORT,
+# under $WORK/nginx; sets NGX_PORT and NGX_PID (also added to PIDS).
+start_nginx() {
+  local up_port="$1" nginx
+  nginx="$(command -v nginx || echo /usr/sbin/nginx)"
+  NGX_PORT="$(free_port)"
+  mkdir -p "$WORK/nginx/tmp"
+  chmod -R 755 "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  upstream bench_upstream {
+    server 127.0.0.1:$up_port;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  "$nginx" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+  NGX_PID=$!
+  PIDS+=("$NGX_PID")
+}

@@ -126,31 +126,7 @@ else
   UP_PORT="$(free_port)"
   PORT="$UP_PORT" "$UPSTREAM_BIN" >"$WORK/upstream.log" 2>&1 &
   PIDS+=($!)
-  NGX_PORT="$(free_port)"
-  mkdir -p "$WORK/nginx/tmp"
-  chmod -R 755 "$WORK/nginx"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / { proxy_pass http://bench_upstream; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
-  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-  "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 &
-  NGX_PID=$!
-  PIDS+=("$NGX_PID")
+  start_nginx "$UP_PORT"
   wait_http "http://127.0.0.1:$NGX_PORT/" 30 || { echo "profile: nginx did not start" >&2; exit 1; }
   EVENTS=task-clock,context-switches,raw_syscalls:sys_enter
 

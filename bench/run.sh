@@ -53,36 +53,7 @@ PORT="$UP_PORT" "$UPSTREAM_BIN" >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 
 # (b) nginx -> upstream, keep-alive both sides
-NGX_PORT="$(free_port)"
-mkdir -p "$WORK/nginx/tmp"
-chmod -R 755 "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  upstream bench_upstream {
-    server 127.0.0.1:$UP_PORT;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / {
-      proxy_pass http://bench_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
-PIDS+=($!)
+start_nginx "$UP_PORT"
 
 # (c) skyfri with an `http` function (the same upstream binary) and a `python3` function
 SKY_PORT="$(free_port)"
