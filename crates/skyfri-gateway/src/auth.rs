@@ -2,14 +2,17 @@
 //! `/system/*` (each request needs the scope `skyfri_core::auth::system_need` names), and
 //! bearer tokens with `invoke:NAME` on private functions. 401 (with `WWW-Authenticate`)
 //! without valid credentials, 403 (naming the scope needed) when they do not allow the
-//! request. Failed logins and refusals on `/system` go to the audit log, folded.
+//! request. Failed logins (here, on private functions, on the Lambda Invoke API and at the
+//! dashboard's login) and refusals on `/system` go to the audit log, folded; failed logins
+//! also spend the client's budget of failures (`crate::limits::logins`), and a client out of
+//! budget is answered 429 before its credentials are looked at.
 //!
 //! The admin password is compared as SHA-256 digests with a constant-time equality, so
 //! neither its content nor its length shows in the timing. Tokens: see `crate::tokens`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -65,10 +68,92 @@ pub enum Failure {
     Missing,
     /// Credentials that are wrong: `who` is what they claimed, `why` what the caller is told.
     Invalid { who: String, why: &'static str },
+    /// The client has failed too often: its credentials were not checked; it may try again
+    /// in this many seconds.
+    Limited(u64),
+}
+
+/// Where a request came from: the client's address (see [`client_ip`]), and its text for
+/// the audit log.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    pub text: String,
+}
+
+impl Client {
+    pub fn of<B>(state: &AppState, req: &axum::http::Request<B>) -> Client {
+        let ip = client_ip(
+            crate::limits::peer(req),
+            req.headers(),
+            &state.trusted_proxies,
+        );
+        Client {
+            ip,
+            text: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+        }
+    }
+}
+
+/// A refused credential: counted against the client's budget, and recorded in the audit log
+/// as a `login.failure` of `who` from the client at `target`, answered `status`.
+pub fn failed(
+    state: &AppState,
+    client: &Client,
+    who: String,
+    target: &str,
+    status: StatusCode,
+    why: &str,
+) {
+    state.failed_logins.failed(client.ip);
+    let actor = Actor {
+        who,
+        client: client.text.clone(),
+    };
+    state.audit.rejected(
+        "login.failure",
+        &actor,
+        target,
+        &format!("{}: {why}", status.as_u16()),
+    );
+}
+
+/// [`authenticate`] within the client's budget of failures: a client out of budget is not
+/// checked at all; a failure is counted and recorded (see [`failed`]).
+pub fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &Client,
+    target: &str,
+) -> Result<Principal, Failure> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(Failure::Missing);
+    }
+    state
+        .failed_logins
+        .check(client.ip)
+        .map_err(Failure::Limited)?;
+    let result = authenticate(state, headers);
+    if let Err(Failure::Invalid { who, why }) = &result {
+        failed(
+            state,
+            client,
+            who.clone(),
+            target,
+            StatusCode::UNAUTHORIZED,
+            why,
+        );
+    }
+    result
+}
+
+/// The 429 of a client out of its budget of failures.
+pub fn too_many_failures(retry_after: u64) -> Response {
+    crate::limits::logins::too_many(retry_after).into_response()
 }
 
 /// At most `max` printable ASCII characters of what a caller sent, for the log.
-fn printable(s: &str, max: usize) -> String {
+pub(crate) fn printable(s: &str, max: usize) -> String {
     s.chars()
         .filter(|c| c.is_ascii_graphic())
         .take(max)
@@ -212,24 +297,15 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     Some(client)
 }
 
-pub(crate) fn client_of(state: &AppState, req: &Request) -> String {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    client_ip(peer, req.headers(), &state.trusted_proxies)
-        .map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
-}
-
 /// The `/system` middleware: authenticates, checks the scope, and hands the handlers the
 /// [`Actor`].
 pub async fn require(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let client = client_of(&state, &req);
+    let client = Client::of(&state, &req);
     let target = format!("{} {}", req.method(), req.uri().path());
     let session = req.extensions_mut().remove::<Authenticated>();
     let authenticated = match session {
         Some(Authenticated(p)) => Ok(p),
-        None => authenticate(&state, req.headers()),
+        None => authenticate_client(&state, req.headers(), &client, &target),
     };
     let principal = match authenticated {
         Ok(p) => p,
@@ -238,18 +314,15 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
                 "authentication required: basic auth as admin (skyfri login, or SKYFRI_PASSWORD) or a bearer token (SKYFRI_TOKEN)".into(),
             )
         }
-        Err(Failure::Invalid { who, why }) => {
-            let actor = Actor { who, client };
-            state
-                .audit
-                .rejected("login.failure", &actor, &target, &format!("401: {why}"));
+        Err(Failure::Invalid { why, .. }) => {
             return unauthorized(format!("authentication failed: {why}"));
         }
+        Err(Failure::Limited(secs)) => return too_many_failures(secs),
     };
     let need = system_need(req.method().as_str(), req.uri().path());
     let actor = Actor {
         who: principal.who(),
-        client,
+        client: client.text,
     };
     if let Principal::Token(t) = &principal {
         if !principal.allows(&need) {
@@ -276,14 +349,17 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
 /// `invoke:NAME` (or admin); the credentials are then taken off the request. A skyfri token
 /// is never passed on to a function, private or not; other `Authorization` headers reach
 /// public functions untouched, as in OpenFaaS. `session` is the dashboard's principal when
-/// the call comes from its invoke form.
+/// the call comes from its invoke form. Refused credentials count as failed logins.
 pub fn check_invoke(
     state: &AppState,
     name: &str,
     private: bool,
-    headers: &mut HeaderMap,
+    req: &mut Request,
     session: Option<Principal>,
 ) -> Option<Response> {
+    let client = Client::of(state, req);
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let headers = req.headers_mut();
     if !private {
         let ours = headers
             .get(header::AUTHORIZATION)
@@ -300,10 +376,11 @@ pub fn check_invoke(
     let need = Scope::Invoke(name.to_string());
     let authenticated = match session {
         Some(p) => Ok(p),
-        None => authenticate(state, headers),
+        None => authenticate_client(state, headers, &client, &target),
     };
     let principal = match authenticated {
         Ok(p) => p,
+        Err(Failure::Limited(secs)) => return Some(too_many_failures(secs)),
         Err(Failure::Missing) => {
             return Some(unauthorized(format!(
                 "function {name:?} is private: send a token with scope {need} as `Authorization: Bearer TOKEN`"

@@ -115,13 +115,9 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
     } else {
         None
     };
-    if let Some(refused) = crate::auth::check_invoke(
-        &state,
-        name,
-        live.private,
-        req.headers_mut(),
-        session.map(|s| s.0),
-    ) {
+    if let Some(refused) =
+        crate::auth::check_invoke(&state, name, live.private, &mut req, session.map(|s| s.0))
+    {
         return refused;
     }
     let call_id = req
@@ -205,22 +201,22 @@ pub(crate) async fn read_body(
     live: &Live,
     body: Body,
 ) -> Result<Bytes, GatewayError> {
-    read_body_within(state, live, body, None).await
+    read_body_within(
+        &live.deployment.spec.name,
+        body,
+        limits::body_limit(state, live),
+    )
+    .await
 }
 
 /// [`read_body`], held to `cap` too when it is lower than the function's limit (an API's
 /// own limit, such as Lambda's payload sizes).
 pub(crate) async fn read_body_within(
-    state: &AppState,
-    live: &Live,
+    function: &str,
     body: Body,
-    cap: Option<(usize, Limit)>,
+    (max, limit): (usize, Limit),
 ) -> Result<Bytes, GatewayError> {
-    let (max, limit) = match (limits::body_limit(state, live), cap) {
-        ((max, _), Some((cap, limit))) if cap < max => (cap, limit),
-        (own, _) => own,
-    };
-    let too_large = |limit| limits::body_too_large(&live.deployment.spec.name, max, limit);
+    let too_large = |limit| limits::body_too_large(function, max, limit);
     Ok(Limited::new(body, max)
         .collect()
         .await

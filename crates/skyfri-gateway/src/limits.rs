@@ -18,6 +18,7 @@
 
 pub mod bucket;
 pub mod clients;
+pub mod logins;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -195,18 +196,24 @@ pub fn body_limit(state: &AppState, live: &Live) -> (usize, Limit) {
                 retry_after: None,
             },
         ),
-        _ => (
-            gateway,
-            Limit {
-                scope: "gateway",
-                name: "--max-body",
-                value: json!(gateway),
-                unit: "bytes",
-                burst: None,
-                retry_after: None,
-            },
-        ),
+        _ => gateway_body_limit(state),
     }
+}
+
+/// The gateway's largest body (`skyfri up --max-body`), whatever the function.
+pub fn gateway_body_limit(state: &AppState) -> (usize, Limit) {
+    let gateway = state.max_body;
+    (
+        gateway,
+        Limit {
+            scope: "gateway",
+            name: "--max-body",
+            value: json!(gateway),
+            unit: "bytes",
+            burst: None,
+            retry_after: None,
+        },
+    )
 }
 
 /// The 413 for a body over `limit`.

@@ -124,6 +124,8 @@ pub struct Inner {
     pub decisions: Decisions,
     /// Usage per function and month, until it is flushed to the store.
     pub meter: Meter,
+    /// Failed credentials per client address, for every place a credential is checked.
+    pub failed_logins: crate::limits::logins::FailedLogins,
     /// Dashboard sessions (in memory).
     pub sessions: crate::ui::session::Sessions,
     /// Set once at start when the access log is on.
@@ -176,6 +178,7 @@ impl AppState {
             callbacks: Callbacks::default(),
             decisions: Decisions::default(),
             meter: Meter::default(),
+            failed_logins: Default::default(),
             sessions: Default::default(),
             access_log: std::sync::OnceLock::new(),
             functions: RwLock::new(HashMap::new()),

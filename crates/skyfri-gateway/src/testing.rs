@@ -24,6 +24,16 @@ use crate::state::{AppState, GatewayConfig, Locations};
 /// A gateway state over `provider` (admin password `pw`), keeping its store, artefacts and
 /// embedded queue in `dir`.
 pub fn state(dir: &Path, provider: FakeProvider, max_body: usize) -> AppState {
+    state_behind(dir, provider, max_body, Vec::new())
+}
+
+/// [`state`] behind the proxies `trusted` (`skyfri up --trusted-proxy`).
+pub fn state_behind(
+    dir: &Path,
+    provider: FakeProvider,
+    max_body: usize,
+    trusted_proxies: Vec<ipnet::IpNet>,
+) -> AppState {
     AppState::new(
         GatewayConfig {
             admin_password: "pw".into(),
@@ -34,7 +44,7 @@ pub fn state(dir: &Path, provider: FakeProvider, max_body: usize) -> AppState {
                 data_dir: dir.to_path_buf(),
                 ..Default::default()
             },
-            trusted_proxies: Vec::new(),
+            trusted_proxies,
         },
         Arc::new(Store::open(&dir.join("skyfri.db")).unwrap()),
         Arc::new(provider),

@@ -40,9 +40,7 @@ async fn enqueue(state: &AppState, mut req: Request) -> Result<Response, Gateway
             "function {name:?} is not deployed (see `skyfri ls`)"
         )));
     };
-    if let Some(refused) =
-        crate::auth::check_invoke(state, name, live.private, req.headers_mut(), None)
-    {
+    if let Some(refused) = crate::auth::check_invoke(state, name, live.private, &mut req, None) {
         return Ok(refused);
     }
     crate::limits::admit(state, &live, crate::limits::peer(&req))?;

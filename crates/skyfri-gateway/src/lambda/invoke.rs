@@ -80,6 +80,7 @@ async fn handle(
     request_id: &str,
 ) -> Result<Response, AwsError> {
     let peer = limits::peer(&req);
+    let client = auth::Client::of(state, &req);
     let (parts, body) = req.into_parts();
     let segment = super::function_segment(parts.uri.path())
         .ok_or_else(|| AwsError::invalid("the FunctionName in the path is not valid UTF-8"))?;
@@ -87,14 +88,16 @@ async fn handle(
     let qualifier = qualifier(parts.uri.query(), &target)?;
     let kind = invocation_type(&parts.headers)?;
     let tail = log_type(&parts.headers)?;
-
-    let credentials = Credentials::read(state, &parts.headers)?;
     let name = function_name(&target.name).to_string();
-    let live = state.live(&name).ok_or_else(|| not_found(&name, None))?;
-    if let Some(q) = qualifier.as_deref().filter(|q| *q != LATEST) {
-        return Err(not_found(&name, Some(q)));
-    }
 
+    // The caller is authenticated before anything is said about the function (whether it
+    // exists, its limits): a SigV4 signature covers the body, which is read first, bounded
+    // by Lambda's payload limit.
+    let login = Login {
+        client: &client,
+        target: format!("POST {}", parts.uri.path()),
+    };
+    let credentials = Credentials::read(state, &parts.headers, &login)?;
     let cap = match kind {
         InvocationType::Event => MAX_ASYNC_PAYLOAD,
         _ => MAX_SYNC_PAYLOAD,
@@ -110,10 +113,27 @@ async fn handle(
         burst: None,
         retry_after: None,
     };
-    let payload = proxy::read_body_within(state, &live, body, Some((cap, cap_limit)))
+    let gateway = limits::gateway_body_limit(state);
+    let first = if cap < gateway.0 {
+        (cap, cap_limit)
+    } else {
+        gateway
+    };
+    let payload = proxy::read_body_within(&name, body, first)
         .await
         .map_err(platform_error)?;
-    let principal = credentials.verify(state, &parts, &payload)?;
+    let principal = credentials.verify(state, &parts, &payload, &login)?;
+
+    let live = state.live(&name).ok_or_else(|| not_found(&name, None))?;
+    if let Some(q) = qualifier.as_deref().filter(|q| *q != LATEST) {
+        return Err(not_found(&name, Some(q)));
+    }
+    let (own, own_limit) = limits::body_limit(state, &live);
+    if payload.len() > own {
+        return Err(platform_error(limits::body_too_large(
+            &name, own, own_limit,
+        )));
+    }
     authorize(&principal, &name, live.private)?;
     if tail {
         authorize_logs(&principal, &name)?;
@@ -267,16 +287,62 @@ enum Credentials {
     Checked(Principal),
 }
 
+/// Where a credential is presented: failures are counted against the client and recorded.
+struct Login<'a> {
+    client: &'a auth::Client,
+    target: String,
+}
+
+impl Login<'_> {
+    /// A refused credential of `who`: counted, recorded, and answered as `kind`.
+    fn failed(
+        &self,
+        state: &AppState,
+        who: String,
+        kind: &'static str,
+        message: String,
+    ) -> AwsError {
+        let status = StatusCode::FORBIDDEN;
+        auth::failed(state, self.client, who, &self.target, status, &message);
+        AwsError::forbidden(kind, message)
+    }
+}
+
+/// Headers that change what a call does; a SigV4 signature must cover them when they are
+/// sent, or a captured request could be replayed to do something else.
+const MUST_SIGN: [&str; 3] = [
+    "x-amz-invocation-type",
+    "x-amz-log-type",
+    "x-amz-client-context",
+];
+
+/// The 429 of a client out of its budget of failed logins, as Lambda throttles.
+fn too_many_failures(retry_after: u64) -> AwsError {
+    AwsError {
+        retry_after: Some(retry_after),
+        ..AwsError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            crate::limits::logins::too_many_text(retry_after),
+        )
+    }
+}
+
 const HOW: &str = "sign with a skyfri token made with `skyfri token create NAME --sigv4` (access key id NAME, secret access key the token), or send `Authorization: Bearer TOKEN`";
 
 impl Credentials {
-    fn read(state: &AppState, headers: &HeaderMap) -> Result<Credentials, AwsError> {
+    /// The credentials of a request, within its client's budget of failures.
+    fn read(state: &AppState, headers: &HeaderMap, login: &Login) -> Result<Credentials, AwsError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(AwsError::forbidden(
                 "MissingAuthenticationTokenException",
                 format!("Missing Authentication Token: {HOW}"),
             ));
         };
+        state
+            .failed_logins
+            .check(login.client.ip)
+            .map_err(too_many_failures)?;
         let value = value.to_str().unwrap_or("");
         if !sigv4::is_sigv4(value) {
             return match auth::authenticate(state, headers) {
@@ -285,15 +351,22 @@ impl Credentials {
                     "MissingAuthenticationTokenException",
                     format!("Missing Authentication Token: {HOW}"),
                 )),
-                Err(Failure::Invalid { why, .. }) => Err(AwsError::forbidden(
+                Err(Failure::Invalid { who, why }) => Err(login.failed(
+                    state,
+                    who,
                     "UnrecognizedClientException",
                     format!("the credentials were refused: {why}"),
                 )),
+                Err(Failure::Limited(secs)) => Err(too_many_failures(secs)),
             };
         }
-        let parsed = sigv4::parse_authorization(value).map_err(sigv4_error)?;
+        let parsed = sigv4::parse_authorization(value)
+            .map_err(|e| login.failed(state, "sigv4".into(), e.aws_type(), e.to_string()))?;
+        let who = format!("sigv4:{}", auth::printable(parsed.access_key, 32));
         if parsed.service != "lambda" {
-            return Err(AwsError::forbidden(
+            return Err(login.failed(
+                state,
+                who,
                 "InvalidSignatureException",
                 format!(
                     "Credential should be scoped to correct service: 'lambda', not {:?}",
@@ -301,8 +374,21 @@ impl Credentials {
                 ),
             ));
         }
+        let unsigned = MUST_SIGN.into_iter().find(|h| {
+            headers.contains_key(*h) && !parsed.signed_headers.split(';').any(|s| s == *h)
+        });
+        if let Some(h) = unsigned {
+            return Err(login.failed(
+                state,
+                who,
+                "IncompleteSignatureException",
+                format!("the request sends {h}, which changes what the call does, without signing it: it must be among the SignedHeaders (AWS SDKs sign it)"),
+            ));
+        }
         let Some((token, secret)) = state.tokens.by_access_key(parsed.access_key) else {
-            return Err(AwsError::forbidden(
+            return Err(login.failed(
+                state,
+                who,
                 "UnrecognizedClientException",
                 format!(
                     "The security token included in the request is invalid: no token {:?} with SigV4 credentials (see `skyfri token ls`); {HOW}",
@@ -311,7 +397,9 @@ impl Credentials {
             ));
         };
         if token.expired(Utc::now()) {
-            return Err(AwsError::forbidden(
+            return Err(login.failed(
+                state,
+                format!("token:{}", token.name),
                 "ExpiredTokenException",
                 format!(
                     "The security token included in the request is expired: token {:?}",
@@ -328,6 +416,7 @@ impl Credentials {
         state: &AppState,
         parts: &axum::http::request::Parts,
         body: &[u8],
+        login: &Login,
     ) -> Result<Principal, AwsError> {
         let (token, secret) = match self {
             Credentials::Checked(p) => return Ok(p),
@@ -339,6 +428,7 @@ impl Credentials {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let parsed = sigv4::parse_authorization(value).map_err(sigv4_error)?;
+        let who = format!("token:{}", token.name);
         let request = sigv4::Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -347,10 +437,8 @@ impl Credentials {
             authority: parts.uri.authority().map(|a| a.as_str()),
             body,
         };
-        sigv4::verify(&request, &parsed, secret.bytes(), Utc::now()).map_err(|e| {
-            tracing::debug!(token = %token.name, error = %e, "SigV4 signature refused");
-            sigv4_error(e)
-        })?;
+        sigv4::verify(&request, &parsed, secret.bytes(), Utc::now())
+            .map_err(|e| login.failed(state, who, e.aws_type(), e.to_string()))?;
         token.used(&state.store);
         Ok(Principal::Token(token))
     }

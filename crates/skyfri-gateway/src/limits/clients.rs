@@ -78,6 +78,18 @@ impl Clients {
         Ok(())
     }
 
+    /// Whether a token for `ip` is there at `now`, without taking it; else how long until.
+    pub fn check(&self, ip: IpAddr, now: u64) -> Result<(), Duration> {
+        let key = client_key(ip);
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let tat = map.get(&key).copied().unwrap_or(0);
+        self.gcra
+            .take(tat, now)
+            .map(|_| ())
+            .map_err(Duration::from_nanos)
+    }
+
     /// Clients tracked now.
     pub fn len(&self) -> usize {
         self.shards

@@ -10,9 +10,9 @@
 //! request, so revoking the token ends the session. Every API call made with the cookie
 //! must also carry the session's CSRF token in `X-Skyfri-Csrf` (the page reads it from
 //! `/ui/session`, same-origin only), so a cookie alone authorises nothing. Failed logins
-//! go to the audit log (folded, as on `/system`), successful ones too. A client address
-//! gets [`LOGIN_BURST`] login attempts, then one every [`LOGIN_EVERY_SECS`] s (429 with
-//! `Retry-After` beyond), so passwords cannot be guessed at speed here.
+//! go to the audit log (folded, as on `/system`), successful ones too. Failed logins spend
+//! the client's budget of failures shared with every other credential check
+//! (`crate::limits::logins`: 429 with `Retry-After` beyond it).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -34,10 +34,7 @@ use subtle::ConstantTimeEq;
 use crate::audit::Actor;
 use crate::auth::{self, Principal, ADMIN_USER};
 use crate::error::GatewayError;
-use crate::limits::bucket;
-use crate::limits::clients::Clients;
 use crate::state::AppState;
-use skyfri_core::limits::Rate;
 
 pub const COOKIE: &str = "skyfri_session";
 pub const CSRF_HEADER: &str = "x-skyfri-csrf";
@@ -62,32 +59,10 @@ struct Session {
     expires_at: DateTime<Utc>,
 }
 
-/// Login attempts a client address may make in a burst, and then one every
-/// [`LOGIN_EVERY_SECS`] seconds.
-pub const LOGIN_BURST: u32 = 10;
-pub const LOGIN_EVERY_SECS: f64 = 5.0;
-/// Client addresses whose login attempts are counted at once.
-const LOGIN_CLIENTS: usize = 4096;
-
-/// The live sessions, by the SHA-256 of their id, and the login attempts by client.
+/// The live sessions, by the SHA-256 of their id.
+#[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<[u8; 32], Session>>,
-    logins: Clients,
-}
-
-impl Default for Sessions {
-    fn default() -> Sessions {
-        Sessions {
-            live: Mutex::default(),
-            logins: Clients::new(
-                Rate {
-                    per_second: 1.0 / LOGIN_EVERY_SECS,
-                    burst: LOGIN_BURST,
-                },
-                LOGIN_CLIENTS,
-            ),
-        }
-    }
 }
 
 fn random_id() -> Option<String> {
@@ -290,22 +265,11 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     if let Err(refused) = same_origin(req.headers()) {
         return refused.into_response();
     }
-    // Guessing passwords takes many attempts: a client gets a few, then one every few
-    // seconds, whatever their outcome.
-    if let Some(ip) = crate::limits::peer(&req) {
-        if let Err(wait) = state.sessions.logins.take(ip, bucket::now()) {
-            let secs = bucket::retry_after_secs(wait);
-            let mut r = refused(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("too many login attempts from this address: try again in {secs} s"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
-        }
+    // A client that failed too often anywhere is not checked (see `crate::limits::logins`).
+    let client = auth::Client::of(&state, &req);
+    if let Err(secs) = state.failed_logins.check(client.ip) {
+        return auth::too_many_failures(secs);
     }
-    let client = auth::client_of(&state, &req);
     let secure = over_https(req.headers());
     let body = match axum::body::to_bytes(req.into_body(), MAX_LOGIN_BYTES).await {
         Ok(b) => b,
@@ -368,15 +332,13 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let Some((who, principal)) = who else {
-        let actor = Actor {
-            who: claimed,
-            client,
-        };
-        state.audit.rejected(
-            "login.failure",
-            &actor,
+        auth::failed(
+            &state,
+            &client,
+            claimed,
             "POST /ui/login",
-            &format!("401: {why}"),
+            StatusCode::UNAUTHORIZED,
+            why,
         );
         return refused(StatusCode::UNAUTHORIZED, &format!("login refused: {why}"));
     };
@@ -388,7 +350,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     };
     let actor = Actor {
         who: principal.who(),
-        client,
+        client: client.text,
     };
     state.audit.record(&actor, "dashboard.login", "/ui", "ok");
     let mut r = Json(info(&principal, csrf, expires_at)).into_response();

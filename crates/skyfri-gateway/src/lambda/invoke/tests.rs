@@ -264,3 +264,140 @@ fn qualifiers_and_gateway_errors() {
     });
     assert_eq!(timed_out.status(), StatusCode::OK);
 }
+
+/// `Authorization` of a SigV4 request signed with `secret` by `key`, over `signed` headers.
+fn sign(
+    gateway: SocketAddr,
+    (key, secret): (&str, &str),
+    path: &str,
+    headers: &[(&str, &str)],
+    signed: &str,
+    body: &[u8],
+) -> String {
+    let mut h = HeaderMap::new();
+    let host = gateway.to_string();
+    h.insert("host", HeaderValue::from_str(&host).unwrap());
+    for (k, v) in headers {
+        h.insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let request = sigv4::Request {
+        method: "POST",
+        path,
+        query: "",
+        headers: &h,
+        authority: None,
+        body,
+    };
+    let (_, amz_date) = sigv4::request_time(&h).unwrap();
+    let date = &amz_date[..8];
+    let scope = format!("{date}/us-east-1/lambda/aws4_request");
+    let creq = sigv4::canonical_request(&request, signed).unwrap();
+    let sts = sigv4::string_to_sign(&amz_date, &scope, &creq);
+    let signing = sigv4::signing_key(secret.as_bytes(), date, "us-east-1", "lambda");
+    let signature = sigv4::signature(&signing, &sts);
+    format!(
+        "{} Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}",
+        sigv4::ALGORITHM
+    )
+}
+
+#[tokio::test]
+async fn callers_are_authenticated_before_functions_are_looked_up_and_modes_must_be_signed() {
+    let h = harness(Template::LambdaPython).await;
+    let (token, hash) = crate::tokens::generate().unwrap();
+    h.state
+        .store
+        .create_token(
+            &skyfri_store::TokenRecord {
+                name: "sdk".into(),
+                hash,
+                scopes: vec!["admin".into()],
+                created_at: Utc::now(),
+                expires_at: None,
+                last_used: None,
+                sigv4: true,
+            },
+            Some(token.as_bytes()),
+        )
+        .unwrap();
+    h.state.tokens.reload(&h.state.store).unwrap();
+    let now = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let call = |path: &'static str,
+                secret: String,
+                headers: Vec<(&'static str, &'static str)>,
+                signed: &'static str| {
+        let gateway = h.gateway;
+        let now = now.clone();
+        async move {
+            let mut all: Vec<(&str, &str)> = vec![("x-amz-date", now.as_str())];
+            all.extend(headers);
+            let auth = sign(gateway, ("sdk", &secret), path, &all, signed, b"{}");
+            all.push(("authorization", auth.as_str()));
+            crate::testing::send(gateway, "POST", path, &all, b"{}").await
+        }
+    };
+    let (f, nope) = (
+        "/2015-03-31/functions/f/invocations",
+        "/2015-03-31/functions/nope/invocations",
+    );
+    let plain = "host;x-amz-date";
+
+    // Signed right: the function runs, and a missing one is not found.
+    let ok = call(f, token.clone(), vec![], plain).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    let missing = call(nope, token.clone(), vec![], plain).await;
+    assert_eq!(missing.status, 404, "{:?}", missing.body);
+    // A wrong secret, or no credentials, learn nothing of which functions exist.
+    for path in [f, nope] {
+        let r = call(path, "sky_wrong".into(), vec![], plain).await;
+        assert_eq!(
+            (r.status, r.header("x-amzn-errortype")),
+            (403, "InvalidSignatureException"),
+            "{path}: {:?}",
+            r.body
+        );
+        let r = crate::testing::send(h.gateway, "POST", path, &[], b"{}").await;
+        assert_eq!(
+            (r.status, r.header("x-amzn-errortype")),
+            (403, "MissingAuthenticationTokenException"),
+            "{path}"
+        );
+    }
+
+    // The headers that change what a call does must be signed when sent.
+    let signed = "host;x-amz-date;x-amz-invocation-type";
+    let dry = call(
+        f,
+        token.clone(),
+        vec![("x-amz-invocation-type", "DryRun")],
+        signed,
+    )
+    .await;
+    assert_eq!(dry.status, 204, "{:?}", dry.body);
+    for (header, value) in [
+        ("x-amz-invocation-type", "DryRun"),
+        ("x-amz-log-type", "Tail"),
+        ("x-amz-client-context", "e30="),
+    ] {
+        let r = call(f, token.clone(), vec![(header, value)], plain).await;
+        assert_eq!(
+            (r.status, r.header("x-amzn-errortype")),
+            (403, "IncompleteSignatureException"),
+            "{header}: {:?}",
+            r.body
+        );
+        assert!(
+            r.json()["Message"].as_str().unwrap().contains(header),
+            "{:?}",
+            r.body
+        );
+    }
+    assert_eq!(
+        h.seen().len(),
+        1,
+        "only the first call reached the function"
+    );
+}
