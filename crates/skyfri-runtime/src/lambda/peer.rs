@@ -5,34 +5,209 @@
 //! or one of its descendants (the shim is a child subreaper, so orphans stay its
 //! descendants): the kernel's socket table (`/proc/net/tcp`) gives the far end's inode, and
 //! `/proc/PID/fd` of the shim's descendants must hold it.
+//!
+//! That check reads much of `/proc`, and any process on the host can connect, so its cost
+//! is bounded ([`Guard`]): one check runs at a time and at most [`MAX_WAITING`] wait for
+//! it (connections beyond are closed unchecked); the processes that held a verified socket
+//! are remembered for [`REMEMBERED_FOR`] and looked at first (still checked to hold the
+//! socket and to be descendants, so a reused pid gains nothing); and after refusals each
+//! check waits longer first (from [`BACKOFF_FIRST`], doubling, up to [`BACKOFF_MAX`]), so a
+//! process that connects in a loop gets about one check a second, not a core.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 /// The socket table is kernel-generated, but still read with a bound.
 const MAX_TABLE_BYTES: u64 = 64 << 20;
 
+/// Connections that may wait for a check; more are closed unchecked.
+pub const MAX_WAITING: usize = 8;
+/// How long a process that held a verified socket is looked at first.
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+/// The wait before the check that follows a refusal; it doubles with each further one.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Refusals older than this no longer slow checks down.
+const BACKOFF_RESET: Duration = Duration::from_secs(10);
+/// Processes remembered at most.
+const MAX_REMEMBERED: usize = 16;
+
+/// The Runtime API's gatekeeper for connections to `local` (see the module's doc).
+pub struct Guard {
+    local: SocketAddr,
+    checks: Semaphore,
+    waiting: AtomicUsize,
+    memory: Mutex<Memory>,
+    /// Checks that read `/proc/net/tcp` and walked the process tree (for tests).
+    scans: AtomicU64,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Processes that held a verified socket, and when.
+    verified: Vec<(u32, Instant)>,
+    /// Refusals in a row, and the last one's time.
+    refused: u32,
+    last_refused: Option<Instant>,
+}
+
+/// Who holds a client socket.
+enum Holder {
+    /// A process remembered from an earlier check.
+    Remembered(u32),
+    /// A descendant found by walking the process tree.
+    Found(u32),
+    Nobody,
+}
+
+/// Decrements a counter when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Guard {
+    pub fn new(local: SocketAddr) -> Arc<Guard> {
+        Arc::new(Guard {
+            local,
+            checks: Semaphore::new(1),
+            waiting: AtomicUsize::new(0),
+            memory: Mutex::default(),
+            scans: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the connection from `peer` is one of this replica's processes'; `Err` with
+    /// the number of refusals in a row when it is not (or was not checked).
+    pub async fn admit(self: &Arc<Guard>, peer: SocketAddr) -> Result<(), u32> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refused());
+        }
+        let _waiting = Waiting(&self.waiting);
+        let Ok(_permit) = self.checks.acquire().await else {
+            return Err(self.refused());
+        };
+        let (delay, remembered) = {
+            let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+            m.verified.retain(|(_, at)| at.elapsed() < REMEMBERED_FOR);
+            let pids: Vec<u32> = m.verified.iter().map(|(pid, _)| *pid).collect();
+            (backoff(&m), pids)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let guard = Arc::clone(self);
+        let holder = tokio::task::spawn_blocking(move || guard.holder(peer, &remembered))
+            .await
+            .unwrap_or(Holder::Nobody);
+        let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = match holder {
+            Holder::Remembered(pid) | Holder::Found(pid) => pid,
+            Holder::Nobody => {
+                m.refused = m.refused.saturating_add(1);
+                m.last_refused = Some(Instant::now());
+                return Err(m.refused);
+            }
+        };
+        m.refused = 0;
+        m.verified.retain(|(p, _)| *p != pid);
+        if m.verified.len() >= MAX_REMEMBERED {
+            m.verified.remove(0);
+        }
+        m.verified.push((pid, Instant::now()));
+        Ok(())
+    }
+
+    /// Counts a connection refused unchecked.
+    fn refused(&self) -> u32 {
+        let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        m.refused = m.refused.saturating_add(1);
+        m.last_refused = Some(Instant::now());
+        m.refused
+    }
+
+    /// Who holds the client socket `peer` -> our address: a remembered process, else one
+    /// found among our descendants.
+    fn holder(&self, peer: SocketAddr, remembered: &[u32]) -> Holder {
+        self.scans.fetch_add(1, Ordering::Relaxed);
+        let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, self.local) else {
+            return Holder::Nobody;
+        };
+        let Some(inode) = client_inode(peer, local) else {
+            return Holder::Nobody;
+        };
+        let target = format!("socket:[{inode}]");
+        let root = std::process::id();
+        if let Some(&pid) = remembered
+            .iter()
+            .find(|&&pid| holds(pid, &target) && descends_from(pid, root))
+        {
+            return Holder::Remembered(pid);
+        }
+        descendants(root)
+            .into_iter()
+            .find(|&pid| holds(pid, &target))
+            .map_or(Holder::Nobody, Holder::Found)
+    }
+}
+
+/// The wait before the next check, after `m.refused` refusals in a row.
+fn backoff(m: &Memory) -> Duration {
+    let recent = m
+        .last_refused
+        .is_some_and(|at| at.elapsed() < BACKOFF_RESET);
+    if m.refused == 0 || !recent {
+        return Duration::ZERO;
+    }
+    let doublings = (m.refused - 1).min(16);
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
+}
+
 /// Whether the client socket `peer` -> `local` (our listening address) belongs to this
 /// process or one of its descendants.
-pub fn is_ours(peer: SocketAddr, local: SocketAddr) -> bool {
-    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, local) else {
-        return false;
-    };
-    let Some(inode) = client_inode(peer, local) else {
-        return false;
-    };
-    let target = format!("socket:[{inode}]");
-    descendants(std::process::id()).into_iter().any(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|fd| {
-                std::fs::read_link(fd.path())
-                    .is_ok_and(|link| link.as_os_str().as_encoded_bytes() == target.as_bytes())
-            })
-    })
+#[cfg(test)]
+fn is_ours(peer: SocketAddr, local: SocketAddr) -> bool {
+    !matches!(Guard::new(local).holder(peer, &[]), Holder::Nobody)
+}
+
+/// Whether process `pid` has `target` (`socket:[INODE]`) open.
+fn holds(pid: u32, target: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|link| link.as_os_str().as_encoded_bytes() == target.as_bytes())
+        })
+}
+
+/// Whether `pid` is `root` or below it now.
+fn descends_from(pid: u32, root: u32) -> bool {
+    let mut at = pid;
+    // A process tree deeper than this is no runtime client's.
+    for _ in 0..64 {
+        if at == root {
+            return true;
+        }
+        match parent(at) {
+            Some(p) if p != 0 && p != at => at = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The inode of the socket whose local address is `peer` and remote address `local`.
@@ -103,6 +278,72 @@ mod tests {
             Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080))
         );
         assert_eq!(parse_addr("zz:1"), None);
+    }
+
+    #[tokio::test]
+    async fn checks_are_bounded_remembered_and_slowed_after_refusals() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("test setup");
+        let local = listener.local_addr().expect("test setup");
+        let guard = Guard::new(local);
+        let scans = || guard.scans.load(Ordering::Relaxed);
+
+        // Our own connections pass; the second is found by the remembered process.
+        let first = std::net::TcpStream::connect(local).expect("test setup");
+        let addr = first.local_addr().expect("test setup");
+        assert_eq!(guard.admit(addr).await, Ok(()));
+        let second = std::net::TcpStream::connect(local).expect("test setup");
+        let addr = second.local_addr().expect("test setup");
+        let root = std::process::id();
+        assert!(matches!(
+            guard.holder(addr, &[root]),
+            Holder::Remembered(pid) if pid == root
+        ));
+        assert_eq!(guard.admit(addr).await, Ok(()));
+        assert_eq!(scans(), 3);
+
+        // A flood of connections nobody here holds: all refused, and few of them checked.
+        let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let flood: Vec<_> = (0..100)
+            .map(|_| {
+                let g = Arc::clone(&guard);
+                tokio::spawn(async move { g.admit(nobody).await })
+            })
+            .collect();
+        for task in flood {
+            assert!(task.await.expect("task").is_err());
+        }
+        assert!(
+            scans() - 3 <= MAX_WAITING as u64,
+            "{} checks for 100 connections",
+            scans() - 3
+        );
+        {
+            let m = guard.memory.lock().expect("lock");
+            assert_eq!(m.refused, 100);
+            assert_eq!(backoff(&m), BACKOFF_MAX);
+        }
+
+        // Our own still pass after the flood (past the backoff), which resets it.
+        let third = std::net::TcpStream::connect(local).expect("test setup");
+        assert_eq!(
+            guard.admit(third.local_addr().expect("test setup")).await,
+            Ok(())
+        );
+        assert_eq!(backoff(&guard.memory.lock().expect("lock")), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let m = |refused| Memory {
+            verified: Vec::new(),
+            refused,
+            last_refused: Some(Instant::now()),
+        };
+        assert_eq!(backoff(&m(0)), Duration::ZERO);
+        assert_eq!(backoff(&m(1)), BACKOFF_FIRST);
+        assert_eq!(backoff(&m(3)), BACKOFF_FIRST * 4);
+        assert_eq!(backoff(&m(1000)), BACKOFF_MAX);
+        assert_eq!(backoff(&Memory::default()), Duration::ZERO);
     }
 
     #[test]

@@ -24,19 +24,21 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
+    let guard = peer::Guard::new(local);
     loop {
         let Ok((stream, peer_addr)) = listener.accept().await else {
             continue;
         };
         let shared = Arc::clone(&shared);
+        let guard = Arc::clone(&guard);
         tokio::spawn(async move {
-            let ours = tokio::task::spawn_blocking(move || peer::is_ours(peer_addr, local))
-                .await
-                .unwrap_or(false);
-            if !ours {
-                eprintln!(
-                    "skyfri: refused a Runtime API connection from {peer_addr}: it is not a process of this replica"
-                );
+            if let Err(in_a_row) = guard.admit(peer_addr).await {
+                // One line per power of two, so a connection loop does not flood the log.
+                if in_a_row.is_power_of_two() {
+                    eprintln!(
+                        "skyfri: refused a Runtime API connection from {peer_addr}: it is not a process of this replica ({in_a_row} refused in a row)"
+                    );
+                }
                 return;
             }
             let service = hyper::service::service_fn(move |req| {
