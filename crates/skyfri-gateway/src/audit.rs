@@ -10,13 +10,21 @@
 //! rows a minute (about 100,000 a day, some 15 MB) however fast or widely spread the
 //! requests are. A row's count is written at most once a second, at the minute's end (on
 //! the next rejection) and whenever the log is read.
+//!
+//! No write runs on a request's thread (the gateway's workers are single-threaded, so a
+//! SQLite write there would stall every connection of the worker). An admin action's entry
+//! is written on the blocking pool and awaited: the action is answered once its entry is
+//! stored. Rejections go through a bounded channel to one writer thread, which folds them;
+//! when the channel is full, a rejection is counted (not lost) and added to its action's
+//! `*` row by the writer. Reading the log first waits for the writer to catch up.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skyfri_store::{NewAuditEntry, Store};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::GatewayError;
 
@@ -28,6 +36,8 @@ const MAX_OUTCOME_CHARS: usize = 500;
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// The who and client of the row that folds the rejections beyond the limit.
 const OTHERS: &str = "*";
+/// Rejections that may wait for the writer thread.
+const QUEUE: usize = 4096;
 
 /// Who sent an authenticated `/system` request, and from where: a request extension the
 /// auth middleware sets for the handlers.
@@ -53,21 +63,53 @@ struct Folded {
     rows: HashMap<(&'static str, String, String), Fold>,
 }
 
+/// What the writer thread is sent.
+enum Job {
+    Rejected {
+        at: DateTime<Utc>,
+        action: &'static str,
+        actor: Actor,
+        target: String,
+        outcome: String,
+    },
+    /// Write the folded counts, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Rejections the channel had no room for, by action.
+type Overflow = Arc<Mutex<HashMap<&'static str, u64>>>;
+
 pub struct Audit {
     store: Arc<Store>,
-    folded: Mutex<Folded>,
+    jobs: mpsc::Sender<Job>,
+    overflow: Overflow,
 }
 
 impl Audit {
+    /// The audit log of `store`, with its writer thread (which ends when this is dropped).
     pub fn new(store: Arc<Store>) -> Audit {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let overflow = Overflow::default();
+        let writer = Writer {
+            folder: Folder::new(Arc::clone(&store)),
+            overflow: Arc::clone(&overflow),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("skyfri-audit".into())
+            .spawn(move || writer.run(rx))
+        {
+            tracing::error!(error = %e, "could not start the audit log's writer: rejections will not be recorded");
+        }
         Audit {
             store,
-            folded: Mutex::new(Folded::default()),
+            jobs,
+            overflow,
         }
     }
 
-    /// Appends one entry. A store failure is logged: the action itself has happened.
-    pub fn record(&self, actor: &Actor, action: &str, target: &str, outcome: &str) {
+    /// Appends one entry (on the blocking pool), and returns once it is written. A store
+    /// failure is logged: the action itself has happened.
+    pub async fn record(&self, actor: &Actor, action: &str, target: &str, outcome: &str) {
         let entry = NewAuditEntry {
             at: Utc::now(),
             who: actor.who.clone(),
@@ -76,14 +118,22 @@ impl Audit {
             client: actor.client.clone(),
             outcome: outcome.to_string(),
         };
-        if let Err(e) = self.store.append_audit(&entry) {
-            tracing::error!(action, target, error = %e, "could not write the audit log");
+        let store = Arc::clone(&self.store);
+        let written = tokio::task::spawn_blocking(move || store.append_audit(&entry)).await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(action, target, error = %e, "could not write the audit log")
+            }
+            Err(e) => {
+                tracing::error!(action, target, error = %e, "could not write the audit log")
+            }
         }
         tracing::info!(who = %actor.who, client = %actor.client, action, target, outcome, "audit");
     }
 
     /// Records the outcome of an action and passes its result on.
-    pub fn outcome<T>(
+    pub async fn outcome<T>(
         &self,
         actor: &Actor,
         action: &str,
@@ -98,29 +148,128 @@ impl Audit {
                 .take(MAX_OUTCOME_CHARS)
                 .collect(),
         };
-        self.record(actor, action, target, &outcome);
+        self.record(actor, action, target, &outcome).await;
         result
     }
 
-    /// Records a rejected request, folded per client and minute.
+    /// Records a rejected request, folded per client and minute, without waiting for the
+    /// store.
     pub fn rejected(&self, action: &'static str, actor: &Actor, target: &str, outcome: &str) {
-        self.rejected_at(Utc::now(), action, actor, target, outcome);
+        let job = Job::Rejected {
+            at: Utc::now(),
+            action,
+            actor: actor.clone(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+        };
+        if self.jobs.try_send(job).is_err() {
+            *self
+                .overflow
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(action)
+                .or_default() += 1;
+        }
     }
 
-    fn rejected_at(
-        &self,
+    /// Waits for the rejections recorded so far to be written, counts included (before the
+    /// log is read).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// The writer thread's side.
+struct Writer {
+    folder: Folder,
+    overflow: Overflow,
+}
+
+impl Writer {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.blocking_recv() {
+            self.add_overflow();
+            match job {
+                Job::Rejected {
+                    at,
+                    action,
+                    actor,
+                    target,
+                    outcome,
+                } => self.folder.rejected(at, action, &actor, &target, &outcome),
+                Job::Flush(done) => {
+                    self.folder.write_counts();
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.folder.write_counts();
+    }
+
+    /// Adds the rejections the channel had no room for to their actions' `*` rows.
+    fn add_overflow(&mut self) {
+        let lost =
+            std::mem::take(&mut *self.overflow.lock().unwrap_or_else(PoisonError::into_inner));
+        let others = Actor {
+            who: OTHERS.into(),
+            client: OTHERS.into(),
+        };
+        for (action, n) in lost {
+            tracing::warn!(action, n, "audit: rejections came faster than they could be written; counted in the action's `*` row");
+            self.folder.rejected_n(
+                Utc::now(),
+                action,
+                &others,
+                "*",
+                "folded: too many to write one by one",
+                n,
+            );
+        }
+    }
+}
+
+/// The rejections' rows of the current minute (see the module's doc).
+struct Folder {
+    store: Arc<Store>,
+    f: Folded,
+}
+
+impl Folder {
+    fn new(store: Arc<Store>) -> Folder {
+        Folder {
+            store,
+            f: Folded::default(),
+        }
+    }
+
+    fn rejected(
+        &mut self,
         now: DateTime<Utc>,
         action: &'static str,
         actor: &Actor,
         target: &str,
         outcome: &str,
     ) {
-        let Ok(mut f) = self.folded.lock() else {
-            return;
-        };
+        self.rejected_n(now, action, actor, target, outcome, 1);
+    }
+
+    fn rejected_n(
+        &mut self,
+        now: DateTime<Utc>,
+        action: &'static str,
+        actor: &Actor,
+        target: &str,
+        outcome: &str,
+        n: u64,
+    ) {
+        let store = &self.store;
+        let f = &mut self.f;
         let minute = now.timestamp().div_euclid(60);
         if minute != f.minute {
-            self.write_counts(&mut f);
+            write_counts(store, f);
             f.rows.clear();
             f.minute = minute;
         }
@@ -129,9 +278,9 @@ impl Audit {
             key = (action, OTHERS.to_string(), OTHERS.to_string());
         }
         if let Some(row) = f.rows.get_mut(&key) {
-            row.count += 1;
+            row.count += n;
             if row.saved_at.elapsed() >= COUNT_EVERY {
-                self.write_count(row);
+                write_count(store, row);
             }
             return;
         }
@@ -144,46 +293,43 @@ impl Audit {
             outcome: outcome.to_string(),
         };
         tracing::warn!(who = %actor.who, client = %actor.client, action, target, outcome, "audit");
-        match self.store.append_audit(&entry) {
+        match store.append_audit(&entry) {
             Ok(id) => {
-                f.rows.insert(
-                    key,
-                    Fold {
-                        id,
-                        count: 1,
-                        saved: 1,
-                        saved_at: Instant::now(),
-                    },
-                );
+                let mut row = Fold {
+                    id,
+                    count: n,
+                    saved: 1,
+                    saved_at: Instant::now(),
+                };
+                write_count(store, &mut row);
+                f.rows.insert(key, row);
             }
             Err(e) => tracing::error!(action, error = %e, "could not write the audit log"),
         }
     }
 
-    /// Writes the counts of folded rows not yet written (before the log is read).
-    pub fn flush(&self) {
-        if let Ok(mut f) = self.folded.lock() {
-            self.write_counts(&mut f);
-        }
+    /// Writes the counts of folded rows not yet written.
+    fn write_counts(&mut self) {
+        write_counts(&self.store, &mut self.f);
     }
+}
 
-    fn write_counts(&self, f: &mut Folded) {
-        for row in f.rows.values_mut() {
-            self.write_count(row);
-        }
+fn write_counts(store: &Store, f: &mut Folded) {
+    for row in f.rows.values_mut() {
+        write_count(store, row);
     }
+}
 
-    fn write_count(&self, row: &mut Fold) {
-        if row.count == row.saved {
-            return;
+fn write_count(store: &Store, row: &mut Fold) {
+    if row.count == row.saved {
+        return;
+    }
+    match store.set_audit_count(row.id, row.count) {
+        Ok(()) => {
+            row.saved = row.count;
+            row.saved_at = Instant::now();
         }
-        match self.store.set_audit_count(row.id, row.count) {
-            Ok(()) => {
-                row.saved = row.count;
-                row.saved_at = Instant::now();
-            }
-            Err(e) => tracing::error!(error = %e, "could not write the audit log"),
-        }
+        Err(e) => tracing::error!(error = %e, "could not write the audit log"),
     }
 }
 
@@ -195,14 +341,14 @@ mod tests {
     fn rejections_are_folded_per_client_and_bounded() -> Result<(), skyfri_store::StoreError> {
         let dir = tempfile::tempdir().map_err(|_| skyfri_store::StoreError::Poisoned)?;
         let store = Arc::new(Store::open(&dir.path().join("skyfri.db"))?);
-        let audit = Audit::new(Arc::clone(&store));
+        let mut audit = Folder::new(Arc::clone(&store));
         let from = |client: String| Actor {
             who: "basic:admin".into(),
             client,
         };
         let minute = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let fail = |at, client: String| {
-            audit.rejected_at(
+        let fail = |audit: &mut Folder, at, client: String| {
+            audit.rejected(
                 at,
                 "login.failure",
                 &from(client),
@@ -211,12 +357,12 @@ mod tests {
             )
         };
         for _ in 0..1000 {
-            fail(minute, "10.0.0.1".into());
+            fail(&mut audit, minute, "10.0.0.1".into());
         }
         for i in 0..500 {
-            fail(minute, format!("10.1.{}.{}", i / 250, i % 250));
+            fail(&mut audit, minute, format!("10.1.{}.{}", i / 250, i % 250));
         }
-        audit.flush();
+        audit.write_counts();
         let rows = store.list_audit(None, 10_000)?;
         assert_eq!(
             rows.len(),
@@ -233,8 +379,16 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 1500);
 
         // The next minute starts new rows, and the last count of the old one is written.
-        fail(minute + chrono::Duration::seconds(59), "10.0.0.1".into());
-        fail(minute + chrono::Duration::seconds(61), "10.0.0.1".into());
+        fail(
+            &mut audit,
+            minute + chrono::Duration::seconds(59),
+            "10.0.0.1".into(),
+        );
+        fail(
+            &mut audit,
+            minute + chrono::Duration::seconds(61),
+            "10.0.0.1".into(),
+        );
         let rows = store.list_audit(None, 10_000)?;
         assert_eq!(rows.len(), MAX_ROWS_PER_MINUTE + 2);
         assert_eq!(rows[0].count, 1001);
@@ -247,12 +401,64 @@ mod tests {
                 who: format!("basic:user{i}"),
                 client: "10.0.0.9".into(),
             };
-            audit.rejected_at(later, "login.failure", &actor, "GET /system/info", "401");
+            audit.rejected(later, "login.failure", &actor, "GET /system/info", "401");
         }
-        audit.flush();
+        audit.write_counts();
         let rows = store.list_audit(Some(later), 10_000)?;
         assert_eq!(rows.len(), MAX_ROWS_PER_MINUTE + 1);
         assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 300);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_leave_the_request_thread_and_reading_waits_for_them(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("skyfri.db");
+        let store = Arc::new(Store::open(&path)?);
+        let audit = Arc::new(Audit::new(Arc::clone(&store)));
+        // Another writer holds the database: a write on this (the request's) thread would
+        // wait for it, then fail.
+        let other = rusqlite::Connection::open(&path)?;
+        other.execute_batch("BEGIN IMMEDIATE")?;
+
+        let actor = Actor {
+            who: "token".into(),
+            client: "192.0.2.1".into(),
+        };
+        for _ in 0..300 {
+            audit.rejected("login.failure", &actor, "GET /system/info", "401");
+        }
+        let admin = Actor {
+            who: "admin".into(),
+            client: "192.0.2.9".into(),
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let writer = Arc::clone(&audit);
+        let action = tokio::spawn(async move {
+            writer.record(&admin, "secret.create", "db", "ok").await;
+            let _ = tx.send(());
+        });
+        // The thread is free while the admin action's entry waits for the database; the
+        // action is not answered before its entry is written.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "answered before its entry was written"
+        );
+        other.execute_batch("COMMIT")?;
+        action.await?;
+        audit.flush().await;
+        let rows = store.list_audit(None, 100)?;
+        let count = |action: &str| {
+            rows.iter()
+                .filter(|r| r.entry.action == action)
+                .map(|r| r.count)
+                .sum::<u64>()
+        };
+        assert_eq!((count("login.failure"), count("secret.create")), (300, 1));
         Ok(())
     }
 }

@@ -189,6 +189,19 @@ impl AppState {
         AppState(inner)
     }
 
+    /// Runs `f` on the blocking pool, for store writes on request paths: the workers that
+    /// serve requests are single-threaded, and a SQLite write (with its fsync) there would
+    /// stall every other connection of the worker.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AppState) -> Result<T, crate::error::GatewayError> + Send + 'static,
+    ) -> Result<T, crate::error::GatewayError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(crate::error::GatewayError::internal)?
+    }
+
     /// A call found no replica: start one, once, if the function is at zero.
     pub fn activate(&self, live: &Arc<Live>) {
         let name = &live.deployment.spec.name;

@@ -55,11 +55,14 @@ pub async fn build(
         .metrics
         .build(template.name(), outcome, started.elapsed());
     let artefact = built?;
-    state.store.put_image(&Image {
+    let image = Image {
         name: q.image.clone(),
         artefact: artefact.clone(),
         template,
-    })?;
+    };
+    state
+        .blocking(move |s| Ok(s.store.put_image(&image)?))
+        .await?;
     tracing::info!(image = %q.image, %artefact, "built");
     Ok(Json(serde_json::json!({
         "image": q.image,

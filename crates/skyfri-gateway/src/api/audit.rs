@@ -45,7 +45,7 @@ pub async fn list(
         )));
     }
     let since = q.since.as_deref().map(since).transpose()?;
-    state.audit.flush();
+    state.audit.flush().await;
     let entries = state.store.list_audit(since, limit)?;
     Ok(Json(
         entries

@@ -120,7 +120,10 @@ pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment
         .deploy(&deployment)
         .await
         .map_err(|e| GatewayError::bad_request(format!("deploy failed: {e}")))?;
-    state.store.put_function(&deployment)?;
+    let stored = deployment.clone();
+    state
+        .blocking(move |s| Ok(s.store.put_function(&stored)?))
+        .await?;
     state.set_live(deployment.clone());
     tracing::info!(function = %deployment.spec.name, artefact = %deployment.artefact, "deployed");
     Ok(deployment)
@@ -136,7 +139,8 @@ pub async fn create(
     let result = apply(&state, d).await;
     state
         .audit
-        .outcome(&actor, "function.deploy", &name, result)?;
+        .outcome(&actor, "function.deploy", &name, result)
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -156,7 +160,8 @@ pub async fn update(
     };
     state
         .audit
-        .outcome(&actor, "function.update", &name, result)?;
+        .outcome(&actor, "function.update", &name, result)
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -178,12 +183,17 @@ pub async fn delete(
     let result = remove(&state, &name).await;
     state
         .audit
-        .outcome(&actor, "function.remove", &name, result)?;
+        .outcome(&actor, "function.remove", &name, result)
+        .await?;
     Ok(StatusCode::OK)
 }
 
 async fn remove(state: &AppState, name: &str) -> Result<(), GatewayError> {
-    if !state.store.remove_function(name)? {
+    let removed = name.to_string();
+    if !state
+        .blocking(move |s| Ok(s.store.remove_function(&removed)?))
+        .await?
+    {
         return Err(GatewayError::not_found(format!(
             "function {name:?} not found"
         )));
@@ -223,7 +233,8 @@ pub async fn scale(
     let result = set_replicas(&state, &name, req.replicas).await;
     state
         .audit
-        .outcome(&actor, "function.scale", &target, result)?;
+        .outcome(&actor, "function.scale", &target, result)
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -244,7 +255,10 @@ async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(),
         .await
         .map_err(GatewayError::internal)?;
     stored.replicas = replicas;
-    state.store.put_function(&stored)?;
+    let write = stored.clone();
+    state
+        .blocking(move |s| Ok(s.store.put_function(&write)?))
+        .await?;
     state.set_live(stored);
     Ok(())
 }

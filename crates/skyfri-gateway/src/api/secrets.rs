@@ -122,21 +122,25 @@ pub async fn create(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, WRITE_SHAPE)?;
-    let result = (|| {
-        if !state.store.create_secret(&req.name, &value(&req)?)? {
-            return Err(GatewayError::Caller {
-                status: StatusCode::CONFLICT,
-                message: format!(
+    let name = req.name.clone();
+    let result = state
+        .blocking(move |state| {
+            if !state.store.create_secret(&req.name, &value(&req)?)? {
+                return Err(GatewayError::Caller {
+                    status: StatusCode::CONFLICT,
+                    message: format!(
                     "secret {:?} already exists: change its value with `skyfri secret update {}`",
                     req.name, req.name
                 ),
-            });
-        }
-        Ok(StatusCode::CREATED)
-    })();
+                });
+            }
+            Ok(StatusCode::CREATED)
+        })
+        .await;
     state
         .audit
-        .outcome(&actor, "secret.create", &req.name, result)
+        .outcome(&actor, "secret.create", &name, result)
+        .await
 }
 
 pub async fn update(
@@ -145,15 +149,19 @@ pub async fn update(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, WRITE_SHAPE)?;
-    let result = (|| {
-        if !state.store.update_secret(&req.name, &value(&req)?)? {
-            return Err(not_found(&req.name));
-        }
-        Ok(StatusCode::OK)
-    })();
+    let name = req.name.clone();
+    let result = state
+        .blocking(move |state| {
+            if !state.store.update_secret(&req.name, &value(&req)?)? {
+                return Err(not_found(&req.name));
+            }
+            Ok(StatusCode::OK)
+        })
+        .await;
     state
         .audit
-        .outcome(&actor, "secret.update", &req.name, result)
+        .outcome(&actor, "secret.update", &name, result)
+        .await
 }
 
 pub async fn delete(
@@ -162,15 +170,19 @@ pub async fn delete(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, GatewayError> {
     let req = parse(&body, r#"{"name": "..."}"#)?;
-    let result = (|| {
-        if !state.store.remove_secret(&req.name)? {
-            return Err(not_found(&req.name));
-        }
-        Ok(StatusCode::NO_CONTENT)
-    })();
+    let name = req.name.clone();
+    let result = state
+        .blocking(move |state| {
+            if !state.store.remove_secret(&req.name)? {
+                return Err(not_found(&req.name));
+            }
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await;
     state
         .audit
-        .outcome(&actor, "secret.remove", &req.name, result)
+        .outcome(&actor, "secret.remove", &name, result)
+        .await
 }
 
 fn not_found(name: &str) -> GatewayError {

@@ -66,12 +66,15 @@ pub async fn create(
         ))
     })?;
     let name = req.name.clone();
-    let result = new_token(&state, req);
-    let created = state.audit.outcome(&actor, "token.create", &name, result)?;
+    let result = new_token(&state, req).await;
+    let created = state
+        .audit
+        .outcome(&actor, "token.create", &name, result)
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-fn new_token(state: &AppState, req: CreateRequest) -> Result<CreatedToken, GatewayError> {
+async fn new_token(state: &AppState, req: CreateRequest) -> Result<CreatedToken, GatewayError> {
     validate_name(&req.name).map_err(|e| GatewayError::bad_request(format!("token {e}")))?;
     let scopes = Scope::parse_all(&req.scopes).map_err(GatewayError::bad_request)?;
     let created_at = Utc::now();
@@ -96,17 +99,25 @@ fn new_token(state: &AppState, req: CreateRequest) -> Result<CreatedToken, Gatew
         last_used: None,
         sigv4: req.sigv4,
     };
-    let signing = req.sigv4.then_some(token.as_bytes());
-    if !state.store.create_token(&record, signing)? {
-        return Err(GatewayError::Caller {
-            status: StatusCode::CONFLICT,
-            message: format!(
-                "token {:?} already exists: revoke it first (`skyfri token revoke {}`) or pick another name",
-                record.name, record.name
-            ),
-        });
-    }
-    state.tokens.reload(&state.store)?;
+    let signing = req.sigv4.then(|| token.clone());
+    let record = state
+        .blocking(move |state| {
+            if !state
+                .store
+                .create_token(&record, signing.as_ref().map(String::as_bytes))?
+            {
+                return Err(GatewayError::Caller {
+                    status: StatusCode::CONFLICT,
+                    message: format!(
+                        "token {:?} already exists: revoke it first (`skyfri token revoke {}`) or pick another name",
+                        record.name, record.name
+                    ),
+                });
+            }
+            state.tokens.reload(&state.store)?;
+            Ok(record)
+        })
+        .await?;
     Ok(CreatedToken {
         info: info(record),
         token,
@@ -118,15 +129,22 @@ pub async fn revoke(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, GatewayError> {
-    let result = (|| {
-        validate_name(&name).map_err(|e| GatewayError::bad_request(format!("token {e}")))?;
-        if !state.store.revoke_token(&name)? {
-            return Err(GatewayError::not_found(format!(
-                "token {name:?} not found (see `skyfri token ls`)"
-            )));
-        }
-        state.tokens.reload(&state.store)?;
-        Ok(StatusCode::NO_CONTENT)
-    })();
-    state.audit.outcome(&actor, "token.revoke", &name, result)
+    let revoked = name.clone();
+    let result = state
+        .blocking(move |state| {
+            let name = revoked;
+            validate_name(&name).map_err(|e| GatewayError::bad_request(format!("token {e}")))?;
+            if !state.store.revoke_token(&name)? {
+                return Err(GatewayError::not_found(format!(
+                    "token {name:?} not found (see `skyfri token ls`)"
+                )));
+            }
+            state.tokens.reload(&state.store)?;
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await;
+    state
+        .audit
+        .outcome(&actor, "token.revoke", &name, result)
+        .await
 }

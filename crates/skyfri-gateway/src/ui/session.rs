@@ -352,7 +352,10 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
         who: principal.who(),
         client: client.text,
     };
-    state.audit.record(&actor, "dashboard.login", "/ui", "ok");
+    state
+        .audit
+        .record(&actor, "dashboard.login", "/ui", "ok")
+        .await;
     let mut r = Json(info(&principal, csrf, expires_at)).into_response();
     if let Some(c) = set_cookie(&id, LIFETIME.as_secs(), secure) {
         r.headers_mut().insert(header::SET_COOKIE, c);

@@ -185,7 +185,7 @@ async fn failures_at_any_door_close_every_door_for_that_client_only() {
 
     // Every failure is in the audit log, with who and from where; the refused attempts
     // after them were not checked, so are no failures.
-    state.audit.flush();
+    state.audit.flush().await;
     let rows = state.store.list_audit(None, 1000).unwrap();
     let failures: Vec<_> = rows
         .iter()
