@@ -199,7 +199,9 @@ impl Writer {
                     actor,
                     target,
                     outcome,
-                } => self.folder.rejected(at, action, &actor, &target, &outcome),
+                } => self
+                    .folder
+                    .rejected(at, action, &actor, &target, &outcome, 1),
                 Job::Flush(done) => {
                     self.folder.write_counts();
                     let _ = done.send(());
@@ -219,7 +221,7 @@ impl Writer {
         };
         for (action, n) in lost {
             tracing::warn!(action, n, "audit: rejections came faster than they could be written; counted in the action's `*` row");
-            self.folder.rejected_n(
+            self.folder.rejected(
                 Utc::now(),
                 action,
                 &others,
@@ -245,18 +247,8 @@ impl Folder {
         }
     }
 
+    /// Records `n` rejections at `now`.
     fn rejected(
-        &mut self,
-        now: DateTime<Utc>,
-        action: &'static str,
-        actor: &Actor,
-        target: &str,
-        outcome: &str,
-    ) {
-        self.rejected_n(now, action, actor, target, outcome, 1);
-    }
-
-    fn rejected_n(
         &mut self,
         now: DateTime<Utc>,
         action: &'static str,
@@ -354,6 +346,7 @@ mod tests {
                 &from(client),
                 "GET /system/info",
                 "401",
+                1,
             )
         };
         for _ in 0..1000 {
@@ -401,7 +394,7 @@ mod tests {
                 who: format!("basic:user{i}"),
                 client: "10.0.0.9".into(),
             };
-            audit.rejected(later, "login.failure", &actor, "GET /system/info", "401");
+            audit.rejected(later, "login.failure", &actor, "GET /system/info", "401", 1);
         }
         audit.write_counts();
         let rows = store.list_audit(Some(later), 10_000)?;

@@ -53,6 +53,20 @@ pub fn state_behind(
     )
 }
 
+/// Serves `state` on a port of 127.0.0.1 until the test ends; its address.
+pub async fn serve(state: &AppState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::serve(
+        listener,
+        state.clone(),
+        crate::server::ServerLimits::default(),
+        None,
+        std::future::pending(),
+    ));
+    addr
+}
+
 /// An answer, read whole.
 pub struct Answer {
     pub status: u16,

@@ -46,7 +46,9 @@ pub async fn list(
     }
     let since = q.since.as_deref().map(since).transpose()?;
     state.audit.flush().await;
-    let entries = state.store.list_audit(since, limit)?;
+    let entries = state
+        .blocking(move |s| Ok(s.store.list_audit(since, limit)?))
+        .await?;
     Ok(Json(
         entries
             .into_iter()

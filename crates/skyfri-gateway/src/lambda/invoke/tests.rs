@@ -78,15 +78,7 @@ async fn harness_with(template: Template, annotations: &[(&str, &str)]) -> Harne
         template,
         replicas: 1,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(
-        listener,
-        state.clone(),
-        crate::server::ServerLimits::default(),
-        None,
-        std::future::pending(),
-    ));
+    let gateway = crate::testing::serve(&state).await;
     Harness {
         state,
         gateway,

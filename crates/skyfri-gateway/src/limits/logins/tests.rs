@@ -55,15 +55,7 @@ async fn gateway(dir: &std::path::Path) -> (AppState, SocketAddr) {
         template: Template::Http,
         replicas: 0,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(
-        listener,
-        state.clone(),
-        crate::server::ServerLimits::default(),
-        None,
-        std::future::pending(),
-    ));
+    let addr = crate::testing::serve(&state).await;
     (state, addr)
 }
 
