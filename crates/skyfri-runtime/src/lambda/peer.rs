@@ -44,6 +44,8 @@ pub struct Guard {
     checks: Semaphore,
     waiting: AtomicUsize,
     memory: Mutex<Memory>,
+    /// The first and the longest wait after refusals.
+    backoff: (Duration, Duration),
     /// Checks that read `/proc/net/tcp` and walked the process tree (for tests).
     scans: AtomicU64,
 }
@@ -77,11 +79,16 @@ impl Drop for Waiting<'_> {
 
 impl Guard {
     pub fn new(local: SocketAddr) -> Arc<Guard> {
+        Guard::with_backoff(local, (BACKOFF_FIRST, BACKOFF_MAX))
+    }
+
+    fn with_backoff(local: SocketAddr, backoff: (Duration, Duration)) -> Arc<Guard> {
         Arc::new(Guard {
             local,
             checks: Semaphore::new(1),
             waiting: AtomicUsize::new(0),
             memory: Mutex::default(),
+            backoff,
             scans: AtomicU64::new(0),
         })
     }
@@ -101,7 +108,7 @@ impl Guard {
             let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
             m.verified.retain(|(_, at)| at.elapsed() < REMEMBERED_FOR);
             let pids: Vec<u32> = m.verified.iter().map(|(pid, _)| *pid).collect();
-            (backoff(&m), pids)
+            (backoff(&m, self.backoff), pids)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -162,7 +169,7 @@ impl Guard {
 }
 
 /// The wait before the next check, after `m.refused` refusals in a row.
-fn backoff(m: &Memory) -> Duration {
+fn backoff(m: &Memory, (first, max): (Duration, Duration)) -> Duration {
     let recent = m
         .last_refused
         .is_some_and(|at| at.elapsed() < BACKOFF_RESET);
@@ -170,9 +177,7 @@ fn backoff(m: &Memory) -> Duration {
         return Duration::ZERO;
     }
     let doublings = (m.refused - 1).min(16);
-    BACKOFF_FIRST
-        .saturating_mul(1 << doublings)
-        .min(BACKOFF_MAX)
+    first.saturating_mul(1 << doublings).min(max)
 }
 
 /// Whether the client socket `peer` -> `local` (our listening address) belongs to this
@@ -284,7 +289,9 @@ mod tests {
     async fn checks_are_bounded_remembered_and_slowed_after_refusals() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("test setup");
         let local = listener.local_addr().expect("test setup");
-        let guard = Guard::new(local);
+        // Waits of 1 ms to 20 ms: the test need not take seconds.
+        let bounds = (Duration::from_millis(1), Duration::from_millis(20));
+        let guard = Guard::with_backoff(local, bounds);
         let scans = || guard.scans.load(Ordering::Relaxed);
 
         // Our own connections pass; the second is found by the remembered process.
@@ -301,26 +308,30 @@ mod tests {
         assert_eq!(guard.admit(addr).await, Ok(()));
         assert_eq!(scans(), 3);
 
-        // A flood of connections nobody here holds: all refused, and few of them checked.
+        // A flood of connections nobody here holds, while a check runs: those beyond
+        // MAX_WAITING are closed unchecked, the waiting ones are checked in turn.
         let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let running = guard.checks.acquire().await.expect("permit");
         let flood: Vec<_> = (0..100)
             .map(|_| {
                 let g = Arc::clone(&guard);
                 tokio::spawn(async move { g.admit(nobody).await })
             })
             .collect();
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        let closed = flood.iter().filter(|t| t.is_finished()).count();
+        assert_eq!(closed, 100 - MAX_WAITING);
+        drop(running);
         for task in flood {
             assert!(task.await.expect("task").is_err());
         }
-        assert!(
-            scans() - 3 <= MAX_WAITING as u64,
-            "{} checks for 100 connections",
-            scans() - 3
-        );
+        assert_eq!(scans(), 3 + MAX_WAITING as u64);
         {
             let m = guard.memory.lock().expect("lock");
             assert_eq!(m.refused, 100);
-            assert_eq!(backoff(&m), BACKOFF_MAX);
+            assert_eq!(backoff(&m, bounds), bounds.1);
         }
 
         // Our own still pass after the flood (past the backoff), which resets it.
@@ -329,7 +340,10 @@ mod tests {
             guard.admit(third.local_addr().expect("test setup")).await,
             Ok(())
         );
-        assert_eq!(backoff(&guard.memory.lock().expect("lock")), Duration::ZERO);
+        assert_eq!(
+            backoff(&guard.memory.lock().expect("lock"), bounds),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -339,11 +353,12 @@ mod tests {
             refused,
             last_refused: Some(Instant::now()),
         };
-        assert_eq!(backoff(&m(0)), Duration::ZERO);
-        assert_eq!(backoff(&m(1)), BACKOFF_FIRST);
-        assert_eq!(backoff(&m(3)), BACKOFF_FIRST * 4);
-        assert_eq!(backoff(&m(1000)), BACKOFF_MAX);
-        assert_eq!(backoff(&Memory::default()), Duration::ZERO);
+        let bounds = (BACKOFF_FIRST, BACKOFF_MAX);
+        assert_eq!(backoff(&m(0), bounds), Duration::ZERO);
+        assert_eq!(backoff(&m(1), bounds), BACKOFF_FIRST);
+        assert_eq!(backoff(&m(3), bounds), BACKOFF_FIRST * 4);
+        assert_eq!(backoff(&m(1000), bounds), BACKOFF_MAX);
+        assert_eq!(backoff(&Memory::default(), bounds), Duration::ZERO);
     }
 
     #[test]
