@@ -85,6 +85,7 @@ async fn harness_with(template: Template, annotations: &[(&str, &str)]) -> Harne
         state.clone(),
         crate::server::ServerLimits::default(),
         None,
+        None,
         std::future::pending(),
     ));
     Harness {
