@@ -218,7 +218,11 @@ pub async fn serve_dashboard(
     tls: Option<std::sync::Arc<server::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = dashboard_router(state, tls.is_some());
+    let app = dashboard_router(state, tls.is_some()).fallback(|| async {
+        GatewayError::not_found(
+            "the dashboard's listener serves the dashboard only (/ui); /system, /function and the rest are on the gateway's port",
+        )
+    });
     server::serve(listener, app, limits, tls, 0, shutdown).await
 }
 

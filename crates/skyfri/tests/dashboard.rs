@@ -323,6 +323,7 @@ fn the_dashboard_is_on_its_own_port_and_refuses_other_origins() {
     // The dashboard's port serves the dashboard only.
     let r = p.ui_http("POST", "/function/dash-greeter", &[], b"x");
     assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("gateway's port"), "{}", r.text());
     let r = p.ui_http("GET", "/ui", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
