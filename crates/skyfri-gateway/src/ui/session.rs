@@ -13,10 +13,10 @@
 //! must also carry the session's CSRF token in `X-Skyfri-Csrf` (the page reads it from
 //! `/ui/session`, which no other origin may read: no CORS), so a cookie alone authorises
 //! nothing; and a request that changes anything must come from the dashboard's own origin
-//! ([`same_origin`]). Failed logins
-//! go to the audit log (folded, as on `/system`), successful ones too. A client address
-//! gets [`LOGIN_BURST`] login attempts, then one every [`LOGIN_EVERY_SECS`] s (429 with
-//! `Retry-After` beyond), so passwords cannot be guessed at speed here.
+//! ([`same_origin`]). Failed logins go to the audit log (folded, as on `/system`),
+//! successful ones too. A client address gets [`LOGIN_BURST`] login attempts, then one
+//! every [`LOGIN_EVERY_SECS`] s (429 with `Retry-After` beyond), so passwords cannot be
+//! guessed at speed here.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
