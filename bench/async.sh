@@ -129,7 +129,7 @@ start_skyfri() {
   LOG="$WORK/$name.log"
   mkdir -p "$WORK/$name"
   SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-info}" \
-    "$SKYFRI" up --listen "127.0.0.1:$port" --data-dir "$WORK/$name/data" "$@" >"$LOG" 2>&1 &
+    "$SKYFRI" up --listen "127.0.0.1:$port" --ui-listen off --data-dir "$WORK/$name/data" "$@" >"$LOG" 2>&1 &
   SKY_PID=$!
   PIDS+=("$SKY_PID")
   local deadline=$((SECONDS + READY_TIMEOUT))

@@ -127,7 +127,7 @@ $ANNOTATIONS
 YML
 
 SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-info}" \
-  "$SKYFRI" up --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" >"$WORK/skyfri.log" 2>&1 &
+  "$SKYFRI" up --listen "127.0.0.1:$PORT" --ui-listen off --data-dir "$WORK/data" >"$WORK/skyfri.log" 2>&1 &
 PIDS+=($!)
 SKY_PID=$!
 

@@ -52,7 +52,7 @@ functions:
 YML
 
 SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
-  "$SKYFRI" up --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" -f "$WORK/stack/stack.yml" \
+  "$SKYFRI" up --listen "127.0.0.1:$PORT" --ui-listen off --data-dir "$WORK/data" -f "$WORK/stack/stack.yml" \
   >"$WORK/skyfri.log" 2>&1 &
 PIDS+=($!)
 SKY_PID=$!

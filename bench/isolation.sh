@@ -139,7 +139,7 @@ $ONE_REPLICA
 $ONE_REPLICA
 YML
 SKYFRI_ADMIN_PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')" SKYFRI_LOG=warn \
-  "$SKYFRI" up --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" -f "$WORK/stack/stack.yml" >"$WORK/skyfri.log" 2>&1 &
+  "$SKYFRI" up --listen "127.0.0.1:$PORT" --ui-listen off --data-dir "$WORK/data" -f "$WORK/stack/stack.yml" >"$WORK/skyfri.log" 2>&1 &
 SKY_PID=$!
 PIDS+=("$SKY_PID")
 wait_http "$URL/function/steady" 60 || { echo "bench: skyfri did not serve steady" >&2; tail -n 30 "$WORK/skyfri.log" >&2; exit 1; }

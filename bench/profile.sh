@@ -77,7 +77,7 @@ if [ "$MODE" = callgrind ]; then
 fi
 SKYFRI_ADMIN_PASSWORD="profile-$(python3 -c 'import secrets; print(secrets.token_hex(12))')" \
 SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
-  "${WRAP[@]}" "$SKYFRI" up --listen "127.0.0.1:$SKY_PORT" --data-dir "$WORK/skyfri-data" \
+  "${WRAP[@]}" "$SKYFRI" up --listen "127.0.0.1:$SKY_PORT" --ui-listen off --data-dir "$WORK/skyfri-data" \
   -f "$WORK/stack/stack.yml" >"$WORK/skyfri.log" 2>&1 &
 SKY_PID=$!
 PIDS+=("$SKY_PID")

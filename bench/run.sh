@@ -82,7 +82,7 @@ functions:
 EOF
 SKYFRI_ADMIN_PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')" \
 SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
-  "$SKYFRI" up --listen "127.0.0.1:$SKY_PORT" --data-dir "$WORK/skyfri-data" -f "$WORK/stack/stack.yml" \
+  "$SKYFRI" up --listen "127.0.0.1:$SKY_PORT" --ui-listen off --data-dir "$WORK/skyfri-data" -f "$WORK/stack/stack.yml" \
   >"$WORK/skyfri.log" 2>&1 &
 PIDS+=($!)
 SKY_PID=$!

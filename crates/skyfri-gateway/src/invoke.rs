@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::HOST;
+use axum::http::header::{HOST, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -381,6 +381,9 @@ pub async fn forward(
         }))
         .map_err(GatewayError::internal)?;
     copy_headers(&parts.headers, response.headers_mut());
+    if drop_session_cookie(response.headers_mut()) {
+        tracing::warn!(function = %spec.name, "the answer set the dashboard's session cookie: dropped");
+    }
     if cold {
         state.metrics.cold_start(&spec.name);
         live.stats.cold_start(Instant::now());
@@ -390,6 +393,36 @@ pub async fn forward(
         );
     }
     Ok(response)
+}
+
+/// Removes any `Set-Cookie` of the dashboard's session cookie from a function's answer.
+/// Browsers do not tell ports apart for cookies: one set by a function (on the gateway's
+/// port) would be sent to the dashboard's, to log the admin into a session of the
+/// function author's choosing or out of their own. Says whether there was one.
+fn drop_session_cookie(headers: &mut HeaderMap) -> bool {
+    let sets_session = |v: &HeaderValue| {
+        let name = v
+            .as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default();
+        name.trim_ascii()
+            .eq_ignore_ascii_case(crate::ui::session::COOKIE.as_bytes())
+    };
+    if !headers.get_all(SET_COOKIE).iter().any(sets_session) {
+        return false;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| !sets_session(v))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for v in kept {
+        headers.append(SET_COOKIE, v);
+    }
+    true
 }
 
 /// A response body that holds its call's replica slot until it is done, and ends with the
@@ -481,6 +514,26 @@ mod tests {
             nanos_value(1_765_000_000_123_456_789),
             "1765000000123456789"
         );
+    }
+
+    #[test]
+    fn the_session_cookie_is_dropped_from_answers() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        for v in [
+            "a=1; Path=/",
+            "skyfri_session=planted; Path=/ui; HttpOnly",
+            " Skyfri_Session =x",
+            "skyfri_sessionx=2",
+        ] {
+            h.append("set-cookie", HeaderValue::from_static(v));
+        }
+        h.insert("x-other", HeaderValue::from_static("kept"));
+        assert!(super::drop_session_cookie(&mut h));
+        assert!(!super::drop_session_cookie(&mut h));
+        let left: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(left, ["a=1; Path=/", "skyfri_sessionx=2"]);
+        assert_eq!(h["x-other"], "kept");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (basic auth or scoped API tokens, audited), the invoke proxy under `/function`, async calls under `/async-function`
 //! (run by the dispatchers of [`async_calls`]), the AWS Lambda Invoke API ([`lambda`]), topic
 //! and cron [`triggers`], health and Prometheus metrics, usage metering ([`usage`]), and the
-//! dashboard at `/ui` ([`ui`]) with its per-minute [`stats`].
+//! dashboard at `/ui` ([`ui`], on a listener of its own) with its per-minute [`stats`].
 
 pub mod access_log;
 pub mod api;
@@ -33,12 +33,13 @@ mod testing;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Extension, Router};
 use hyper::body::Incoming;
@@ -51,8 +52,21 @@ pub use state::{AppState, GatewayConfig, Locations};
 /// Upload limit for artefact archives.
 const MAX_ARTEFACT_BYTES: usize = 256 << 20;
 
+/// The gateway's routes: the admin API, calls of functions, health and metrics. The dashboard
+/// is not among them: it has its own listener ([`dashboard_router`], [`serve_dashboard`]), so
+/// that a function's page, served from this origin, cannot reach it as same-origin.
 pub fn router(state: AppState) -> Router {
-    let system = Router::new()
+    Router::new()
+        .merge(system_routes(&state))
+        .merge(call_routes(&state))
+        .route("/healthz", get(api::system::healthz))
+        .route("/metrics", get(api::system::metrics))
+        .with_state(state)
+}
+
+/// `/system/*`, behind basic or bearer auth (or a dashboard session, see `ui::api`).
+fn system_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
         .route(
             "/system/functions",
             get(api::functions::list)
@@ -99,9 +113,12 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
-        ));
-    // Calls of functions, sync and async: each gets an access log line.
-    let calls = Router::new()
+        ))
+}
+
+/// Calls of functions, sync and async: each gets an access log line.
+fn call_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
         .route("/function/{name}", any(invoke::invoke))
         .route("/function/{name}/", any(invoke::invoke))
         .route("/function/{name}/{*rest}", any(invoke::invoke))
@@ -118,13 +135,17 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access_log::record,
-        ));
-    // The dashboard's API runs its requests through these same routes and middleware.
-    let system_api = ui::api::SystemApi(system.clone().with_state(state.clone()));
-    let calls_api = ui::api::CallsApi(calls.clone().with_state(state.clone()));
+        ))
+}
+
+/// The dashboard's routes, for its own listener (`tls`: whether that listener is HTTPS,
+/// which makes the session cookie `Secure`). Its API runs its requests through the
+/// gateway's own `/system` and `/function` routes and middleware; requests that change
+/// anything must come from the dashboard's own origin ([`ui::session::same_origin`]).
+pub fn dashboard_router(state: AppState, tls: bool) -> Router {
+    let system_api = ui::api::SystemApi(system_routes(&state).with_state(state.clone()));
+    let calls_api = ui::api::CallsApi(call_routes(&state).with_state(state.clone()));
     Router::new()
-        .merge(system)
-        .merge(calls)
         .route("/ui", get(ui::assets::index))
         .route("/ui/", get(ui::assets::index))
         .route("/ui/assets/{file}", get(ui::assets::file))
@@ -142,8 +163,8 @@ pub fn router(state: AppState) -> Router {
             "/ui/api/invoke/{name}",
             post(ui::api::invoke).layer(Extension(calls_api)),
         )
-        .route("/healthz", get(api::system::healthz))
-        .route("/metrics", get(api::system::metrics))
+        .route_layer(axum::middleware::from_fn(ui::session::same_origin))
+        .layer(Extension(ui::session::Listener { tls }))
         .with_state(state)
 }
 
@@ -169,29 +190,53 @@ pub async fn restore(state: &AppState) -> Result<usize, GatewayError> {
 }
 
 /// Serves the gateway on a bound listener until `shutdown` completes (see `server`).
+/// `dashboard`: where the dashboard's own listener is, if it runs, which the gateway's
+/// answer to `/ui` names.
 pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    limits: server::ServerLimits,
+    tls: Option<std::sync::Arc<server::Tls>>,
+    dashboard: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Gateway {
+        router: router(state.clone()),
+        dashboard: dashboard.map(|addr| (addr, tls.is_some())),
+        state,
+    };
+    server::serve(listener, app, limits, tls, server::workers(), shutdown).await
+}
+
+/// Serves the dashboard on its own bound listener until `shutdown` completes: the same
+/// bounds and certificate as the gateway's, on the caller's runtime (its traffic is a
+/// person's, not the calls').
+pub async fn serve_dashboard(
     listener: TcpListener,
     state: AppState,
     limits: server::ServerLimits,
     tls: Option<std::sync::Arc<server::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Gateway {
-        router: router(state.clone()),
-        state,
-    };
-    server::serve(listener, app, limits, tls, shutdown).await
+    let app = dashboard_router(state, tls.is_some()).fallback(|| async {
+        GatewayError::not_found(
+            "the dashboard's listener serves the dashboard only (/ui); /system, /function and the rest are on the gateway's port",
+        )
+    });
+    server::serve(listener, app, limits, tls, 0, shutdown).await
 }
 
 /// What the server runs per request: calls of functions (`/function/NAME[/...]`) go straight
 /// to the invoke handler, with their access log line, as the router's `/function` routes
-/// would send them; everything else goes through [`router`]. The invoke path is the hot one,
-/// and the router's matching and layers cost it more than the rest of its own work (see
-/// bench/README.md).
+/// would send them; `/ui` is answered 404, naming the dashboard's own listener; everything
+/// else goes through [`router`]. The invoke path is the hot one, and the router's matching
+/// and layers cost it more than the rest of its own work (see bench/README.md).
 #[derive(Clone)]
 pub struct Gateway {
     state: AppState,
     router: Router,
+    /// The dashboard's listener and whether it is HTTPS; `None` when it is off.
+    dashboard: Option<(SocketAddr, bool)>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -207,12 +252,16 @@ impl tower::Service<hyper::Request<Incoming>> for Gateway {
 
     fn call(&mut self, req: hyper::Request<Incoming>) -> Answer {
         let req = req.map(Body::new);
-        if invoke::is_call(req.uri().path()) {
+        let path = req.uri().path();
+        if invoke::is_call(path) {
             let state = self.state.clone();
             Box::pin(async move {
                 let call = |req| invoke::invoke(State(state.clone()), req);
                 Ok(access_log::around(&state, req, call).await)
             })
+        } else if ui::is_dashboard(path) {
+            let answer = ui::elsewhere(self.dashboard, &req).into_response();
+            Box::pin(std::future::ready(Ok(answer)))
         } else {
             Box::pin(self.router.clone().oneshot(req))
         }

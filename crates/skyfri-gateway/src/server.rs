@@ -28,6 +28,9 @@
 //!   Tasks a handler starts (an activation, say) run on its worker's runtime, which lives as
 //!   long as the process.
 //!
+//! The dashboard's listener (see `crate::serve_dashboard`) is served the same way, with the
+//! same bounds and certificate, on the caller's runtime.
+//!
 //! Every request carries the peer's address as [`axum::extract::ConnectInfo`].
 
 use std::future::Future;
@@ -189,18 +192,20 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError>
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// their calls (HTTP/1.1 closes after the answer in progress; HTTP/2 sends GOAWAY).
+/// `workers` threads serve the connections (see [`workers`]; 0: the caller's runtime).
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: ServerLimits,
     tls: Option<Arc<Tls>>,
+    workers: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()>
 where
     S: App,
 {
     let graceful = GracefulShutdown::new();
-    let mut pool = Workers::start(workers())?;
+    let mut pool = Workers::start(workers)?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
     let mut last_full_warning: Option<Instant> = None;

@@ -62,6 +62,21 @@ pub async fn serve(state: &AppState) -> SocketAddr {
         state.clone(),
         crate::server::ServerLimits::default(),
         None,
+        None,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Serves the dashboard's listener for `state` on a free port.
+pub async fn serve_dashboard(state: &AppState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::serve_dashboard(
+        listener,
+        state.clone(),
+        crate::server::ServerLimits::default(),
+        None,
         std::future::pending(),
     ));
     addr

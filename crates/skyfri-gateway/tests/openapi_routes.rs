@@ -1,6 +1,8 @@
-//! Keeps docs/openapi.yaml true: every (method, path) that `router()` in src/lib.rs serves is
-//! documented, and every documented operation is served. The routes are read from the source
-//! of `router()`, so a route added there without its document fails here.
+//! Keeps docs/openapi.yaml true: every (method, path) that the gateway's `router()` in
+//! src/lib.rs serves (with the `system_routes` and `call_routes` it merges) is documented,
+//! every documented operation is served, and the dashboard's, `dashboard_router()`, are the
+//! paths documented with their own `servers` (its listener). The routes are read from the
+//! source, so a route added there without its document fails here.
 
 use std::collections::BTreeSet;
 
@@ -14,14 +16,22 @@ const METHODS: [&str; 8] = [
 ];
 
 type Ops = BTreeSet<(String, String)>;
+/// Routes a reading of `function` must find: (function, what it read, (method, path)s).
+type Known<'a> = (&'a str, &'a Ops, &'a [(&'a str, &'a str)]);
 
-/// The body of `pub fn router`, up to the next top-level item.
-fn router_source() -> &'static str {
+/// The functions of src/lib.rs that route the gateway's listener, and the dashboard's.
+const GATEWAY: [&str; 3] = ["pub fn router(", "fn system_routes(", "fn call_routes("];
+const DASHBOARD: [&str; 1] = ["pub fn dashboard_router("];
+
+/// The body of the function `head` starts, up to the next top-level item.
+fn source_of(head: &str) -> &'static str {
     let start = LIB_RS
-        .find("pub fn router(")
-        .expect("src/lib.rs has `pub fn router(`");
+        .find(head)
+        .unwrap_or_else(|| panic!("src/lib.rs has no `{head}`"));
     let rest = &LIB_RS[start..];
-    let end = rest.find("\n}\n").expect("`router` ends with a `}` line");
+    let end = rest
+        .find("\n}\n")
+        .unwrap_or_else(|| panic!("`{head}` does not end with a `}}` line"));
     &rest[..end]
 }
 
@@ -63,8 +73,17 @@ fn methods_in(handlers: &str) -> Vec<&'static str> {
     found
 }
 
-fn routed() -> Ops {
-    let src = router_source();
+fn routed(functions: &[&str]) -> Ops {
+    let mut ops = Ops::new();
+    for f in functions {
+        for op in routed_in(source_of(f)) {
+            assert!(ops.insert(op.clone()), "{op:?} routed twice");
+        }
+    }
+    ops
+}
+
+fn routed_in(src: &str) -> Ops {
     for unsupported in [".nest(", ".route_service(", ".fallback(", ".nest_service("] {
         assert!(
             !src.contains(unsupported),
@@ -98,17 +117,24 @@ fn routed() -> Ops {
     ops
 }
 
-fn documented() -> Ops {
+/// The documented operations: those of the gateway's listener, and of the dashboard's (the
+/// paths with their own `servers`).
+fn documented() -> (Ops, Ops) {
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(OPENAPI).expect("docs/openapi.yaml is YAML");
     let paths = doc
         .get("paths")
         .and_then(|p| p.as_mapping())
         .expect("docs/openapi.yaml has `paths`");
-    let mut ops = Ops::new();
+    let (mut gateway, mut dashboard) = (Ops::new(), Ops::new());
     for (path, item) in paths {
         let path = path.as_str().expect("a path is a string");
         let item = item.as_mapping().expect("a path item is a mapping");
+        let ops = if item.contains_key("servers") {
+            &mut dashboard
+        } else {
+            &mut gateway
+        };
         for key in item.keys() {
             let key = key.as_str().expect("a path item key is a string");
             if METHODS.contains(&key) {
@@ -116,40 +142,67 @@ fn documented() -> Ops {
             }
         }
     }
-    ops
+    (gateway, dashboard)
 }
 
 #[test]
 fn router_reading_finds_the_known_routes() {
-    let ops = routed();
-    for (m, p) in [
-        ("get", "/system/functions"),
-        ("delete", "/system/functions"),
-        ("post", "/system/artefacts"),
-        ("delete", "/system/async/calls/{id}"),
-        ("options", "/function/{name}/{rest}"),
-    ] {
-        assert!(
-            ops.contains(&(m.to_string(), p.to_string())),
-            "{m} {p} not read from router(): {ops:?}"
-        );
+    let ops = routed(&GATEWAY);
+    let known: [Known; 2] = [
+        (
+            "router()",
+            &ops,
+            &[
+                ("get", "/system/functions"),
+                ("delete", "/system/functions"),
+                ("post", "/system/artefacts"),
+                ("delete", "/system/async/calls/{id}"),
+                ("options", "/function/{name}/{rest}"),
+                ("get", "/healthz"),
+            ],
+        ),
+        (
+            "dashboard_router()",
+            &routed(&DASHBOARD),
+            &[
+                ("get", "/ui"),
+                ("post", "/ui/login"),
+                ("delete", "/ui/api/system/{rest}"),
+            ],
+        ),
+    ];
+    for (function, read, expected) in known {
+        for (m, p) in expected {
+            assert!(
+                read.contains(&(m.to_string(), p.to_string())),
+                "{m} {p} not read from {function}: {read:?}"
+            );
+        }
     }
+    assert!(
+        ops.iter().all(|(_, p)| !p.starts_with("/ui")),
+        "the gateway's listener serves no dashboard path: {ops:?}"
+    );
 }
 
 #[test]
 fn every_route_is_documented_and_every_operation_routed() {
-    let routed = routed();
-    let documented = documented();
-    let undocumented: Vec<_> = routed.difference(&documented).collect();
-    let unrouted: Vec<_> = documented.difference(&routed).collect();
-    assert!(
-        undocumented.is_empty(),
-        "routes of router() missing from docs/openapi.yaml: {undocumented:?}"
-    );
-    assert!(
-        unrouted.is_empty(),
-        "operations in docs/openapi.yaml that router() does not serve: {unrouted:?}"
-    );
+    let (gateway, dashboard) = documented();
+    for (listener, routed, documented) in [
+        ("router()", routed(&GATEWAY), gateway),
+        ("dashboard_router()", routed(&DASHBOARD), dashboard),
+    ] {
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes of {listener} missing from docs/openapi.yaml (the dashboard's with its `servers`): {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "operations in docs/openapi.yaml that {listener} does not serve: {unrouted:?}"
+        );
+    }
 }
 
 #[test]
@@ -163,7 +216,8 @@ fn system_and_lambda_operations_require_auth_and_others_do_not() {
     );
     let dashboard_session =
         serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[{dashboardSession: []}]").expect("YAML");
-    for (method, path) in documented() {
+    let (gateway, dashboard) = documented();
+    for (method, path) in gateway.into_iter().chain(dashboard) {
         let op = &doc["paths"][path.as_str()][method.as_str()];
         let security = op.get("security");
         let open = security

@@ -80,6 +80,9 @@ pub fn env_file(data_dir: &str) -> String {
 SKYFRI_ADMIN_PASSWORD=
 # Where the gateway listens; put a TLS proxy in front of it for other hosts.
 SKYFRI_LISTEN=127.0.0.1:8080
+# Where the dashboard (/ui) listens, on a port of its own apart from the functions; off
+# serves none. It shares the gateway's TLS certificate.
+SKYFRI_UI_LISTEN=127.0.0.1:8081
 # strict refuses to start unless replicas get a sandbox and enforced memory, CPU and pids
 # limits (check with `skyfri doctor`); best-effort takes what the host offers.
 SKYFRI_ISOLATION=strict

@@ -1,8 +1,8 @@
-//! The gateway at the edge: TLS (HTTP/1.1 and HTTP/2 over rustls, certificate reload on
-//! SIGHUP without dropping open connections) and the bounds on clients (request head size
-//! and field count, slow clients, open connections). TLS is checked with the real `curl` and
-//! `openssl s_client`; certificates are made by `openssl req` (both installed by
-//! scripts/setup.sh).
+//! The gateway at the edge: TLS (HTTP/1.1 and HTTP/2 over rustls, on the gateway's and the
+//! dashboard's listeners, certificate reload on SIGHUP without dropping open connections)
+//! and the bounds on clients (request head size and field count, slow clients, open
+//! connections). TLS is checked with the real `curl` and `openssl s_client`; certificates
+//! are made by `openssl req` (both installed by scripts/setup.sh).
 
 mod common;
 
@@ -36,13 +36,14 @@ fn make_cert(dir: &Path, name: &str) {
     );
 }
 
-/// `curl` against the gateway trusting `ca`; returns (exit ok, "status http-version").
-fn curl(p: &Platform, ca: &Path, http: &str, path: &str) -> (bool, String) {
+/// `curl` against `addr` (the gateway's or the dashboard's) trusting `ca`; returns (exit
+/// ok, "status http-version").
+fn curl(addr: &str, ca: &Path, http: &str, path: &str) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", http, "--cacert"])
         .arg(ca)
         .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
-        .arg(format!("https://{}{path}", p.addr))
+        .arg(format!("https://{addr}{path}"))
         .output()
         .expect("run curl (scripts/setup.sh installs it)");
     (
@@ -91,13 +92,43 @@ fn tls_serves_both_protocols_and_a_reloaded_certificate_keeps_open_connections()
     );
     let (first, second) = (dir.join("first.pem"), dir.join("second.pem"));
     assert_eq!(
-        curl(&p, &first, "--http2", "/healthz"),
+        curl(&p.addr, &first, "--http2", "/healthz"),
         (true, "200 2".to_string())
     );
     assert_eq!(
-        curl(&p, &first, "--http1.1", "/healthz"),
+        curl(&p.addr, &first, "--http1.1", "/healthz"),
         (true, "200 1.1".to_string())
     );
+    // The dashboard's listener serves the same certificate; over HTTP/2 (no Host header,
+    // the :authority names it) a login from its own origin works and the cookie is Secure.
+    let ui = p.ui().to_string();
+    assert_eq!(
+        curl(&ui, &first, "--http2", "/ui"),
+        (true, "200 2".to_string())
+    );
+    let login = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2", "--cacert"])
+        .arg(&first)
+        .args([
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-H", &format!("Origin: https://{ui}")])
+        .args(["-d", &format!(r#"{{"password":"{}"}}"#, common::PASSWORD)])
+        .arg(format!("https://{ui}/ui/login"))
+        .output()
+        .expect("run curl");
+    let head = String::from_utf8_lossy(&login.stdout).to_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: skyfri_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    assert!(cookie.contains("; secure"), "{cookie}");
     // Plain HTTP on the TLS port is not served.
     let r = TcpStream::connect(&p.addr).and_then(|mut s| {
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -135,7 +166,7 @@ fn tls_serves_both_protocols_and_a_reloaded_certificate_keeps_open_connections()
         p.logs().contains("TLS certificate not reloaded")
     });
     assert_eq!(
-        curl(&p, &first, "--http2", "/healthz"),
+        curl(&p.addr, &first, "--http2", "/healthz"),
         (true, "200 2".to_string())
     );
 
@@ -146,13 +177,22 @@ fn tls_serves_both_protocols_and_a_reloaded_certificate_keeps_open_connections()
         p.logs().contains("TLS certificate reloaded")
     });
     assert_eq!(
-        curl(&p, &second, "--http2", "/healthz"),
+        curl(&p.addr, &second, "--http2", "/healthz"),
         (true, "200 2".to_string())
     );
-    let (ok, said) = curl(&p, &first, "--http2", "/healthz");
+    let (ok, said) = curl(&p.addr, &first, "--http2", "/healthz");
     assert!(
         !ok,
         "the old certificate is still served to new clients: {said}"
+    );
+    // The dashboard's listener too.
+    assert_eq!(
+        curl(&ui, &second, "--http2", "/ui"),
+        (true, "200 2".to_string())
+    );
+    assert!(
+        !curl(&ui, &first, "--http2", "/ui").0,
+        "the dashboard kept the old certificate"
     );
 
     // The connection opened before the reload still answers.

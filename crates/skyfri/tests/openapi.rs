@@ -1,11 +1,12 @@
 //! Property-based API test from docs/openapi.yaml: schemathesis (installed by
 //! scripts/setup.sh) sends generated valid and invalid requests for every documented
-//! operation to a real gateway with a deployed function. None may be answered with a 5xx,
-//! and every answer must match the document: a documented status, content type and schema.
+//! operation to a real gateway with a deployed function, the dashboard's (/ui) to the
+//! dashboard's own listener. None may be answered with a 5xx, and every answer must match
+//! the document: a documented status, content type and schema.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{fixtures, Platform, PASSWORD};
@@ -29,21 +30,17 @@ fn schemathesis() -> PathBuf {
     bin
 }
 
-#[test]
-fn schemathesis_finds_no_server_error() {
-    let bin = schemathesis();
-    let p = Platform::start();
-    p.deploy_stack("openapi");
-    let called = p.http("POST", "/function/echo", &[], b"hi");
-    assert_eq!(called.status, 200, "echo answers: {}", called.text());
-
+/// Runs schemathesis on the operations whose path `filter` (`--include-path-regex` or
+/// `--exclude-path-regex`) `^/ui` selects, at `url`; fails on any failure it finds.
+fn run(bin: &Path, p: &Platform, url: &str, filter: &str) {
     let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
     let config = fixtures().join("openapi/schemathesis.toml");
     let reports = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .arg("--config-file")
         .arg(&config)
-        .args(["run", doc, "--url", &p.url()])
+        .args(["run", doc, "--url", url])
+        .args([filter, "^/ui"])
         .args(["--auth", &format!("admin:{PASSWORD}")])
         .args(["--checks", CHECKS])
         // One worker: hypothesis on Python 3.11 fails with "AST constructor recursion depth
@@ -67,10 +64,23 @@ fn schemathesis_finds_no_server_error() {
     println!("{stdout}\n{stderr}");
     assert!(
         out.status.success(),
-        "schemathesis found failures ({}):\n{stdout}\n{stderr}\ngateway logs:\n{}",
+        "schemathesis found failures at {url} ({}):\n{stdout}\n{stderr}\nskyfri's logs:\n{}",
         out.status,
         p.logs()
     );
+}
+
+#[test]
+fn schemathesis_finds_no_server_error() {
+    let bin = schemathesis();
+    let p = Platform::start();
+    p.deploy_stack("openapi");
+    let called = p.http("POST", "/function/echo", &[], b"hi");
+    assert_eq!(called.status, 200, "echo answers: {}", called.text());
+
+    // The gateway's listener, then the dashboard's, each with its own paths.
+    run(&bin, &p, &p.url(), "--exclude-path-regex");
+    run(&bin, &p, &p.ui_url(), "--include-path-regex");
     // It reached the deployed function, not only 404s: `echo` counts more calls than ours.
     let echo = p.admin("GET", "/system/function/echo", "").json();
     let calls = echo["invocationCount"].as_f64().unwrap_or_default();

@@ -169,6 +169,7 @@ async fn harness(annotations: &[(&str, &str)], behaviour: Behaviour) -> Harness 
         state.clone(),
         crate::server::ServerLimits::default(),
         None,
+        None,
         async move {
             let _ = graceful.wait_for(|s| *s).await;
         },

@@ -120,6 +120,13 @@ async fn gzipped(response: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(packed))
 }
 
+/// Whether `name` says where a request came from (`Forwarded`, `X-Forwarded-*`,
+/// `X-Real-Ip`): a proxy's to set, never a form's.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
+}
+
 /// What the invoke form sends.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +181,13 @@ async fn run(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .cloned();
+    // Where the call comes from is the connection's business, not the form's (see below).
+    let forwarding: Vec<_> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k == header::HOST || is_forwarding(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let bad = GatewayError::bad_request;
     // The form's JSON holds the body (escaped): room for the function's largest body.
     let raw = axum::body::to_bytes(req.into_body(), state.max_body.saturating_mul(2) + 4096)
@@ -209,9 +223,20 @@ async fn run(
         }
         let key = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| bad(format!("{k:?} is not a header name")))?;
+        if key == header::HOST || is_forwarding(&key) {
+            return Err(bad(format!(
+                "the header {k} is set by the gateway from the connection, not by the form"
+            )));
+        }
         let value = HeaderValue::from_str(v.trim())
             .map_err(|_| bad(format!("the value of header {k} is not valid")))?;
         call.headers_mut().append(key, value);
+    }
+    // As on the gateway's path: the function sees the Host and forwarding headers the
+    // dashboard's connection came with (X-Forwarded-Host from Host; X-Forwarded-For trusted
+    // only from --trusted-proxy peers), and the peer is the connection's.
+    for (k, v) in forwarding {
+        call.headers_mut().append(k, v);
     }
     if let Some(peer) = peer {
         call.extensions_mut().insert(peer);

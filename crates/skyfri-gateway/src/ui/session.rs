@@ -3,16 +3,19 @@
 //! `POST /ui/logout`.
 //!
 //! A session is a random 256-bit id in an `HttpOnly; SameSite=Strict; Path=/ui` cookie
-//! (`Secure` when the page came over HTTPS) that expires after [`LIFETIME`]. The path keeps
-//! the cookie away from `/function/*`: functions never see it. The gateway keeps only the
-//! id's SHA-256, in memory (at most [`MAX_SESSIONS`]; a restart logs everyone out). A token
-//! session keeps the token's hash and is checked against the live token table on every
+//! (`Secure` when the dashboard's listener is HTTPS) that expires after [`LIFETIME`]. The
+//! path keeps the cookie away from `/function/*`: functions never see it. skyfri keeps only
+//! the id's SHA-256, in memory (at most [`MAX_SESSIONS`], [`PER_CREDENTIAL`] per password or
+//! token: a login beyond either ends the oldest session of the credential that holds the
+//! most, so no one can lock others out by logging in often; a restart logs everyone out). A
+//! token session keeps the token's hash and is checked against the live token table on every
 //! request, so revoking the token ends the session. Every API call made with the cookie
 //! must also carry the session's CSRF token in `X-Skyfri-Csrf` (the page reads it from
-//! `/ui/session`, same-origin only), so a cookie alone authorises nothing. Failed logins
-//! go to the audit log (folded, as on `/system`), successful ones too. Failed logins spend
-//! the client's budget of failures shared with every other credential check
-//! (`crate::limits::logins`: 429 with `Retry-After` beyond it).
+//! `/ui/session`, which no other origin may read: no CORS), so a cookie alone authorises
+//! nothing; and a request that changes anything must come from the dashboard's own origin
+//! ([`same_origin`]). Failed logins go to the audit log (folded, as on `/system`),
+//! successful ones too. Failed logins spend the client's budget of failures shared with
+//! every other credential check (`crate::limits::logins`: 429 with `Retry-After` beyond it).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -20,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::rngs::OsRng;
@@ -40,12 +44,14 @@ pub const COOKIE: &str = "skyfri_session";
 pub const CSRF_HEADER: &str = "x-skyfri-csrf";
 /// How long a session lasts from its login.
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; the one closest to expiry makes room for a new one.
+/// Sessions kept at most.
 const MAX_SESSIONS: usize = 1024;
+/// Sessions kept at most per credential (the admin password, or one token).
+const PER_CREDENTIAL: usize = 16;
 /// The largest login request read.
 const MAX_LOGIN_BYTES: usize = 8 << 10;
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Who {
     Admin,
     /// The SHA-256 of the token logged in with.
@@ -83,9 +89,22 @@ impl Sessions {
         let expires_at = Utc::now() + chrono::Duration::from_std(LIFETIME).ok()?;
         let mut map = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(k) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
-                map.remove(&k);
+        let held = map.values().filter(|s| s.who == who).count();
+        if held >= PER_CREDENTIAL {
+            evict_oldest(&mut map, &who);
+        } else if map.len() >= MAX_SESSIONS {
+            // The credential holding the most sessions gives one up, not whoever is oldest:
+            // logins with one token cannot push the admin out.
+            let mut counts: HashMap<&Who, usize> = HashMap::new();
+            for s in map.values() {
+                *counts.entry(&s.who).or_default() += 1;
+            }
+            if let Some(most) = counts
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(w, _)| w.clone())
+            {
+                evict_oldest(&mut map, &most);
             }
         }
         map.insert(
@@ -117,6 +136,18 @@ impl Sessions {
             return None;
         }
         Some((s.who.clone(), s.csrf.clone(), s.expires_at))
+    }
+}
+
+/// Ends the oldest session of `who`.
+fn evict_oldest(map: &mut HashMap<[u8; 32], Session>, who: &Who) {
+    let oldest = map
+        .iter()
+        .filter(|(_, s)| s.who == *who)
+        .min_by_key(|(_, s)| s.expires)
+        .map(|(k, _)| *k);
+    if let Some(k) = oldest {
+        map.remove(&k);
     }
 }
 
@@ -217,10 +248,57 @@ fn info(principal: &Principal, csrf: String, expires_at: DateTime<Utc>) -> Sessi
     }
 }
 
-/// Refuses requests a page of another site could have made: a login must be JSON (which a
-/// cross-site form cannot send without a CORS preflight skyfri never grants), and when the
-/// browser names the request's origin, it must be this gateway.
-fn same_origin(headers: &HeaderMap) -> Result<(), GatewayError> {
+/// The dashboard's listener, as its handlers need to know it.
+#[derive(Clone, Copy)]
+pub struct Listener {
+    /// HTTPS: the session cookie is `Secure`.
+    pub tls: bool,
+}
+
+/// The dashboard's middleware: a request that may change something (any but GET and HEAD)
+/// is refused (403) when the browser says it comes from a page of another origin, such as a
+/// function's page on the gateway's port: its `Origin` must be the dashboard's own host and
+/// port, and `Sec-Fetch-Site` (when sent) `same-origin`. Reading needs no check: without
+/// CORS headers no other origin can read an answer.
+pub async fn same_origin(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    let own = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match foreign(req.headers(), own) {
+        Some(why) => refused(StatusCode::FORBIDDEN, &why),
+        None => next.run(req).await,
+    }
+}
+
+/// Why a request that changes something is refused as coming from another origin, if it is.
+/// `own`: the dashboard's host and port, as the request names them.
+fn foreign(headers: &HeaderMap, own: Option<&str>) -> Option<String> {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if let Some(site) = site.filter(|s| *s != "same-origin" && *s != "none") {
+        return Some(format!(
+            "refused: the browser says this request comes from a page of another origin (Sec-Fetch-Site: {site}); use the dashboard's own page"
+        ));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("(not text)");
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    if own.is_none() || authority != own {
+        return Some(format!(
+            "refused: a request from {origin} may not change anything on the dashboard at {}; use the dashboard's own page",
+            own.unwrap_or("(no Host)")
+        ));
+    }
+    None
+}
+
+/// A login must be JSON, which a form of another site cannot send without a CORS preflight
+/// skyfri never grants.
+fn json_body(headers: &HeaderMap) -> Result<(), GatewayError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -231,21 +309,10 @@ fn same_origin(headers: &HeaderMap) -> Result<(), GatewayError> {
             "send the login as JSON (Content-Type: application/json)",
         ));
     }
-    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if site.is_some_and(|s| s != "same-origin" && s != "none") {
-        return Err(refusal(StatusCode::FORBIDDEN, "cross-site login refused"));
-    }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let authority = origin.split_once("://").map(|(_, a)| a);
-        if host.is_none() || authority != host {
-            return Err(refusal(StatusCode::FORBIDDEN, "cross-origin login refused"));
-        }
-    }
     Ok(())
 }
 
-/// The `Set-Cookie` value; `Secure` when the page was loaded over HTTPS.
+/// The `Set-Cookie` value; `Secure` when the dashboard is served over HTTPS.
 fn set_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
@@ -254,15 +321,12 @@ fn set_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     .ok()
 }
 
-fn over_https(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|o| o.starts_with("https://"))
-}
-
-pub async fn login(State(state): State<AppState>, req: Request) -> Response {
-    if let Err(refused) = same_origin(req.headers()) {
+pub async fn login(
+    State(state): State<AppState>,
+    Extension(listener): Extension<Listener>,
+    req: Request,
+) -> Response {
+    if let Err(refused) = json_body(req.headers()) {
         return refused.into_response();
     }
     // A client that failed too often anywhere is not checked (see `crate::limits::logins`).
@@ -270,7 +334,6 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
     if let Err(secs) = state.failed_logins.check(client.ip) {
         return auth::too_many_failures(secs);
     }
-    let secure = over_https(req.headers());
     let body = match axum::body::to_bytes(req.into_body(), MAX_LOGIN_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -357,7 +420,7 @@ pub async fn login(State(state): State<AppState>, req: Request) -> Response {
         .record(&actor, "dashboard.login", "/ui", "ok")
         .await;
     let mut r = Json(info(&principal, csrf, expires_at)).into_response();
-    if let Some(c) = set_cookie(&id, LIFETIME.as_secs(), secure) {
+    if let Some(c) = set_cookie(&id, LIFETIME.as_secs(), listener.tls) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
     no_store(r)
@@ -376,7 +439,11 @@ pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 /// `POST /ui/logout` (with the CSRF header): ends the session and clears the cookie.
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn logout(
+    State(state): State<AppState>,
+    Extension(listener): Extension<Listener>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorise(&state, &headers, true) {
         return r.into_response();
     }
@@ -385,7 +452,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
     }
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
-    if let Some(c) = set_cookie("", 0, over_https(&headers)) {
+    if let Some(c) = set_cookie("", 0, listener.tls) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
     r
@@ -425,14 +492,46 @@ mod tests {
         assert!(s.get("not-a-session").is_none());
         s.remove(&id);
         assert!(s.get(&id).is_none());
-        for _ in 0..MAX_SESSIONS + 10 {
-            s.create(Who::Admin).expect("session");
+        for i in 0..MAX_SESSIONS + 10 {
+            s.create(Who::Token([(i % 251) as u8; 32]))
+                .expect("session");
         }
         assert_eq!(s.live.lock().expect("lock").len(), MAX_SESSIONS);
     }
 
     #[test]
-    fn logins_from_other_sites_are_refused() {
+    fn logins_with_one_token_cannot_push_the_admin_out() {
+        let s = Sessions::default();
+        let (admin, _, _) = s.create(Who::Admin).expect("session");
+        let low = Who::Token([7; 32]);
+        let mut first = None;
+        for _ in 0..MAX_SESSIONS * 2 {
+            let (id, _, _) = s.create(low.clone()).expect("session");
+            first.get_or_insert(id);
+        }
+        assert!(s.get(&admin).is_some(), "the admin's session survives");
+        let held = |who: &Who| {
+            let map = s.live.lock().expect("lock");
+            map.values().filter(|x| x.who == *who).count()
+        };
+        assert_eq!(held(&low), PER_CREDENTIAL);
+        assert!(s.get(&first.expect("a login")).is_none(), "the oldest went");
+        // A full table: the credential with the most sessions makes room, not the admin.
+        for t in 0..MAX_SESSIONS {
+            s.create(Who::Token([(t % 200) as u8 + 10; 32]))
+                .expect("session");
+        }
+        assert!(
+            s.get(&admin).is_some(),
+            "the admin's session survives a full table"
+        );
+        let (again, _, _) = s.create(Who::Admin).expect("a new admin login");
+        assert!(s.get(&again).is_some());
+        assert_eq!(s.live.lock().expect("lock").len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn changes_from_other_origins_are_refused() {
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {
@@ -440,35 +539,32 @@ mod tests {
             }
             h
         };
-        let json = ("content-type", "application/json");
-        assert!(same_origin(&headers(&[json, ("host", "gw:8080")])).is_ok());
-        assert!(same_origin(&headers(&[
-            json,
-            ("host", "gw:8080"),
-            ("origin", "http://gw:8080"),
-            ("sec-fetch-site", "same-origin")
-        ]))
-        .is_ok());
-        let refused = |h| same_origin(&h).map_err(|r| r.status()).err();
+        let own = Some("gw:8081");
+        assert_eq!(foreign(&headers(&[]), own), None);
         assert_eq!(
-            refused(headers(&[("host", "gw:8080")])),
-            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            foreign(
+                &headers(&[
+                    ("origin", "http://gw:8081"),
+                    ("sec-fetch-site", "same-origin")
+                ]),
+                own
+            ),
+            None
         );
+        // A function's page on the gateway's port: same site, another origin.
+        let from_function = headers(&[("origin", "http://gw:8080")]);
+        let why = foreign(&from_function, own).expect("refused");
+        assert!(
+            why.contains("http://gw:8080") && why.contains("gw:8081"),
+            "{why}"
+        );
+        assert!(foreign(&headers(&[("sec-fetch-site", "same-site")]), own).is_some());
+        assert!(foreign(&headers(&[("origin", "null")]), own).is_some());
+        assert!(foreign(&headers(&[("origin", "http://gw:8081")]), None).is_some());
         assert_eq!(
-            refused(headers(&[
-                json,
-                ("host", "gw:8080"),
-                ("origin", "http://evil.example")
-            ])),
-            Some(StatusCode::FORBIDDEN)
+            json_body(&headers(&[])).map_err(|e| e.status()),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
         );
-        assert_eq!(
-            refused(headers(&[
-                json,
-                ("host", "gw:8080"),
-                ("sec-fetch-site", "cross-site")
-            ])),
-            Some(StatusCode::FORBIDDEN)
-        );
+        assert!(json_body(&headers(&[("content-type", "application/json")])).is_ok());
     }
 }

@@ -34,6 +34,10 @@ pub struct Up {
     /// Address the gateway listens on.
     #[arg(long, env = "SKYFRI_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address the dashboard (/ui) listens on, apart from the functions: default the
+    /// --listen address's IP, port 8081; port 0 picks a free one; `off` serves no dashboard.
+    #[arg(long, env = "SKYFRI_UI_LISTEN", value_parser = parse_ui_listen)]
+    ui_listen: Option<UiListen>,
     /// Where state lives (default /var/lib/skyfri as root, else the XDG data dir).
     #[arg(long, env = "SKYFRI_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -119,6 +123,25 @@ fn flush_interval(s: &str) -> Result<std::time::Duration, String> {
     match skyfri_core::quantity::parse_duration(s)? {
         d if d.is_zero() => Err("the flush interval must be longer than 0".into()),
         d => Ok(d),
+    }
+}
+
+/// What `--ui-listen` says.
+#[derive(Clone, Copy)]
+enum UiListen {
+    Off,
+    At(SocketAddr),
+}
+
+/// The dashboard's port unless `--ui-listen` says otherwise.
+const DEFAULT_UI_PORT: u16 = 8081;
+
+fn parse_ui_listen(value: &str) -> Result<UiListen, String> {
+    match value.trim() {
+        "off" => Ok(UiListen::Off),
+        v => v.parse().map(UiListen::At).map_err(|_| {
+            format!("{v:?} is not an address such as 127.0.0.1:8081 (or `off`: no dashboard)")
+        }),
     }
 }
 
@@ -309,6 +332,22 @@ impl Up {
             .await
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         let addr = listener.local_addr()?;
+        let ui_listen = match self.ui_listen {
+            Some(UiListen::Off) => None,
+            Some(UiListen::At(a)) => Some(a),
+            None => Some(SocketAddr::new(self.listen.ip(), DEFAULT_UI_PORT)),
+        };
+        let ui_listener = match ui_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on {at} for the dashboard (--ui-listen ADDR picks another address, --ui-listen off serves none)")
+                    })?,
+            ),
+            None => None,
+        };
+        let ui_addr = ui_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let state = AppState::new(
             GatewayConfig {
                 admin_password: password.clone(),
@@ -337,6 +376,10 @@ impl Up {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}");
         println!("skyfri gateway listening on {url}");
+        match ui_addr {
+            Some(ui) => println!("skyfri dashboard on {scheme}://{ui}/ui"),
+            None => println!("skyfri dashboard off (--ui-listen off)"),
+        }
         println!("data dir: {}", data_dir.display());
         println!("async queue: {}", state.queue.backend());
         if generated {
@@ -356,11 +399,24 @@ impl Up {
         if let Some(tls) = tls.clone() {
             tokio::spawn(reload_on_sighup(tls));
         }
+        let mut dashboard = ui_listener.map(|ui| {
+            let mut graceful = stop_rx.clone();
+            tokio::spawn(skyfri_gateway::serve_dashboard(
+                ui,
+                state.clone(),
+                limits.clone(),
+                tls.clone(),
+                async move {
+                    let _ = graceful.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let mut server = tokio::spawn(skyfri_gateway::serve(
             listener,
             state.clone(),
             limits,
             tls,
+            ui_addr,
             async move {
                 let _ = graceful.wait_for(|s| *s).await;
             },
@@ -424,6 +480,17 @@ impl Up {
             _ = &mut grace => None,
         };
         server.abort();
+        // The dashboard's open connections (a live tail) get the same grace.
+        let dashboard_served = match dashboard.as_mut() {
+            Some(d) if served.is_some() && *stop_rx.borrow() => tokio::select! {
+                served = d => Some(served),
+                _ = &mut grace => None,
+            },
+            _ => None,
+        };
+        if let Some(d) = &dashboard {
+            d.abort();
+        }
         if served.is_some() && *stop_rx.borrow() {
             tokio::select! {
                 _ = async { let _ = tokio::join!(&mut dispatchers, &mut triggers); } => {}
@@ -446,6 +513,9 @@ impl Up {
         skyfri_gateway::usage::flush(&state);
         if let Some(served) = served {
             served?.context("gateway failed")?;
+        }
+        if let Some(served) = dashboard_served {
+            served?.context("dashboard failed")?;
         }
         Ok(())
     }

@@ -4,33 +4,21 @@
 // charts, the invoke form calls it and shows its answer, its logs show (and the live tail
 // follows a new call), the secret's name shows and its value does not, the session cookie
 // is HttpOnly and SameSite=Strict, nothing is kept in web storage, an API call without the
-// CSRF header is refused, and logging out ends the session.
+// CSRF header is refused, and logging out ends the session. The dashboard has a port of its
+// own; the page talks to nothing else.
 //
-// Environment: SKYFRI_URL, SKYFRI_PASSWORD, FUNCTION, SECRET_NAME, SECRET_VALUE,
-// PLAYWRIGHT_CORE (the playwright-core folder), CHROMIUM (the browser).
-import { createRequire } from 'node:module';
+// Environment: SKYFRI_URL (the gateway), SKYFRI_UI_URL (the dashboard), SKYFRI_PASSWORD,
+// FUNCTION, SECRET_NAME, SECRET_VALUE, PLAYWRIGHT_CORE (the playwright-core folder),
+// CHROMIUM (the browser).
+import { check, env, launch } from './browser.mjs';
 
-const env = name => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const base = env('SKYFRI_URL');
+const gateway = env('SKYFRI_URL');
+const base = env('SKYFRI_UI_URL');
 const fn = env('FUNCTION');
-const require = createRequire(import.meta.url);
-const { chromium } = require(env('PLAYWRIGHT_CORE'));
 
 const step = what => console.log(`dashboard: ${what}`);
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
 
-const browser = await chromium.launch({
-  executablePath: env('CHROMIUM'),
-  headless: true,
-  // As root (the test machine) Chromium's own sandbox cannot start.
-  args: ['--no-sandbox'],
-});
+const browser = await launch();
 const problems = [];
 let page = null;
 try {
@@ -49,7 +37,7 @@ try {
     if (!r.url().includes('follow=true')) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
   });
   page.on('request', r => {
-    if (!r.url().startsWith(base)) problems.push(`request off the gateway: ${r.url()}`);
+    if (!r.url().startsWith(base)) problems.push(`request off the dashboard: ${r.url()}`);
   });
 
   await page.goto(`${base}/ui`);
@@ -100,7 +88,7 @@ try {
   step('logs show the call');
   await page.check('#live-tail');
   await page.locator('#logs', { hasText: "called with 'browser'" }).waitFor();
-  const r = await fetch(`${base}/function/${fn}`, { method: 'POST', body: 'live-tail-probe' });
+  const r = await fetch(`${gateway}/function/${fn}`, { method: 'POST', body: 'live-tail-probe' });
   check(r.ok, `a direct call succeeds (${r.status})`);
   await page.locator('#logs', { hasText: "called with 'live-tail-probe'" }).waitFor();
   step('live tail shows a new call');

@@ -39,6 +39,8 @@ pub fn free_port() -> u16 {
 pub struct Platform {
     child: Child,
     pub addr: String,
+    /// The dashboard's listener (`--ui-listen`), when it runs.
+    pub ui_addr: Option<String>,
     pub data_dir: PathBuf,
     output: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -62,11 +64,18 @@ impl Platform {
         p
     }
 
-    /// Starts on an existing data dir (a restart), with extra `up` arguments.
+    /// Starts on an existing data dir (a restart), with extra `up` arguments. The dashboard
+    /// gets a free port of its own unless `extra` has a `--ui-listen`.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Platform {
+        let ui_listen: &[&str] = if extra.contains(&"--ui-listen") {
+            &[]
+        } else {
+            &["--ui-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(ui_listen)
             .args(extra)
             .env("SKYFRI_ADMIN_PASSWORD", PASSWORD)
             .env("SKYFRI_LOG", "info")
@@ -85,10 +94,19 @@ impl Platform {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (ui_tx, ui_rx) = std::sync::mpsc::channel();
         let out3 = output.clone();
         std::thread::spawn(move || {
             let mut addr_sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Printed right after the gateway's line: it is in the output by then.
+                if let Some(url) = line.strip_prefix("skyfri dashboard on ") {
+                    let addr = url.split_once("://").map_or(url, |(_, a)| a);
+                    let _ = ui_tx.send(Some(addr.trim_end_matches("/ui").to_string()));
+                }
+                if line.starts_with("skyfri dashboard off") {
+                    let _ = ui_tx.send(None);
+                }
                 let listening = line.strip_prefix("skyfri gateway listening on ");
                 if let Some(url) =
                     listening.and_then(|u| u.strip_prefix("http://").or(u.strip_prefix("https://")))
@@ -108,6 +126,7 @@ impl Platform {
         let mut platform = Platform {
             child,
             addr: String::new(),
+            ui_addr: None,
             data_dir: data_dir.to_path_buf(),
             output,
             _tmp: None,
@@ -116,6 +135,7 @@ impl Platform {
             Ok(Ok(addr)) => platform.addr = addr,
             _ => panic!("skyfri did not start:\n{}", platform.logs()),
         }
+        platform.ui_addr = ui_rx.recv_timeout(Duration::from_secs(5)).ok().flatten();
         // Wait for "ready": restored and stack functions are deployed by then.
         let _ = rx.recv_timeout(Duration::from_secs(60));
         platform
@@ -127,6 +147,29 @@ impl Platform {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The dashboard's address; panics when it is off.
+    pub fn ui(&self) -> &str {
+        self.ui_addr
+            .as_deref()
+            .unwrap_or_else(|| panic!("no dashboard listener:\n{}", self.logs()))
+    }
+
+    /// The dashboard's base URL (`http://HOST:PORT`, without `/ui`).
+    pub fn ui_url(&self) -> String {
+        format!("http://{}", self.ui())
+    }
+
+    /// A raw HTTP/1.1 request to the dashboard's listener.
+    pub fn ui_http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        http(self.ui(), method, path, headers, body)
     }
 
     /// Deploys `tests/fixtures/DIR/stack.yml` with the CLI; a failure fails the test.

@@ -38,8 +38,8 @@ const WRONG: &str = "Basic YWRtaW46bm9wZQ=="; // admin:nope
 const LAMBDA: &str = "/2015-03-31/functions/f/invocations";
 
 /// A gateway behind a proxy at 127.0.0.1 (so each `X-Forwarded-For` is a client of its
-/// own), with a private function `f`.
-async fn gateway(dir: &std::path::Path) -> (AppState, SocketAddr) {
+/// own), with a private function `f`, and its dashboard's listener.
+async fn gateway(dir: &std::path::Path) -> (AppState, SocketAddr, SocketAddr) {
     let state = crate::testing::state_behind(
         dir,
         FakeProvider::default(),
@@ -56,7 +56,8 @@ async fn gateway(dir: &std::path::Path) -> (AppState, SocketAddr) {
         replicas: 0,
     });
     let addr = crate::testing::serve(&state).await;
-    (state, addr)
+    let ui = crate::testing::serve_dashboard(&state).await;
+    (state, addr, ui)
 }
 
 /// Sends a request as the client at `ip` (through the trusted proxy).
@@ -76,7 +77,7 @@ async fn from(
 #[tokio::test]
 async fn failures_at_any_door_close_every_door_for_that_client_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (state, gw) = gateway(dir.path()).await;
+    let (state, gw, ui) = gateway(dir.path()).await;
     let (a, b) = ("203.0.113.1", "203.0.113.2");
     let json = ("content-type", "application/json");
     let sigv4 = "AWS4-HMAC-SHA256 Credential=nobody/20261206/us-east-1/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=0000000000000000000000000000000000000000000000000000000000000000";
@@ -117,7 +118,7 @@ async fn failures_at_any_door_close_every_door_for_that_client_only() {
     statuses.push(from(gw, a, "POST", LAMBDA, &signed, b"{}").await.status);
     let guess = br#"{"password":"guess"}"#;
     statuses.push(
-        from(gw, a, "POST", "/ui/login", &[json], guess)
+        from(ui, a, "POST", "/ui/login", &[json], guess)
             .await
             .status,
     );
@@ -149,7 +150,7 @@ async fn failures_at_any_door_close_every_door_for_that_client_only() {
     let r = from(gw, a, "POST", "/function/f", &admin, b"").await;
     assert_eq!(r.status, 429);
     let login = br#"{"password":"pw"}"#;
-    let r = from(gw, a, "POST", "/ui/login", &[json], login).await;
+    let r = from(ui, a, "POST", "/ui/login", &[json], login).await;
     assert_eq!(r.status, 429);
     assert!(!r.header("retry-after").is_empty());
     // Without credentials it is no login attempt: the usual answer.
@@ -169,7 +170,7 @@ async fn failures_at_any_door_close_every_door_for_that_client_only() {
     ];
     assert_eq!(from(gw, b, "POST", LAMBDA, &dry, b"").await.status, 204);
     assert_eq!(
-        from(gw, b, "POST", "/ui/login", &[json], login)
+        from(ui, b, "POST", "/ui/login", &[json], login)
             .await
             .status,
         200
