@@ -14,6 +14,10 @@ use crate::provider::RuntimeError;
 use crate::templates;
 
 mod dependencies;
+mod layers;
+
+use layers::Layers;
+pub use layers::LAYERS_DIR;
 
 pub use dependencies::PYTHON_PACKAGES;
 
@@ -48,7 +52,8 @@ impl ArtefactStore {
     /// `root/<hex>/function/`, writes the template's embedded shim files into `root/<hex>/`
     /// and installs the dependencies the folder declares (the hash covers the template name
     /// and every file's relative path, mode and contents, so an unchanged folder is found
-    /// without running an installer). Idempotent. Returns `"sha256:<hex>"`.
+    /// without running an installer; a changed handler with unchanged dependency files links
+    /// the packages installed before, see [`layers`]). Idempotent. Returns `"sha256:<hex>"`.
     pub fn build(&self, template: Template, handler_dir: &Path) -> Result<String, RuntimeError> {
         let files = list_files(handler_dir)?;
         let hex = digest(template, &files)?;
@@ -64,7 +69,7 @@ impl ArtefactStore {
             .root
             .join(format!(".staging-{hex}-{}", rand::random::<u32>()));
         let result = assemble(template, &files, &staging)
-            .and_then(|()| install_dependencies(template, &staging))
+            .and_then(|()| dependencies::install(template, &staging, &Layers::of(&self.root)))
             .and_then(|()| precompile(template, &staging));
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&staging);
@@ -163,10 +168,7 @@ fn list_files(dir: &Path) -> Result<Vec<SourceFile>, RuntimeError> {
 /// The artefact hash. Every field is length-prefixed so no two different inputs concatenate
 /// to the same byte stream.
 fn digest(template: Template, files: &[SourceFile]) -> Result<String, RuntimeError> {
-    fn field(h: &mut Sha256, bytes: &[u8]) {
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    }
+    use layers::length_prefixed as field;
     let mut h = Sha256::new();
     field(&mut h, b"skyfri-artefact-v1");
     field(&mut h, template.name().as_bytes());
@@ -229,13 +231,6 @@ fn assemble(template: Template, files: &[SourceFile], staging: &Path) -> Result<
             .map_err(|e| RuntimeError::io(format!("chmod {}", dest.display()), e))?;
     }
     Ok(())
-}
-
-/// Installs what the handler folder declares (`requirements.txt`, `package.json`) inside
-/// `staging`, before it is renamed into place, so the dependencies become part of the
-/// immutable artefact. The hash covers those files, so changing one rebuilds.
-fn install_dependencies(template: Template, staging: &Path) -> Result<(), RuntimeError> {
-    dependencies::install(template, staging)
 }
 
 /// Compiles a Python handler (and whatever Python sits beside it) to bytecode at build,

@@ -64,6 +64,32 @@ async fn python_requirements_are_installed_and_imported() -> Result {
         None,
     )?;
     assert_ne!(changed.artefact, d.artefact);
+
+    // A changed handler with the same requirements is a new artefact whose packages are
+    // those installed for the first one (the same files, linked), without running pip.
+    let edited = format!("{PY_HANDLER}\n# edited\n");
+    let started = Instant::now();
+    let relinked = env.function(
+        "withsix",
+        Template::Python3,
+        &[("handler.py", edited.as_str()), files[1]],
+        None,
+    )?;
+    let linked = started.elapsed();
+    assert_ne!(relinked.artefact, d.artefact);
+    let again_dir = env
+        .store
+        .path(&relinked.artefact)
+        .ok_or("artefact missing")?;
+    assert_eq!(
+        inode(&again_dir.join("python_packages/six.py"))?,
+        inode(&dir.join("python_packages/six.py"))?,
+        "pip ran again for unchanged requirements"
+    );
+    eprintln!("handler changed, requirements not: built in {linked:?}");
+    env.provider.deploy(&relinked).await?;
+    let r = request(&endpoint(&env.provider, "withsix")?, "POST", "/", &[], "").await?;
+    assert!(r.body.starts_with("six 1.16.0 from "), "{}", r.body);
     env.provider.shutdown().await;
     Ok(())
 }
@@ -139,7 +165,7 @@ async fn an_unknown_package_fails_the_build_naming_the_file() -> Result {
         "{err}"
     );
     assert!(!err.contains(".staging"), "staging paths leak: {err}");
-    // Nothing half-built is left behind.
+    // Nothing half-built is left behind (nor kept for reuse).
     let leftovers = std::fs::read_dir(env.store.root())?.count();
     assert_eq!(leftovers, 0);
     env.provider.shutdown().await;
@@ -171,6 +197,24 @@ module.exports = async (event, context) => ({ ms: ms('2 days') });
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body)?;
     assert_eq!(v["ms"], 172_800_000);
+
+    // An edited handler with the same package.json links the packages installed before.
+    let edited = format!("{handler}// edited\n");
+    let relinked = env.function(
+        "withms",
+        Template::Node,
+        &[("handler.js", edited.as_str()), ("package.json", package)],
+        None,
+    )?;
+    let again_dir = env
+        .store
+        .path(&relinked.artefact)
+        .ok_or("artefact missing")?;
+    assert_eq!(
+        inode(&again_dir.join("function/node_modules/ms/package.json"))?,
+        inode(&dir.join("function/node_modules/ms/package.json"))?,
+        "npm ran again for an unchanged package.json"
+    );
 
     // With a lock file, `npm ci` installs exactly what it pins, and refuses one that does
     // not match package.json.
@@ -225,6 +269,12 @@ module.exports = async (event, context) => ({ ms: ms('2 days') });
     assert!(err.contains("404"), "{err}");
     env.provider.shutdown().await;
     Ok(())
+}
+
+fn inode(path: &std::path::Path) -> std::io::Result<u64> {
+    Ok(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(
+        path,
+    )?))
 }
 
 /// `npm install --package-lock-only` for `{"dependencies": {"ms": "2.1.3"}}`.

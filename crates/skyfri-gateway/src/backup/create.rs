@@ -290,7 +290,8 @@ fn list(
             }
             2 => {
                 entry.path().parent().and_then(Path::file_name) == Some("artefacts".as_ref())
-                    && name.to_string_lossy().starts_with(".staging-")
+                    && (name.to_string_lossy().starts_with(".staging-")
+                        || name == skyfri_runtime::artefact::LAYERS_DIR)
             }
             _ => false,
         }

@@ -18,7 +18,8 @@
 //!   key itself.
 //! - `artefacts/`: content-addressed and never modified once built, so a plain copy is
 //!   consistent; the store is snapshotted first, so every artefact it names is there.
-//!   Unfinished builds (`.staging-*`) are left out.
+//!   Unfinished builds (`.staging-*`) and the packages kept for reuse (`.deps`, already inside
+//!   each artefact that uses them) are left out.
 //! - everything else in the data dir (`logs/`, files later versions add), except `run/`
 //!   (sockets and mounts of running replicas) and `tmp/` (uploads in progress). Files are
 //!   copied at the length they had when reached; sockets, fifos and devices are skipped, and

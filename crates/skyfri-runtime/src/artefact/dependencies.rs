@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use skyfri_core::Template;
 
+use super::layers::{LayerKey, Layers};
 use super::FUNCTION_DIR;
 use crate::provider::RuntimeError;
 
@@ -25,6 +26,8 @@ use crate::provider::RuntimeError;
 pub const PYTHON_PACKAGES: &str = "python_packages";
 const REQUIREMENTS: &str = "requirements.txt";
 const PACKAGE_JSON: &str = "package.json";
+const LOCK_FILES: [&str; 2] = ["package-lock.json", "npm-shrinkwrap.json"];
+const NODE_MODULES: &str = "node_modules";
 /// Long enough for a large wheel set on a slow link; a hung installer must not hold a build
 /// (and the gateway's blocking thread) forever.
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -39,8 +42,9 @@ pub const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
 /// needs Node 22).
 pub const AWS_LAMBDA_RIC: &str = "aws-lambda-ric@3.3.0";
 
-/// Installs what the handler folder in `staging/function/` declares, if anything.
-pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
+/// Installs what the handler folder in `staging/function/` declares, if anything, reusing
+/// the packages of an earlier build with the same dependency files from `layers`.
+pub fn install(template: Template, staging: &Path, layers: &Layers) -> Result<(), RuntimeError> {
     let function = staging.join(FUNCTION_DIR);
     match template {
         Template::Python3 | Template::Python3Http | Template::Exec | Template::LambdaPython => {
@@ -54,6 +58,18 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
                 .python
                 .ok_or(RuntimeError::MissingInterpreter("python3"))?;
             let target = staging.join(PYTHON_PACKAGES);
+            let key = if declared && !self_contained_requirements(&requirements)? {
+                None
+            } else {
+                let mut key = LayerKey::new("pip --only-binary=:all: --target");
+                key.program(&python)
+                    .env(&["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"])
+                    .file(&requirements)?;
+                if lambda {
+                    key.field(AWSLAMBDARIC.as_bytes());
+                }
+                Some(key)
+            };
             let mut cmd = Command::new(&python);
             cmd.args([
                 "-m",
@@ -86,11 +102,14 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             let hint = "fix requirements.txt and build again (skyfri installs wheels only: \
                 building a package from source would run its code on the build host, outside \
                 the sandbox)";
-            run(cmd, REQUIREMENTS, "pip", hint, staging)?;
-            seal(&target)
+            layers.install(key, &target, || {
+                run(cmd, REQUIREMENTS, "pip", hint, staging)?;
+                seal(&target)
+            })?;
+            Ok(())
         }
         Template::LambdaNode => {
-            install(Template::Node, staging)?;
+            install(Template::Node, staging, layers)?;
             add_lambda_node_client(staging)
         }
         Template::Node => {
@@ -101,8 +120,20 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
                 .node
                 .ok_or(RuntimeError::MissingInterpreter("node"))?;
             let npm = find_npm(&node).ok_or(RuntimeError::MissingInterpreter("npm"))?;
-            let locked = function.join("package-lock.json").is_file()
-                || function.join("npm-shrinkwrap.json").is_file();
+            let locked = LOCK_FILES.iter().any(|f| function.join(f).is_file());
+            let key = if self_contained_package(&function.join(PACKAGE_JSON))? {
+                let mut key = LayerKey::new("npm --omit=dev --ignore-scripts");
+                key.program(&node)
+                    .program(&npm)
+                    .env(&["npm_config_registry", "NPM_CONFIG_REGISTRY"]);
+                key.file(&function.join(PACKAGE_JSON))?;
+                for lock in LOCK_FILES {
+                    key.file(&function.join(lock))?;
+                }
+                Some(key)
+            } else {
+                None
+            };
             let mut cmd = Command::new(&npm);
             if locked {
                 cmd.arg("ci");
@@ -128,10 +159,14 @@ pub fn install(template: Template, staging: &Path) -> Result<(), RuntimeError> {
             } else {
                 "fix package.json and build again (packages' install scripts are not run)"
             };
-            let result = run(cmd, PACKAGE_JSON, "npm", hint, staging);
-            let _ = fs::remove_dir_all(staging.join(NPM_CACHE));
-            result?;
-            seal(&function.join("node_modules"))
+            let modules = function.join(NODE_MODULES);
+            layers.install(key, &modules, || {
+                let result = run(cmd, PACKAGE_JSON, "npm", hint, staging);
+                let _ = fs::remove_dir_all(staging.join(NPM_CACHE));
+                result?;
+                seal(&modules)
+            })?;
+            Ok(())
         }
         Template::Http | Template::LambdaProvided => Ok(()),
     }
@@ -240,6 +275,42 @@ fn declares_something(requirements: &Path) -> Result<bool, RuntimeError> {
         let l = l.trim();
         !l.is_empty() && !l.starts_with('#')
     }))
+}
+
+/// Whether `requirements` says everything pip installs from it by itself: not when it
+/// includes or constrains by other files (`-r`, `-c`), installs a folder or a file (`.`,
+/// `./pkg`, `/abs`, `file:`) or an editable; such a folder is installed on every build.
+fn self_contained_requirements(requirements: &Path) -> Result<bool, RuntimeError> {
+    const REFERS: [&str; 7] = [
+        "-r",
+        "-c",
+        "-e",
+        "--requirement",
+        "--constraint",
+        "--editable",
+        "file:",
+    ];
+    let text = fs::read_to_string(requirements)
+        .map_err(|e| RuntimeError::io(format!("reading {REQUIREMENTS}"), e))?;
+    Ok(text.lines().all(|l| {
+        let l = l.split(" #").next().unwrap_or("").trim();
+        !(l.starts_with('.')
+            || l.starts_with('/')
+            || l.starts_with('~')
+            || REFERS
+                .iter()
+                .any(|r| l.starts_with(r) || l.contains(" @ file:")))
+    }))
+}
+
+/// Whether `package.json` names only registry or remote packages: not a local folder or
+/// file (`file:`, `link:`, `workspace:`), which installs on every build.
+fn self_contained_package(package: &Path) -> Result<bool, RuntimeError> {
+    let text = fs::read_to_string(package)
+        .map_err(|e| RuntimeError::io(format!("reading {PACKAGE_JSON}"), e))?;
+    Ok(!["\"file:", "\"link:", "\"workspace:"]
+        .iter()
+        .any(|p| text.contains(p)))
 }
 
 /// npm beside `node` (both come from one package), else the first on `PATH`.
@@ -416,6 +487,30 @@ mod tests {
             fs::write(&file, text)?;
             assert_eq!(declares_something(&file)?, expected, "{text:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn requirements_naming_other_files_are_not_reused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join(REQUIREMENTS);
+        for (text, expected) in [
+            ("six==1.16.0\nidna # any\n", true),
+            ("requests[socks]>=2 ; python_version > '3'\n", true),
+            ("-r base.txt\n", false),
+            ("six\n-c constraints.txt\n", false),
+            ("./vendor/pkg\n", false),
+            ("-e .\n", false),
+            ("mylib @ file:///srv/mylib\n", false),
+        ] {
+            fs::write(&file, text)?;
+            assert_eq!(self_contained_requirements(&file)?, expected, "{text:?}");
+        }
+        let package = dir.path().join(PACKAGE_JSON);
+        fs::write(&package, r#"{"dependencies": {"ms": "2.1.3"}}"#)?;
+        assert!(self_contained_package(&package)?);
+        fs::write(&package, r#"{"dependencies": {"lib": "file:../lib"}}"#)?;
+        assert!(!self_contained_package(&package)?);
         Ok(())
     }
 
