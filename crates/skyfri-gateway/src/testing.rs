@@ -68,6 +68,74 @@ pub async fn serve(state: &AppState) -> SocketAddr {
     addr
 }
 
+/// Serves `state` as [`serve`] does, with `workers` worker threads (each blocked worker
+/// holds up every connection it serves: with one, the gateway stops answering).
+pub async fn serve_with(state: &AppState, workers: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::server::serve(
+        listener,
+        crate::Gateway::new(state.clone(), None),
+        crate::server::ServerLimits::default(),
+        None,
+        workers,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Holds the store's lock, from a thread of its own, until [`Gate::open`] (or drop): what a
+/// long write (a big transaction, a slow fsync) does to everyone else.
+pub struct Gate {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gate {
+    /// Returns once the lock is held.
+    pub fn close(store: &Arc<Store>) -> Gate {
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let store = Arc::clone(store);
+        let holder = std::thread::spawn(move || {
+            let _hold = store.hold().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = wait.recv();
+        });
+        held.recv().unwrap();
+        Gate {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+
+    pub fn open(mut self) {
+        self.release.take();
+        if let Some(h) = self.holder.take() {
+            h.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.release.take();
+    }
+}
+
+/// Waits (up to 10 s) until `n` callers wait for the store's lock.
+pub async fn store_waiters(store: &Store, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.waiting() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} waiting for the store, not {n}",
+            store.waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Serves the dashboard's listener for `state` on a free port.
 pub async fn serve_dashboard(state: &AppState) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

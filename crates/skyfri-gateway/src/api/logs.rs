@@ -40,7 +40,12 @@ pub async fn logs(
     State(state): State<AppState>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, GatewayError> {
-    if state.store.get_function(&q.name)?.is_none() {
+    let name = q.name.clone();
+    if state
+        .with_store(move |s| s.get_function(&name))
+        .await?
+        .is_none()
+    {
         return Err(GatewayError::not_found(format!(
             "function {:?} not found",
             q.name
