@@ -7,9 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use skyfri_core::{Deployment, FunctionSpec, Template};
-use skyfri_runtime::Endpoint;
+use skyfri_runtime::{Endpoint, LogLine};
 
+use super::logs;
 use crate::state::AppState;
 use crate::testing::{self, Answer, FakeProvider, Gate};
 
@@ -71,4 +73,64 @@ async fn a_call_is_answered_while_an_admin_read_waits_for_the_store() {
     let list = list.await.unwrap();
     assert_eq!(list.status, 200);
     assert_eq!(list.json()[0]["name"], "f");
+}
+
+/// Log lines `from..to` of `f`, of about 1 KiB each.
+fn log_lines(from: usize, to: usize) -> impl Iterator<Item = LogLine> {
+    (from..to).map(|i| LogLine {
+        name: "f".into(),
+        instance: "f-1".into(),
+        timestamp: chrono::Utc::now(),
+        text: format!("{i:05} {}", "x".repeat(1000)),
+    })
+}
+
+#[tokio::test]
+async fn a_call_is_answered_while_a_log_read_is_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::serving(Endpoint::Tcp(replica().await));
+    // A history whose reading stalls (a slow disk) after more than a batch, until the test
+    // lets it go on.
+    let (stalled_tx, stalled) = std::sync::mpsc::channel();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let stall = std::iter::from_fn(move || {
+        stalled_tx.send(()).unwrap();
+        let _ = wait.recv();
+        None
+    });
+    let history = log_lines(0, 100).chain(stall).chain(log_lines(100, 300));
+    *provider.stored_logs.lock().unwrap() = Some(Box::new(history));
+    let (_state, gateway) = gateway(tmp.path(), provider).await;
+
+    let mut res = testing::open(gateway, "GET", "/system/logs?name=f", &[ADMIN], b"").await;
+    assert_eq!(res.status(), 200);
+    // The first batch comes while the rest is being read.
+    let mut first = Vec::new();
+    while first.len() < logs::BATCH {
+        let frame = tokio::time::timeout(Duration::from_secs(10), res.body_mut().frame())
+            .await
+            .expect("nothing sent while the read goes on")
+            .unwrap()
+            .unwrap();
+        first.extend_from_slice(&frame.into_data().unwrap());
+    }
+    tokio::task::spawn_blocking(move || stalled.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the read did not reach the stall");
+    let answer = call(gateway).await;
+    assert_eq!((answer.status, &answer.body[..]), (200, &b"hi"[..]));
+
+    go.send(()).unwrap();
+    let rest = res.into_body().collect().await.unwrap().to_bytes();
+    let all = [&first[..], &rest[..]].concat();
+    let numbers: Vec<usize> = all
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            v["text"].as_str().unwrap()[..5].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, (0..300).collect::<Vec<_>>());
 }

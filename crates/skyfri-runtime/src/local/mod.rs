@@ -32,7 +32,8 @@ use tokio::sync::broadcast;
 
 use crate::artefact::ArtefactStore;
 use crate::provider::{
-    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+    CallTracker, Endpoint, LogLine, LogQuery, LogRead, Provider, ReplicaStatus, RuntimeError,
+    SecretSource,
 };
 use cells::Cells;
 use launch::Launch;
@@ -563,8 +564,8 @@ impl Provider for LocalProvider {
         })
     }
 
-    fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {
-        self.logs.read(name, since, tail)
+    fn logs(&self, name: &str, query: &LogQuery) -> LogRead {
+        self.logs.read(name, query)
     }
 
     fn follow_logs(&self, name: &str) -> broadcast::Receiver<LogLine> {

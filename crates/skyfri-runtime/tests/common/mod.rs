@@ -170,11 +170,15 @@ pub fn endpoint(provider: &LocalProvider, name: &str) -> Result<Endpoint> {
         .ok_or("no ready endpoint")?)
 }
 
+/// Every stored line of `name`.
+pub fn all_logs(provider: &LocalProvider, name: &str) -> Vec<skyfri_runtime::LogLine> {
+    provider.logs(name, &Default::default()).stored.collect()
+}
+
 /// Logs are written by reader tasks: give them a moment.
 pub async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) -> Result<()> {
     for _ in 0..100 {
-        if provider
-            .logs(name, None, None)
+        if all_logs(provider, name)
             .iter()
             .any(|l| l.text.contains(needle))
         {
@@ -184,7 +188,7 @@ pub async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) ->
     }
     Err(format!(
         "{needle:?} not in logs: {:?}",
-        provider.logs(name, None, None)
+        all_logs(provider, name)
     )
     .into())
 }
