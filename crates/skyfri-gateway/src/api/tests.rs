@@ -102,7 +102,10 @@ async fn a_call_is_answered_while_a_log_read_is_in_progress() {
     *provider.stored_logs.lock().unwrap() = Some(Box::new(history));
     let (_state, gateway) = gateway(tmp.path(), provider).await;
 
-    let mut res = testing::open(gateway, "GET", "/system/logs?name=f", &[ADMIN], b"").await;
+    let res = testing::open(gateway, "GET", "/system/logs?name=f", &[ADMIN], b"");
+    let mut res = tokio::time::timeout(Duration::from_secs(10), res)
+        .await
+        .expect("no answer while the read goes on");
     assert_eq!(res.status(), 200);
     // The first batch comes while the rest is being read.
     let mut first = Vec::new();
