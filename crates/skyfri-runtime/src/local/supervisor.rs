@@ -783,8 +783,14 @@ mod tests {
         long.push('é');
         long.push_str(&"y".repeat(MAX_LINE_BYTES * 2));
         replica.write_all(long.as_bytes()).await?;
-        let first = lines.recv().await.ok_or("no piece")?;
-        let second = lines.recv().await.ok_or("no piece")?;
+        let mut piece = async || {
+            tokio::time::timeout(Duration::from_secs(10), lines.recv())
+                .await
+                .map_err(|_| "no piece while the line goes on")?
+                .ok_or("no piece")
+        };
+        let first = piece().await?;
+        let second = piece().await?;
         for piece in [&first, &second] {
             assert!(piece.ends_with(CONTINUED), "{}", &piece[piece.len() - 20..]);
             assert!(piece.len() <= MAX_LINE_BYTES + CONTINUED.len());
