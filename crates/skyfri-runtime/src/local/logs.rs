@@ -317,7 +317,8 @@ impl Part {
     /// Whether it may hold lines at or after `since`.
     fn reaches(&self, since: DateTime<Utc>) -> bool {
         self.modified
-            .is_none_or(|m| DateTime::<Utc>::from(m + MTIME_SLACK) >= since)
+            .and_then(|m| m.checked_add(MTIME_SLACK))
+            .is_none_or(|m| DateTime::<Utc>::from(m) >= since)
     }
 }
 
