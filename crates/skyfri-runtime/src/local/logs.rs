@@ -650,13 +650,18 @@ mod tests {
         // otherwise) are not even read.
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
         for n in 1..4 {
-            if let Ok(f) = File::options().write(true).open(rotated(&dir.path().join("f.jsonl"), n)) {
+            if let Ok(f) = File::options()
+                .write(true)
+                .open(rotated(&dir.path().join("f.jsonl"), n))
+            {
                 f.set_modified(hour_ago)?;
             }
         }
         let cut = Utc::now() - chrono::Duration::minutes(1);
         let since = read(&store, Some(cut), None);
-        let live = fs::read_to_string(dir.path().join("f.jsonl"))?.lines().count();
+        let live = fs::read_to_string(dir.path().join("f.jsonl"))?
+            .lines()
+            .count();
         assert_eq!(since.len(), live);
         assert_eq!(since.last().map(|l| l.text.as_str()), Some("line 39"));
         assert!(read(&store, None, None).len() > live);
@@ -664,8 +669,8 @@ mod tests {
     }
 
     #[test]
-    fn a_read_does_not_hold_up_the_writer_and_follows_exactly() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_read_does_not_hold_up_the_writer_and_follows_exactly(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = rotating(dir.path(), 1024, 3)?;
         let sink = store.sink("f").ok_or("no sink")?;
@@ -685,7 +690,10 @@ mod tests {
             sink.write(line(&format!("new {i}")));
         }
         let rest = texts(read.stored);
-        assert_eq!(rest, (1..10).map(|i| format!("old {i}")).collect::<Vec<_>>());
+        assert_eq!(
+            rest,
+            (1..10).map(|i| format!("old {i}")).collect::<Vec<_>>()
+        );
         let mut live = read.live.ok_or("not following")?;
         assert_eq!(live.try_recv()?.text, "new 0");
         Ok(())

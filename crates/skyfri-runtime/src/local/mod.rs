@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use skyfri_core::scaling::ScalePolicy;
 use skyfri_core::Deployment;
 use tokio::sync::broadcast;

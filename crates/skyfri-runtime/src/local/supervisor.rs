@@ -610,7 +610,11 @@ pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
         };
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::with_capacity(256);
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string();
+        let text = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .trim_end_matches('\r')
+                .to_string()
+        };
         loop {
             let (taken, ended) = match reader.fill_buf().await {
                 Ok([]) | Err(_) => break,
@@ -771,7 +775,8 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
-    async fn a_line_without_end_is_cut_into_pieces_as_it_comes() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_line_without_end_is_cut_into_pieces_as_it_comes(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (mut replica, output) = tokio::io::duplex(4096);
         let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let reader = read_lines(Some(output), move |l| {
@@ -806,7 +811,11 @@ mod tests {
         let whole: String = [first, second]
             .iter()
             .map(|p| p.trim_end_matches(CONTINUED))
-            .chain(rest[..rest.len() - 2].iter().map(|p| p.trim_end_matches(CONTINUED)))
+            .chain(
+                rest[..rest.len() - 2]
+                    .iter()
+                    .map(|p| p.trim_end_matches(CONTINUED)),
+            )
             .collect();
         assert_eq!(whole, long);
         Ok(())

@@ -186,9 +186,5 @@ pub async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) ->
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(format!(
-        "{needle:?} not in logs: {:?}",
-        all_logs(provider, name)
-    )
-    .into())
+    Err(format!("{needle:?} not in logs: {:?}", all_logs(provider, name)).into())
 }
