@@ -200,11 +200,7 @@ pub async fn serve(
     dashboard: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Gateway {
-        router: router(state.clone()),
-        dashboard: dashboard.map(|addr| (addr, tls.is_some())),
-        state,
-    };
+    let app = Gateway::new(state, dashboard.map(|addr| (addr, tls.is_some())));
     server::serve(listener, app, limits, tls, server::workers(), shutdown).await
 }
 
@@ -237,6 +233,16 @@ pub struct Gateway {
     router: Router,
     /// The dashboard's listener and whether it is HTTPS; `None` when it is off.
     dashboard: Option<(SocketAddr, bool)>,
+}
+
+impl Gateway {
+    fn new(state: AppState, dashboard: Option<(SocketAddr, bool)>) -> Gateway {
+        Gateway {
+            router: router(state.clone()),
+            dashboard,
+            state,
+        }
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;

@@ -189,6 +189,21 @@ impl AppState {
         AppState(inner)
     }
 
+    /// Reads (or writes) the store on the blocking pool. Every store access on a request path
+    /// goes through here or [`AppState::blocking`]: the store is one connection behind a lock,
+    /// and a request worker waiting there (behind a deploy's write, a backup, the audit
+    /// writer) would hold up every call of its connections.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, skyfri_store::StoreError> + Send + 'static,
+    ) -> Result<T, crate::error::GatewayError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(crate::error::GatewayError::internal)?
+            .map_err(Into::into)
+    }
+
     /// Runs `f` on the blocking pool, for store writes on request paths: the workers that
     /// serve requests are single-threaded, and a SQLite write (with its fsync) there would
     /// stall every other connection of the worker.

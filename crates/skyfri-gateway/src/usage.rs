@@ -169,7 +169,9 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        flush(&state);
+        // A write of the store: not on the runtime's threads, which serve the dashboard.
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || flush(&state)).await;
     }
 }
 

@@ -10,5 +10,6 @@ pub mod templates;
 pub use artefact::ArtefactStore;
 pub use local::LocalProvider;
 pub use provider::{
-    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+    CallTracker, Endpoint, LogLine, LogQuery, LogRead, Provider, ReplicaStatus, RuntimeError,
+    SecretSource,
 };

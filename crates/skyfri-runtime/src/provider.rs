@@ -73,6 +73,31 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// What to read of a function's stored logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Only lines at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only the last `tail` of the lines the other filters keep.
+    pub tail: Option<usize>,
+    /// Only the lines of this replica.
+    pub instance: Option<String>,
+    /// Also follow the lines written from now on ([`LogRead::live`]).
+    pub follow: bool,
+}
+
+/// A read of a function's logs.
+pub struct LogRead {
+    /// The stored lines the query asks for, oldest first, read from disk as they are
+    /// iterated: iterate on a thread that may block (`spawn_blocking`), never on an async
+    /// worker.
+    pub stored: Box<dyn Iterator<Item = LogLine> + Send>,
+    /// With [`LogQuery::follow`]: the lines written after `stored` was taken (of every
+    /// replica), none of them in `stored` too. A follower that falls more than a buffer's
+    /// worth of lines behind misses some (`RecvError::Lagged`).
+    pub live: Option<tokio::sync::broadcast::Receiver<LogLine>>,
+}
+
 /// Where a provider reads the secret values a function declares. The values go to the
 /// replica as files under `/var/openfaas/secrets/`, never through its environment.
 pub trait SecretSource: Send + Sync + 'static {
@@ -111,9 +136,10 @@ pub trait Provider: Send + Sync + 'static {
     fn report_failure(&self, name: &str, endpoint: &Endpoint) -> Option<String>;
     /// Provider facts for `/system/info` (the local provider: its isolation).
     fn info(&self) -> serde_json::Value;
-    /// Persisted logs (survive replica restarts and skyfri restarts): since filter, last
-    /// `tail` lines.
-    fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine>;
+    /// Persisted logs (survive replica restarts and skyfri restarts), and with
+    /// [`LogQuery::follow`] the lines to come. May block (it opens files, and reading them
+    /// is the iteration of [`LogRead::stored`]): call it on the blocking pool.
+    fn logs(&self, name: &str, query: &LogQuery) -> LogRead;
     fn follow_logs(&self, name: &str) -> tokio::sync::broadcast::Receiver<LogLine>;
     /// The CPU time each function's replicas used since the last call (stopped replicas
     /// included), for metering; `None` where the provider cannot measure it.

@@ -52,7 +52,11 @@ def handle(req):
 
     wait_for_log(&env.provider, "py", "got world").await?;
     wait_for_log(&env.provider, "py", "ValueError: boom!").await?;
-    let tail = env.provider.logs("py", None, Some(1));
+    let query = skyfri_runtime::LogQuery {
+        tail: Some(1),
+        ..Default::default()
+    };
+    let tail: Vec<_> = env.provider.logs("py", &query).stored.collect();
     assert_eq!(tail.len(), 1);
     assert!(tail[0].instance.starts_with("py-"));
 

@@ -17,7 +17,8 @@ use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -73,7 +74,15 @@ pub struct Image {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Callers waiting for `conn` now (counted only when they have to wait).
+    waiting: AtomicUsize,
     secret_key: secrets::SecretKey,
+}
+
+/// The store's lock, held by [`Store::hold`]: every other use of the store waits until it is
+/// dropped.
+pub struct Hold<'a> {
+    _conn: MutexGuard<'a, Connection>,
 }
 
 impl Store {
@@ -103,16 +112,43 @@ impl Store {
         let secret_key = secrets::SecretKey::open(&conn, &path.with_file_name(secrets::KEY_FILE))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            waiting: AtomicUsize::new(0),
             secret_key,
         })
     }
 
+    /// Every method takes the one connection's lock, and may so wait behind a long write
+    /// (an fsync, a big transaction): call them off async workers.
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let conn = self.lock()?;
         f(&conn)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        match self.conn.try_lock() {
+            Ok(conn) => Ok(conn),
+            Err(TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
+            Err(TryLockError::WouldBlock) => {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                let conn = self.conn.lock();
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                conn.map_err(|_| StoreError::Poisoned)
+            }
+        }
+    }
+
+    /// Takes the store's lock until the [`Hold`] is dropped, as a long write would: for tests
+    /// of what must not wait for the store.
+    pub fn hold(&self) -> Result<Hold<'_>, StoreError> {
+        self.lock().map(|conn| Hold { _conn: conn })
+    }
+
+    /// How many callers wait for the store's lock now (for tests and diagnostics).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Inserts or replaces a function; keeps its original creation time.

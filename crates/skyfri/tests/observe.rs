@@ -1,7 +1,7 @@
 //! Observability end to end through the real binary: metrics that move with calls, cold
 //! starts, scaling and OOM kills; the Grafana dashboard only queries metrics the gateway
 //! exports; the access log; function logs that rotate within their cap and stay readable
-//! (across rotated files, after scale to zero, per replica with `--instance`).
+//! (across rotated files, after scale to zero, per replica with `--instance`, followed).
 
 mod common;
 
@@ -386,4 +386,38 @@ fn logs_of_one_replica() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn logs_follow_prints_the_tail_then_new_lines() {
+    let p = Platform::start();
+    deploy(&p);
+    let r = p.http("POST", "/function/chatty", &[], b"1 5");
+    assert_eq!((r.status, r.text().as_str()), (200, "printed"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chatty_lines(&p, &[]).last() != Some(&5) {
+        assert!(Instant::now() < deadline, "lines 1-5 not logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let tail = p.cli(&["logs", "chatty", "--tail", "2"], "");
+    assert!(tail.ok, "{}", tail.stderr);
+    assert!(tail.stdout.ends_with("chatty 000005\n"), "{}", tail.stdout);
+
+    let (_follow, lines) = p.cli_running(&["logs", "chatty", "--follow", "--tail", "2"]);
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line from skyfri logs --follow")
+    };
+    let first_two = format!("{}\n{}\n", next(), next());
+    assert_eq!(first_two, tail.stdout);
+    // Lines printed from now on come as they are written, of every call.
+    for n in 6..=7 {
+        let body = format!("{n} {n}");
+        let r = p.http("POST", "/function/chatty", &[], body.as_bytes());
+        assert_eq!(r.status, 200);
+        let wanted = format!("chatty {n:06}");
+        while !next().ends_with(&wanted) {}
+    }
 }

@@ -120,7 +120,7 @@ pub async fn cost(
     State(state): State<AppState>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<CostReport>, GatewayError> {
-    let r = report(&state, q.month.as_deref())?;
+    let r = report(&state, q.month.as_deref()).await?;
     let (prices, prices_from, prices_error) = prices(&state);
     let mut c = price(r, prices, prices_from);
     c.prices_error = prices_error;

@@ -70,7 +70,7 @@ fn status_of(state: &AppState, stored: &StoredFunction) -> FunctionStatus {
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, GatewayError> {
-    let all = state.store.list_functions()?;
+    let all = state.with_store(|s| s.list_functions()).await?;
     Ok(Json(
         all.iter().map(|f| status_of(&state, f)).collect::<Vec<_>>(),
     ))
@@ -80,11 +80,17 @@ pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, GatewayError> {
-    let stored = state
-        .store
-        .get_function(&name)?
-        .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))?;
+    let stored = stored_function(&state, &name).await?;
     Ok(Json(status_of(&state, &stored)))
+}
+
+/// The stored function `name`, or a 404.
+async fn stored_function(state: &AppState, name: &str) -> Result<StoredFunction, GatewayError> {
+    let key = name.to_string();
+    state
+        .with_store(move |s| s.get_function(&key))
+        .await?
+        .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))
 }
 
 fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, GatewayError> {
@@ -97,14 +103,18 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, GatewayError> {
 pub async fn apply(state: &AppState, d: FunctionDeployment) -> Result<Deployment, GatewayError> {
     let spec = d.into_spec().map_err(GatewayError::bad_request)?;
     crate::limits::check_deploy(state, &spec)?;
-    super::secrets::require(state, &spec.name, &spec.secrets)?;
-    let image = state.store.get_image(&spec.image)?.ok_or_else(|| {
+    super::secrets::require(state, &spec.name, &spec.secrets).await?;
+    let (image_name, name) = (spec.image.clone(), spec.name.clone());
+    let (image, old) = state
+        .with_store(move |s| Ok((s.get_image(&image_name)?, s.get_function(&name)?)))
+        .await?;
+    let image = image.ok_or_else(|| {
         GatewayError::bad_request(format!(
             "image {:?} is not built on this skyfri: run `skyfri build -f stack.yml` (or `skyfri deploy -f stack.yml`) for the function that names it",
             spec.image
         ))
     })?;
-    let replicas = match state.store.get_function(&spec.name)? {
+    let replicas = match old {
         // An update keeps a scale set by /system/scale-function unless the minimum says more.
         Some(old) => old.deployment.replicas.max(spec.min_replicas()),
         None => spec.min_replicas(),
@@ -151,12 +161,13 @@ pub async fn update(
 ) -> Result<impl IntoResponse, GatewayError> {
     let d = parse_deployment(&body)?;
     let name = d.service.clone();
-    let result = match state.store.get_function(&d.service) {
+    let service = d.service.clone();
+    let result = match state.with_store(move |s| s.get_function(&service)).await {
         Ok(Some(_)) => apply(&state, d).await,
         Ok(None) => Err(GatewayError::not_found(format!(
             "function {name:?} not found"
         ))),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     state
         .audit
@@ -244,11 +255,7 @@ async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(),
             "replicas: {replicas} is more than the maximum of {MAX_REPLICAS}"
         )));
     }
-    let mut stored = state
-        .store
-        .get_function(name)?
-        .ok_or_else(|| GatewayError::not_found(format!("function {name:?} not found")))?
-        .deployment;
+    let mut stored = stored_function(state, name).await?.deployment;
     state
         .provider
         .scale(name, replicas)

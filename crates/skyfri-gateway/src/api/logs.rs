@@ -1,4 +1,12 @@
 //! `/system/logs`: a function's persisted logs as NDJSON, optionally followed live.
+//!
+//! The stored lines are read on the blocking pool (file reads would stall a request worker
+//! and every call it serves) and streamed to the client in batches of about [`BATCH`] bytes
+//! as they are read, the reader waiting while the client is behind: a read of the whole
+//! history holds a batch or two in memory, never the history. Followed lines come after
+//! them, none missed or repeated between the two.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -8,11 +16,18 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::Deserialize;
-use skyfri_runtime::LogLine;
+use skyfri_runtime::{LogLine, LogQuery};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::GatewayError;
 use crate::state::AppState;
+
+/// Bytes of NDJSON sent to the client at a time.
+pub const BATCH: usize = 64 * 1024;
+/// Batches read ahead of the client.
+const AHEAD: usize = 2;
 
 #[derive(Deserialize)]
 pub struct LogsQuery {
@@ -23,24 +38,29 @@ pub struct LogsQuery {
     instance: Option<String>,
 }
 
-fn ndjson(line: &LogLine) -> Bytes {
-    let mut v = serde_json::json!({
+fn ndjson(line: &LogLine, out: &mut Vec<u8>) {
+    let v = serde_json::json!({
         "name": line.name,
         "namespace": skyfri_core::function::DEFAULT_NAMESPACE,
         "instance": line.instance,
         "timestamp": line.timestamp.to_rfc3339(),
         "text": line.text,
-    })
-    .to_string();
-    v.push('\n');
-    Bytes::from(v)
+    });
+    // Writing JSON values to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &v);
+    out.push(b'\n');
 }
 
 pub async fn logs(
     State(state): State<AppState>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, GatewayError> {
-    if state.store.get_function(&q.name)?.is_none() {
+    let name = q.name.clone();
+    if state
+        .with_store(move |s| s.get_function(&name))
+        .await?
+        .is_none()
+    {
         return Err(GatewayError::not_found(format!(
             "function {:?} not found",
             q.name
@@ -55,40 +75,65 @@ pub async fn logs(
                 .map_err(|e| GatewayError::bad_request(format!("since: {s:?} is not RFC3339: {e}")))
         })
         .transpose()?;
-    let tail = q.tail.filter(|&t| t > 0).map(|t| t as usize);
-    let instance = q.instance.clone();
-    let keep = move |l: &LogLine| instance.as_ref().is_none_or(|i| &l.instance == i);
-    // Subscribe before reading history so no line falls between the two.
-    let live = q
-        .follow
-        .unwrap_or(false)
-        .then(|| state.provider.follow_logs(&q.name));
-    let history: Vec<Bytes> = state
-        .provider
-        .logs(&q.name, since, tail)
-        .iter()
-        .filter(|l| keep(l))
-        .map(ndjson)
-        .collect();
-    let head = futures_util::stream::iter(history.into_iter().map(Ok::<_, std::io::Error>));
-    let body = match live {
-        None => Body::from_stream(head),
-        Some(rx) => {
-            let tail = futures_util::stream::unfold(rx, move |mut rx| {
-                let keep = keep.clone();
-                async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(line) if keep(&line) => return Some((Ok(ndjson(&line)), rx)),
-                            Ok(_) => continue,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(_) => return None,
-                        }
-                    }
-                }
-            });
-            Body::from_stream(futures_util::StreamExt::chain(head, tail))
-        }
+    let query = LogQuery {
+        since,
+        tail: q.tail.filter(|&t| t > 0).map(|t| t as usize),
+        instance: q.instance.clone(),
+        follow: q.follow.unwrap_or(false),
     };
+    let (batches, stored) = mpsc::channel::<Bytes>(AHEAD);
+    let (live_tx, live) = oneshot::channel();
+    let provider = Arc::clone(&state.provider);
+    tokio::task::spawn_blocking(move || {
+        let read = provider.logs(&q.name, &query);
+        let _ = live_tx.send(read.live);
+        let mut batch = Vec::with_capacity(BATCH + 1024);
+        for line in read.stored {
+            ndjson(&line, &mut batch);
+            // A client that went away ends the read.
+            if batch.len() >= BATCH && batches.blocking_send(take(&mut batch)).is_err() {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = batches.blocking_send(take(&mut batch));
+        }
+    });
+    let stored = futures_util::stream::unfold(stored, |mut rx| async move {
+        let batch = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(batch), rx))
+    });
+    let instance = q.instance;
+    let live = futures_util::stream::once(live)
+        .filter_map(|rx| std::future::ready(rx.ok().flatten()))
+        .flat_map(move |rx| follow(rx, instance.clone()));
+    let body = Body::from_stream(stored.chain(live));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn take(batch: &mut Vec<u8>) -> Bytes {
+    Bytes::from(std::mem::replace(batch, Vec::with_capacity(BATCH + 1024)))
+}
+
+/// The lines to come (of `instance`, when given), one per chunk.
+fn follow(
+    rx: broadcast::Receiver<LogLine>,
+    instance: Option<String>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(rx, move |mut rx| {
+        let instance = instance.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(line) if instance.as_ref().is_none_or(|i| &line.instance == i) => {
+                        let mut out = Vec::new();
+                        ndjson(&line, &mut out);
+                        return Some((Ok(Bytes::from(out)), rx));
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
 }

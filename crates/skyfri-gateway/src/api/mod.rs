@@ -13,3 +13,6 @@ pub mod stats;
 pub mod system;
 pub mod tokens;
 pub mod usage;
+
+#[cfg(test)]
+mod tests;

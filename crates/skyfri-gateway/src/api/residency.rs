@@ -130,7 +130,7 @@ fn paths(dir: &Path, embedded_queue: bool) -> Vec<Place> {
 
 pub async fn residency(State(state): State<AppState>) -> Result<Json<Residency>, GatewayError> {
     let loc = &state.locations;
-    let stored = state.store.list_functions()?;
+    let stored = state.with_store(|s| s.list_functions()).await?;
     let mut functions = Vec::with_capacity(stored.len());
     let mut with_topics = Vec::new();
     for f in stored {

@@ -104,7 +104,7 @@ pub async fn list(
     Query(q): Query<NamespaceQuery>,
 ) -> Result<impl IntoResponse, GatewayError> {
     check_namespace(q.namespace.as_deref())?;
-    let names = state.store.list_secrets()?;
+    let names = state.with_store(|s| s.list_secrets()).await?;
     Ok(Json(
         names
             .into_iter()
@@ -192,11 +192,15 @@ fn not_found(name: &str) -> GatewayError {
 }
 
 /// Refuses a deployment that names secrets the store does not hold, before anything starts.
-pub fn require(state: &AppState, function: &str, secrets: &[String]) -> Result<(), GatewayError> {
+pub async fn require(
+    state: &AppState,
+    function: &str,
+    secrets: &[String],
+) -> Result<(), GatewayError> {
     if secrets.is_empty() {
         return Ok(());
     }
-    let stored = state.store.list_secrets()?;
+    let stored = state.with_store(|s| s.list_secrets()).await?;
     let missing: Vec<&String> = secrets.iter().filter(|s| !stored.contains(s)).collect();
     match missing.as_slice() {
         [] => Ok(()),

@@ -47,7 +47,7 @@ fn info(r: TokenRecord) -> TokenInfo {
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, GatewayError> {
-    let all = state.store.list_tokens()?;
+    let all = state.with_store(|s| s.list_tokens()).await?;
     Ok(Json(
         all.into_iter()
             .map(|r| info(state.tokens.overlay(r)))

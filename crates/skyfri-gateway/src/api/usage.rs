@@ -61,18 +61,21 @@ pub async fn usage(
     State(state): State<AppState>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, GatewayError> {
-    report(&state, q.month.as_deref()).map(Json)
+    report(&state, q.month.as_deref()).await.map(Json)
 }
 
 /// The stored usage of `month` (`YYYY-MM`; this month when absent or empty).
-pub(crate) fn report(state: &AppState, month: Option<&str>) -> Result<UsageReport, GatewayError> {
+pub(crate) async fn report(
+    state: &AppState,
+    month: Option<&str>,
+) -> Result<UsageReport, GatewayError> {
     let month = match month {
         None | Some("") => Month::of(Utc::now()),
         Some(m) => m
             .parse()
             .map_err(|e| GatewayError::bad_request(format!("month: {e}")))?,
     };
-    let rows = state.store.usage(month)?;
+    let rows = state.with_store(move |s| s.usage(month)).await?;
     let mut total = Usage::default();
     for (_, u) in &rows {
         total.add(u);

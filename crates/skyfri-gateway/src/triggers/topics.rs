@@ -316,9 +316,10 @@ async fn attach(
 ) -> Result<(pull::Stream, String), String> {
     let stream = stream_for(js, subject).await?;
     // The function's first deploy: messages published since then are its own.
+    let name = function.to_string();
     let since = state
-        .store
-        .get_function(function)
+        .with_store(move |s| s.get_function(&name))
+        .await
         .ok()
         .flatten()
         .and_then(|f| time::OffsetDateTime::from_unix_timestamp(f.created_at.timestamp()).ok());

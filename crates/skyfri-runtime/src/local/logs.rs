@@ -6,17 +6,27 @@
 //! (`.1` to `.2`, ...) and the oldest beyond [`Rotation::files`] is deleted. So a function
 //! holds at most `files` files of at most `max_bytes` each (a single longer line gets a file
 //! of its own), and readers go from the highest suffix down to the live file.
+//!
+//! Reading never holds up the writer: a read takes the sink's lock only to open the files
+//! (and note the live file's length then, all whole lines since writes hold the lock), then
+//! reads the open files after releasing it, so a rotation meanwhile (renames, removal of the
+//! oldest) does not change what it reads. Lines are read as they are asked for, never the
+//! whole history at once. A tail is found by reading the files backwards from their end,
+//! `--since` skips the files last written well before the cut, and a line is never longer
+//! than [`MAX_READ_LINE`] (longer ones, which the supervisor never writes, are skipped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use crate::provider::{LogLine, RuntimeError};
+use crate::provider::{LogLine, LogQuery, LogRead, RuntimeError};
 
 /// Default size of one log file.
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -24,6 +34,14 @@ pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_FILES: usize = 4;
 /// Lines a slow follower may lag behind before it starts missing some.
 const FOLLOW_BUFFER: usize = 1024;
+/// The longest line a reader takes (a JSON line of the longest text the supervisor writes is
+/// far shorter); longer ones are skipped.
+pub const MAX_READ_LINE: usize = 1 << 20;
+/// How much of a file a reader takes at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// A file last written this long before a `since` cut holds no line at or after it (file
+/// times can lag the clock by a tick).
+const MTIME_SLACK: Duration = Duration::from_secs(1);
 
 /// How big a function's log may grow, so a chatty function cannot fill the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,27 +138,26 @@ impl LogStore {
         Some(Arc::clone(sink))
     }
 
-    /// Stored lines of a function, oldest first: those at or after `since`, then the last `tail`.
-    pub fn read(
-        &self,
-        name: &str,
-        since: Option<DateTime<Utc>>,
-        tail: Option<usize>,
-    ) -> Vec<LogLine> {
+    /// A read of a function's stored lines (see the module's doc), and with `follow` the
+    /// lines written after them. Blocks while it opens the files; iterating the lines reads
+    /// them.
+    pub fn read(&self, name: &str, query: &LogQuery) -> LogRead {
         let Some(sink) = self.sink(name) else {
-            return Vec::new();
+            return LogRead {
+                stored: Box::new(std::iter::empty()),
+                live: query.follow.then(|| broadcast::channel(1).1),
+            };
         };
-        // Hold the writer lock so we never read a half-written line.
-        let file = sink.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut lines = Vec::new();
-        for path in file.paths() {
-            read_file(&path, since, &mut lines);
+        let (parts, live) = {
+            let file = sink.file.lock().unwrap_or_else(PoisonError::into_inner);
+            let parts: Vec<Part> = file.paths().iter().filter_map(|p| Part::open(p)).collect();
+            // Under the lock, as the writer sends: a line is either in the files or to come.
+            (parts, query.follow.then(|| sink.tx.subscribe()))
+        };
+        LogRead {
+            stored: Box::new(Lines::new(parts, query)),
+            live,
         }
-        if let Some(tail) = tail {
-            let skip = lines.len().saturating_sub(tail);
-            lines.drain(..skip);
-        }
-        lines
     }
 
     pub fn subscribe(&self, name: &str) -> broadcast::Receiver<LogLine> {
@@ -163,11 +180,15 @@ impl LogSink {
                 if let Err(e) = file.append(json.as_bytes()) {
                     tracing::warn!("writing {}: {e}", file.path.display());
                 }
+                // Under the lock, so that a reader's files and its live lines meet exactly.
+                // No followers is the normal case, not an error.
+                let _ = self.tx.send(line);
             }
-            Err(e) => tracing::warn!("encoding a log line: {e}"),
+            Err(e) => {
+                tracing::warn!("encoding a log line: {e}");
+                let _ = self.tx.send(line);
+            }
         }
-        // No followers is the normal case, not an error.
-        let _ = self.tx.send(line);
     }
 }
 
@@ -271,20 +292,217 @@ fn rotated(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn read_file(path: &Path, since: Option<DateTime<Utc>>, out: &mut Vec<LogLine>) {
-    let Ok(file) = File::open(path) else {
-        return;
-    };
-    for line in BufReader::new(file).lines() {
-        let Ok(line) = line else {
-            break;
-        };
-        // A torn last line (crash mid-write) is skipped rather than failing the whole read.
-        let Ok(entry) = serde_json::from_str::<LogLine>(&line) else {
-            continue;
-        };
-        if since.is_none_or(|s| entry.timestamp >= s) {
-            out.push(entry);
+/// One file of a log as a read found it: open, with its length then and when it was last
+/// written.
+struct Part {
+    file: File,
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Where the read starts (after the lines a tail leaves out).
+    start: u64,
+}
+
+impl Part {
+    fn open(path: &Path) -> Option<Part> {
+        let file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        Some(Part {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            file,
+            start: 0,
+        })
+    }
+
+    /// Whether it may hold lines at or after `since`.
+    fn reaches(&self, since: DateTime<Utc>) -> bool {
+        self.modified
+            .and_then(|m| m.checked_add(MTIME_SLACK))
+            .is_none_or(|m| DateTime::<Utc>::from(m) >= since)
+    }
+}
+
+/// Which stored lines a read keeps.
+struct Filter {
+    since: Option<DateTime<Utc>>,
+    instance: Option<String>,
+}
+
+impl Filter {
+    /// The line, if it is whole and kept. A torn line (a crash mid-write) is not.
+    fn keep(&self, raw: &[u8]) -> Option<LogLine> {
+        let line: LogLine = serde_json::from_slice(raw).ok()?;
+        let kept = self.since.is_none_or(|s| line.timestamp >= s)
+            && self.instance.as_ref().is_none_or(|i| &line.instance == i);
+        kept.then_some(line)
+    }
+}
+
+/// The lines of a read, oldest first, read from the files as they are asked for.
+struct Lines {
+    parts: VecDeque<Part>,
+    filter: Filter,
+    /// Still to be found: where the last `n` kept lines start.
+    tail: Option<usize>,
+    reading: Option<BufReader<std::io::Take<File>>>,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(mut parts: Vec<Part>, query: &LogQuery) -> Lines {
+        if let Some(since) = query.since {
+            parts.retain(|p| p.reaches(since));
+        }
+        Lines {
+            parts: parts.into(),
+            filter: Filter {
+                since: query.since,
+                instance: query.instance.clone(),
+            },
+            tail: query.tail,
+            reading: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads backwards from the end of the newest file for the `n`th last kept line, and
+    /// starts the read there.
+    fn find_tail(&mut self, n: usize) {
+        if n == 0 {
+            self.parts.clear();
+            return;
+        }
+        let mut found = 0;
+        for i in (0..self.parts.len()).rev() {
+            let part = &self.parts[i];
+            let mut lines = Backwards::new(&part.file, part.len);
+            while let Some((start, raw)) = lines.next_back() {
+                if self.filter.keep(&raw).is_none() {
+                    continue;
+                }
+                found += 1;
+                if found == n {
+                    self.parts[i].start = start;
+                    self.parts.drain(..i);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The next file to read, positioned at its start.
+    fn open_next(&mut self) -> Option<()> {
+        let Part {
+            mut file,
+            len,
+            start,
+            ..
+        } = self.parts.pop_front()?;
+        if file.seek(SeekFrom::Start(start)).is_ok() {
+            let rest = file.take(len.saturating_sub(start));
+            self.reading = Some(BufReader::with_capacity(READ_CHUNK, rest));
+        }
+        Some(())
+    }
+}
+
+impl Iterator for Lines {
+    type Item = LogLine;
+
+    fn next(&mut self) -> Option<LogLine> {
+        if let Some(n) = self.tail.take() {
+            self.find_tail(n);
+        }
+        loop {
+            let Some(reader) = self.reading.as_mut() else {
+                self.open_next()?;
+                continue;
+            };
+            match next_line(reader, &mut self.buf) {
+                Ok(true) => {
+                    if let Some(line) = self.filter.keep(&self.buf) {
+                        return Some(line);
+                    }
+                }
+                Ok(false) | Err(_) => self.reading = None,
+            }
+        }
+    }
+}
+
+/// Reads the next line into `buf`, without its newline; `false` at the end. A line longer
+/// than [`MAX_READ_LINE`] is skipped (`buf` is left empty).
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    let n = reader
+        .by_ref()
+        .take(MAX_READ_LINE as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_READ_LINE {
+        buf.clear();
+        reader.skip_until(b'\n')?;
+    }
+    Ok(true)
+}
+
+/// The lines of the first `len` bytes of a file, last first, with where each starts; read
+/// a chunk at a time from the end.
+struct Backwards<'a> {
+    file: &'a File,
+    /// `buf` holds the file's bytes from here to the end of the lines not yet returned.
+    pos: u64,
+    buf: Vec<u8>,
+    /// The line being collected is over [`MAX_READ_LINE`]: its bytes were dropped.
+    long: bool,
+}
+
+impl<'a> Backwards<'a> {
+    fn new(file: &'a File, len: u64) -> Backwards<'a> {
+        Backwards {
+            file,
+            pos: len,
+            buf: Vec::new(),
+            long: false,
+        }
+    }
+
+    /// The previous line (empty for one too long) and its offset; `None` at the start of
+    /// the file or on a read error.
+    fn next_back(&mut self) -> Option<(u64, Vec<u8>)> {
+        loop {
+            // The newline that ends the line being collected is not its start (once its
+            // bytes were dropped, the newline there was too).
+            let end = match self.buf.last() {
+                Some(b'\n') if !self.long => self.buf.len() - 1,
+                _ => self.buf.len(),
+            };
+            let newline = self.buf[..end].iter().rposition(|&b| b == b'\n');
+            if newline.is_some() || self.pos == 0 {
+                if newline.is_none() && self.buf.is_empty() && !self.long {
+                    return None;
+                }
+                let from = newline.map_or(0, |i| i + 1);
+                let line = match std::mem::take(&mut self.long) {
+                    true => Vec::new(),
+                    false => self.buf[from..end].to_vec(),
+                };
+                self.buf.truncate(from);
+                return Some((self.pos + from as u64, line));
+            }
+            if self.buf.len() > MAX_READ_LINE {
+                self.buf.clear();
+                self.long = true;
+            }
+            let n = READ_CHUNK.min(usize::try_from(self.pos).unwrap_or(READ_CHUNK));
+            self.pos -= n as u64;
+            let mut chunk = vec![0; n];
+            self.file.read_exact_at(&mut chunk, self.pos).ok()?;
+            self.buf.splice(0..0, chunk);
         }
     }
 }
@@ -294,12 +512,36 @@ mod tests {
     use super::*;
 
     fn line(text: &str) -> LogLine {
+        line_of("f-1", text)
+    }
+
+    fn line_of(instance: &str, text: &str) -> LogLine {
         LogLine {
             name: "f".into(),
-            instance: "f-1".into(),
+            instance: instance.into(),
             timestamp: Utc::now(),
             text: text.into(),
         }
+    }
+
+    fn read(store: &LogStore, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {
+        let query = LogQuery {
+            since,
+            tail,
+            ..LogQuery::default()
+        };
+        store.read("f", &query).stored.collect()
+    }
+
+    fn texts(lines: impl Iterator<Item = LogLine>) -> Vec<String> {
+        lines.map(|l| l.text).collect()
+    }
+
+    fn rotating(dir: &Path, max_bytes: u64, files: usize) -> Result<LogStore, RuntimeError> {
+        LogStore::open(LogConfig {
+            dir: dir.to_path_buf(),
+            rotation: Rotation { max_bytes, files },
+        })
     }
 
     #[test]
@@ -315,11 +557,11 @@ mod tests {
         assert_eq!(rx.try_recv()?.text, "one");
 
         let reopened = LogStore::open(dir.path().to_path_buf().into())?;
-        let all: Vec<_> = reopened.read("f", None, None);
+        let all = read(&reopened, None, None);
         assert_eq!(all.len(), 3);
-        let since = reopened.read("f", Some(cut), None);
+        let since = read(&reopened, Some(cut), None);
         assert_eq!(since.len(), 2);
-        let tail = reopened.read("f", None, Some(1));
+        let tail = read(&reopened, None, Some(1));
         assert_eq!(tail[0].text, "three");
         assert!(store.sink("../x").is_none());
         Ok(())
@@ -345,8 +587,8 @@ mod tests {
         for f in &files {
             assert!(f.metadata()?.len() <= 1024, "{:?} over the cap", f.path());
         }
-        let read = store.read("f", None, None);
-        let numbers: Vec<usize> = read
+        let all = read(&store, None, None);
+        let numbers: Vec<usize> = all
             .iter()
             .map(|l| l.text[5..].parse())
             .collect::<Result<_, _>>()?;
@@ -354,7 +596,7 @@ mod tests {
         assert_eq!(numbers.last(), Some(&199));
         assert!(numbers.len() > 20, "{}", numbers.len());
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
-        let tail = store.read("f", None, Some(5));
+        let tail = read(&store, None, Some(5));
         assert_eq!(tail.first().map(|l| l.text.as_str()), Some("line 0195"));
 
         let bad = LogStore::open(LogConfig {
@@ -365,6 +607,113 @@ mod tests {
             },
         });
         assert!(bad.is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_tail_of_one_instance_is_its_own_last_lines() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = rotating(dir.path(), 1024, 30)?;
+        let sink = store.sink("f").ok_or("no sink")?;
+        // f-a's lines are early and few; f-b's fill several files after them.
+        for i in 0..5 {
+            sink.write(line_of("f-a", &format!("a {i}")));
+        }
+        for i in 0..100 {
+            sink.write(line_of("f-b", &format!("b {i}")));
+        }
+        let query = |instance: &str, tail| LogQuery {
+            instance: Some(instance.into()),
+            tail: Some(tail),
+            ..LogQuery::default()
+        };
+        let a = texts(store.read("f", &query("f-a", 2)).stored);
+        assert_eq!(a, ["a 3", "a 4"]);
+        let a = texts(store.read("f", &query("f-a", 50)).stored);
+        assert_eq!(a.len(), 5, "{a:?}");
+        let b = texts(store.read("f", &query("f-b", 3)).stored);
+        assert_eq!(b, ["b 97", "b 98", "b 99"]);
+        assert!(texts(store.read("f", &query("f-c", 3)).stored).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn since_skips_the_files_last_written_before_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = rotating(dir.path(), 1024, 4)?;
+        let sink = store.sink("f").ok_or("no sink")?;
+        for i in 0..40 {
+            sink.write(line(&format!("line {i:02}")));
+        }
+        assert!(dir.path().join("f.jsonl.1").exists());
+        // The rotated files say they were last written an hour ago: their lines (which say
+        // otherwise) are not even read.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for n in 1..4 {
+            if let Ok(f) = File::options()
+                .write(true)
+                .open(rotated(&dir.path().join("f.jsonl"), n))
+            {
+                f.set_modified(hour_ago)?;
+            }
+        }
+        let cut = Utc::now() - chrono::Duration::minutes(1);
+        let since = read(&store, Some(cut), None);
+        let live = fs::read_to_string(dir.path().join("f.jsonl"))?
+            .lines()
+            .count();
+        assert_eq!(since.len(), live);
+        assert_eq!(since.last().map(|l| l.text.as_str()), Some("line 39"));
+        assert!(read(&store, None, None).len() > live);
+        Ok(())
+    }
+
+    #[test]
+    fn a_read_does_not_hold_up_the_writer_and_follows_exactly(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = rotating(dir.path(), 1024, 3)?;
+        let sink = store.sink("f").ok_or("no sink")?;
+        for i in 0..10 {
+            sink.write(line(&format!("old {i}")));
+        }
+        let query = LogQuery {
+            follow: true,
+            ..LogQuery::default()
+        };
+        let mut read = store.read("f", &query);
+        assert_eq!(read.stored.next().map(|l| l.text), Some("old 0".into()));
+        // Written (and rotated away several times) mid-read: the writer does not wait for
+        // the reader, the read still has what was there when it began, and the new lines
+        // come live, once.
+        for i in 0..60 {
+            sink.write(line(&format!("new {i}")));
+        }
+        let rest = texts(read.stored);
+        assert_eq!(
+            rest,
+            (1..10).map(|i| format!("old {i}")).collect::<Vec<_>>()
+        );
+        let mut live = read.live.ok_or("not following")?;
+        assert_eq!(live.try_recv()?.text, "new 0");
+        Ok(())
+    }
+
+    #[test]
+    fn backwards_reads_every_line_with_its_offset() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f");
+        let long = "x".repeat(READ_CHUNK * 2 + 7);
+        let text = format!("one\n\n{long}\nthree\nfour");
+        fs::write(&path, &text)?;
+        let file = File::open(&path)?;
+        let mut back = Backwards::new(&file, text.len() as u64);
+        let mut got = Vec::new();
+        while let Some((at, line)) = back.next_back() {
+            assert!(text[at as usize..].starts_with(std::str::from_utf8(&line)?));
+            got.push(String::from_utf8(line)?);
+        }
+        assert_eq!(got, ["four", "three", long.as_str(), "", "one"]);
         Ok(())
     }
 }

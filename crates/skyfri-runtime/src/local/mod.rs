@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use skyfri_core::scaling::ScalePolicy;
 use skyfri_core::Deployment;
 use tokio::sync::broadcast;
 
 use crate::artefact::ArtefactStore;
 use crate::provider::{
-    CallTracker, Endpoint, LogLine, Provider, ReplicaStatus, RuntimeError, SecretSource,
+    CallTracker, Endpoint, LogLine, LogQuery, LogRead, Provider, ReplicaStatus, RuntimeError,
+    SecretSource,
 };
 use cells::Cells;
 use launch::Launch;
@@ -179,18 +179,20 @@ impl LocalProvider {
         Ok(replicas)
     }
 
-    /// The values of the secrets `names`, or which one is missing.
-    fn secret_values(&self, names: &[String]) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
-        names
-            .iter()
-            .map(|name| match self.secrets.secret(name) {
-                Ok(Some(value)) => Ok((name.clone(), value)),
-                Ok(None) => Err(RuntimeError::Invalid(format!(
-                    "secret {name:?} does not exist: create it with `skyfri secret create {name}`"
-                ))),
-                Err(e) => Err(RuntimeError::Invalid(format!("secret {name:?}: {e}"))),
-            })
-            .collect()
+    /// The values of the secrets `names`, or which one is missing. Read on the blocking
+    /// pool: the source is the store, whose lock a long write may hold, and a deploy runs on
+    /// a thread that serves calls too.
+    async fn secret_values(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (source, names) = (Arc::clone(&self.secrets), names.to_vec());
+        tokio::task::spawn_blocking(move || read_secrets(source.as_ref(), &names))
+            .await
+            .map_err(|e| RuntimeError::Invalid(format!("reading secrets: {e}")))?
     }
 
     /// Admission by `requests.memory`: `replicas` of `function` (replacing whatever it runs
@@ -317,6 +319,23 @@ async fn wait_ready(replicas: &[Arc<Replica>], initial_delay: Duration) -> Resul
 }
 
 /// The node's memory, from /proc/meminfo.
+/// The values of the secrets `names` from `source`, or which one is missing (blocking).
+fn read_secrets(
+    source: &dyn SecretSource,
+    names: &[String],
+) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
+    names
+        .iter()
+        .map(|name| match source.secret(name) {
+            Ok(Some(value)) => Ok((name.clone(), value)),
+            Ok(None) => Err(RuntimeError::Invalid(format!(
+                "secret {name:?} does not exist: create it with `skyfri secret create {name}`"
+            ))),
+            Err(e) => Err(RuntimeError::Invalid(format!("secret {name:?}: {e}"))),
+        })
+        .collect()
+}
+
 fn node_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
@@ -352,7 +371,7 @@ impl Provider for LocalProvider {
                 self.isolation.sandbox_problem.as_deref().unwrap_or("unknown reason")
             )));
         }
-        let secrets = self.secret_values(&d.spec.secrets)?;
+        let secrets = self.secret_values(&d.spec.secrets).await?;
         let mut launch = launch::plan(
             d,
             &dir,
@@ -544,8 +563,8 @@ impl Provider for LocalProvider {
         })
     }
 
-    fn logs(&self, name: &str, since: Option<DateTime<Utc>>, tail: Option<usize>) -> Vec<LogLine> {
-        self.logs.read(name, since, tail)
+    fn logs(&self, name: &str, query: &LogQuery) -> LogRead {
+        self.logs.read(name, query)
     }
 
     fn follow_logs(&self, name: &str) -> broadcast::Receiver<LogLine> {

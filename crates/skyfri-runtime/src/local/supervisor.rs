@@ -591,7 +591,15 @@ pub(super) fn set_scheduler(tid: i32, policy: libc::c_int) -> std::io::Result<()
     Ok(())
 }
 
-/// Copies one output stream to `line`, line by line, until it closes.
+/// The longest line of a replica's output, in bytes: longer ones are split (as Docker's and
+/// CRI's log drivers split them), each piece but the last ending in [`CONTINUED`], so that a
+/// replica printing without newlines cannot grow the supervisor's memory.
+pub(super) const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Ends each piece of a split line but the last.
+pub(super) const CONTINUED: &str = " [continued]";
+
+/// Copies one output stream to `line`, line by line (see [`MAX_LINE_BYTES`]), until it
+/// closes.
 pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
     stream: Option<R>,
     line: impl Fn(String) + Send + 'static,
@@ -601,18 +609,63 @@ pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
             return;
         };
         let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(256);
+        let text = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .trim_end_matches('\r')
+                .to_string()
+        };
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf);
-                    line(text.trim_end_matches(['\n', '\r']).to_string());
+            let (taken, ended) = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(available) => {
+                    let room = &available[..available.len().min(MAX_LINE_BYTES - buf.len())];
+                    match room.iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            buf.extend_from_slice(&room[..i]);
+                            (i + 1, true)
+                        }
+                        None => {
+                            buf.extend_from_slice(room);
+                            (room.len(), false)
+                        }
+                    }
                 }
+            };
+            reader.consume(taken);
+            if ended {
+                line(text(&buf));
+                buf.clear();
+            } else if buf.len() >= MAX_LINE_BYTES {
+                let cut = char_boundary(&buf);
+                line(format!("{}{CONTINUED}", text(&buf[..cut])));
+                buf.drain(..cut);
             }
         }
+        // The last line, without a newline.
+        if !buf.is_empty() {
+            line(text(&buf));
+        }
     })
+}
+
+/// Where `buf` may be cut without splitting a UTF-8 character: before an incomplete one at
+/// its end.
+fn char_boundary(buf: &[u8]) -> usize {
+    let len = buf.len();
+    for back in 1..=len.min(4) {
+        let b = buf[len - back];
+        if b & 0xC0 != 0x80 {
+            let needs = match b {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if needs > back { len - back } else { len };
+        }
+    }
+    len
 }
 
 /// Waits briefly for the output readers, so the last lines a dying process wrote (a
@@ -714,4 +767,57 @@ fn free_port() -> Result<std::net::SocketAddr, RuntimeError> {
 /// `wait_for` returns is not `Send` and must not live in the supervisor's future.
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_line_without_end_is_cut_into_pieces_as_it_comes(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (mut replica, output) = tokio::io::duplex(4096);
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let reader = read_lines(Some(output), move |l| {
+            let _ = tx.send(l);
+        });
+        // Three pieces' worth, with a multi-byte character across the first cut, and no
+        // newline: the pieces come while the replica still prints.
+        let mut long = "x".repeat(MAX_LINE_BYTES - 1);
+        long.push('é');
+        long.push_str(&"y".repeat(MAX_LINE_BYTES * 2));
+        replica.write_all(long.as_bytes()).await?;
+        let mut piece = async || {
+            tokio::time::timeout(Duration::from_secs(10), lines.recv())
+                .await
+                .map_err(|_| "no piece while the line goes on")?
+                .ok_or("no piece")
+        };
+        let first = piece().await?;
+        let second = piece().await?;
+        for piece in [&first, &second] {
+            assert!(piece.ends_with(CONTINUED), "{}", &piece[piece.len() - 20..]);
+            assert!(piece.len() <= MAX_LINE_BYTES + CONTINUED.len());
+        }
+        replica.write_all(b"\nshort\r\nlast").await?;
+        drop(replica);
+        reader.await?;
+        let mut rest = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            rest.push(l);
+        }
+        assert_eq!(rest[rest.len() - 2..], ["short", "last"]);
+        let whole: String = [first, second]
+            .iter()
+            .map(|p| p.trim_end_matches(CONTINUED))
+            .chain(
+                rest[..rest.len() - 2]
+                    .iter()
+                    .map(|p| p.trim_end_matches(CONTINUED)),
+            )
+            .collect();
+        assert_eq!(whole, long);
+        Ok(())
+    }
 }

@@ -170,11 +170,15 @@ pub fn endpoint(provider: &LocalProvider, name: &str) -> Result<Endpoint> {
         .ok_or("no ready endpoint")?)
 }
 
+/// Every stored line of `name`.
+pub fn all_logs(provider: &LocalProvider, name: &str) -> Vec<skyfri_runtime::LogLine> {
+    provider.logs(name, &Default::default()).stored.collect()
+}
+
 /// Logs are written by reader tasks: give them a moment.
 pub async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) -> Result<()> {
     for _ in 0..100 {
-        if provider
-            .logs(name, None, None)
+        if all_logs(provider, name)
             .iter()
             .any(|l| l.text.contains(needle))
         {
@@ -182,9 +186,5 @@ pub async fn wait_for_log(provider: &LocalProvider, name: &str, needle: &str) ->
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(format!(
-        "{needle:?} not in logs: {:?}",
-        provider.logs(name, None, None)
-    )
-    .into())
+    Err(format!("{needle:?} not in logs: {:?}", all_logs(provider, name)).into())
 }

@@ -204,6 +204,35 @@ impl Platform {
         self.cli_as(cwd, None, args, stdin, env)
     }
 
+    /// Starts the CLI against this platform and leaves it running (`logs --follow`): its
+    /// stdout lines come on the receiver; it is killed when the [`Running`] is dropped.
+    pub fn cli_running(&self, args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
+            .args(args)
+            .current_dir(fixtures())
+            .env_remove("OPENFAAS_URL")
+            .env_remove("SKYFRI_TOKEN")
+            .env_remove("SKYFRI_DEBUG")
+            .env("SKYFRI_URL", self.url())
+            .env("SKYFRI_PASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run skyfri cli");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (Running(child), rx)
+    }
+
     /// Runs the CLI with an API token (`SKYFRI_TOKEN`, which wins over the password).
     pub fn cli_with_token(&self, token: &str, args: &[&str], stdin: &str) -> Output {
         self.cli_as(&fixtures(), Some(token), args, stdin, &[])
@@ -304,6 +333,16 @@ impl Drop for Platform {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+    }
+}
+
+/// A CLI process left running; killed on drop.
+pub struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
