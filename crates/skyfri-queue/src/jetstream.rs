@@ -268,40 +268,14 @@ impl JetStreamQueue {
                 options.stream, options.stream
             )));
         }
-        let kv = match js.get_key_value(options.bucket.clone()).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                // The bucket's stream as the client's `create_key_value` makes it, created
-                // directly: that call first asks for account info in a shape nats-server
-                // 2.9 does not answer with.
-                let bucket = &options.bucket;
-                let config = stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("skyfri async call records".into()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age: options.record_max_age,
-                    storage: stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                let created = js.get_or_create_stream(config).await;
-                let got = js.get_key_value(bucket.clone()).await;
-                match (created, got) {
-                    (_, Ok(kv)) => kv,
-                    (Err(e), Err(_)) => {
-                        return Err(fail(&format!("cannot create the KV bucket {bucket}"), &e))
-                    }
-                    (Ok(_), Err(e)) => {
-                        return Err(fail(&format!("cannot open the KV bucket {bucket}"), &e))
-                    }
-                }
-            }
-        };
+        let kv = open_bucket(
+            &js,
+            &options.bucket,
+            "skyfri async call records",
+            options.record_max_age,
+        )
+        .await
+        .map_err(|e| fail(&format!("cannot open the KV bucket {}", options.bucket), &e))?;
         let (closed, _) = watch::channel(false);
         Ok(Arc::new(JetStreamQueue {
             inner: Arc::new(Inner {
@@ -316,6 +290,41 @@ impl JetStreamQueue {
                 closed,
             }),
         }))
+    }
+}
+
+/// Opens the KV bucket `bucket` (history 1, file storage, entries expiring `max_age` after
+/// their last change), creating it if there is none. Works with nats-server 2.9: the bucket's
+/// stream is created directly, as the client's `create_key_value` would make it (that call
+/// first asks for account info in a shape 2.9 does not answer with).
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let created = js.get_or_create_stream(config).await;
+    match (created, js.get_key_value(bucket).await) {
+        (_, Ok(kv)) => Ok(kv),
+        (Err(e), Err(_)) => Err(format!("creating it: {e}")),
+        (Ok(_), Err(e)) => Err(e.to_string()),
     }
 }
 
