@@ -176,7 +176,11 @@ fn a_manual_scale_holds_until_traffic_arrives() {
     }
     // Idle for longer than its zero-duration (3 s) and a few decisions: still two.
     std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(replicas(&p), (2, 2), "the manual scale was undone while idle");
+    assert_eq!(
+        replicas(&p),
+        (2, 2),
+        "the manual scale was undone while idle"
+    );
     let v = p.admin("GET", "/system/function/sleeper", "").json();
     assert!(
         v["scaling"]["reason"]

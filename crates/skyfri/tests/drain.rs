@@ -16,7 +16,11 @@ use common::{fixtures, http, Platform};
 const STREAM: &str = "DRAIN";
 
 fn deploy(p: &Platform) {
-    let out = p.cli_in(&fixtures().join("drain"), &["deploy", "-f", "stack.yml"], "");
+    let out = p.cli_in(
+        &fixtures().join("drain"),
+        &["deploy", "-f", "stack.yml"],
+        "",
+    );
     assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
 }
 
@@ -61,18 +65,16 @@ fn wait_logged(p: &Platform, what: &str, n: usize, within: Duration) -> String {
 
 /// The config of the only consumer on [`STREAM`] (skyfri's durable), and its name.
 fn consumer(nats: &Nats) -> (String, serde_json::Value) {
-    let names: serde_json::Value = serde_json::from_str(
-        &nats.request(&format!("$JS.API.CONSUMER.NAMES.{STREAM}"), b"{}"),
-    )
-    .expect("consumer names");
+    let names: serde_json::Value =
+        serde_json::from_str(&nats.request(&format!("$JS.API.CONSUMER.NAMES.{STREAM}"), b"{}"))
+            .expect("consumer names");
     let name = names["consumers"][0]
         .as_str()
         .unwrap_or_else(|| panic!("no consumer on {STREAM}: {names}"))
         .to_string();
-    let info: serde_json::Value = serde_json::from_str(
-        &nats.request(&format!("$JS.API.CONSUMER.INFO.{STREAM}.{name}"), b""),
-    )
-    .expect("consumer info");
+    let info: serde_json::Value =
+        serde_json::from_str(&nats.request(&format!("$JS.API.CONSUMER.INFO.{STREAM}.{name}"), b""))
+            .expect("consumer info");
     (name, info["config"].clone())
 }
 
@@ -97,20 +99,30 @@ fn a_topic_message_running_at_sigterm_runs_again_at_once_as_the_same_attempt(nat
     // function's retry attempts.
     let (name, mut config) = consumer(nats);
     let reply = nats.request(&format!("$JS.API.CONSUMER.DELETE.{STREAM}.{name}"), b"");
-    assert!(!reply.contains("\"error\""), "consumer not deleted: {reply}");
+    assert!(
+        !reply.contains("\"error\""),
+        "consumer not deleted: {reply}"
+    );
     config["max_deliver"] = 2.into();
     let body = serde_json::json!({ "stream_name": STREAM, "config": config }).to_string();
     let reply = nats.request(
         &format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.{name}"),
         body.as_bytes(),
     );
-    assert!(!reply.contains("\"error\""), "consumer not created: {reply}");
+    assert!(
+        !reply.contains("\"error\""),
+        "consumer not created: {reply}"
+    );
     let p = start(&data, nats, None);
     p.wait_output("topic trigger ready", 1, Duration::from_secs(60));
     let max_deliver = consumer(nats).1["max_deliver"].clone();
     if nats.version().starts_with("2.9.") {
         assert_eq!(max_deliver, 2);
-        p.wait_output("consumer made by an older skyfri", 1, Duration::from_secs(5));
+        p.wait_output(
+            "consumer made by an older skyfri",
+            1,
+            Duration::from_secs(5),
+        );
     } else {
         assert_eq!(max_deliver, -1, "max_deliver kept on {}", nats.version());
     }

@@ -76,8 +76,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
-use async_nats::jetstream::kv;
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
@@ -682,12 +682,10 @@ impl Handbacks {
     async fn count(&self, key: &str) -> u32 {
         let Some(kv) = &self.0 else { return 0 };
         match kv.entry(key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            }
+            Ok(Some(e)) if e.operation == kv::Operation::Put => std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             Ok(_) => 0,
             Err(e) => {
                 tracing::warn!(key, error = %e, "hand-back count not read; taken as 0");

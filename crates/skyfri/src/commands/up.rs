@@ -488,7 +488,11 @@ impl Up {
             dispatchers,
             triggers,
             hand_back,
-            if draining { SHUTDOWN_GRACE } else { Duration::ZERO },
+            if draining {
+                SHUTDOWN_GRACE
+            } else {
+                Duration::ZERO
+            },
         );
         let (served, dashboard_served, ()) = tokio::join!(
             async {
