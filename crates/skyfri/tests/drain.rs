@@ -133,7 +133,7 @@ fn a_topic_message_running_at_sigterm_runs_again_at_once_as_the_same_attempt(nat
 
     let restarted = Instant::now();
     let p = start(&data, nats, None);
-    let l = wait_logged(&p, "start t1 attempt 1", 2, Duration::from_secs(60));
+    wait_logged(&p, "start t1 attempt 1", 2, Duration::from_secs(60));
     let waited = restarted.elapsed();
     assert!(
         waited < Duration::from_secs(30),
