@@ -760,6 +760,8 @@ mod tests {
         let w = durable_name("f", "a.*.>");
         assert!(!w.contains(['.', '*', '>', ' ']), "{w}");
         assert!(w.contains("star") && w.contains("all"), "{w}");
+        assert_eq!(handback_key("ORDERS", 42), "ORDERS.42");
+        assert_eq!(handback_key("my.stream@x", 7), "my=2Estream=40x.7");
         let s = stream_name("orders.*");
         assert!(
             s.starts_with("SKYFRI_ORDERS__") && !s.contains(['.', '*', '>']),
