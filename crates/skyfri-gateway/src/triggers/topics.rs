@@ -533,7 +533,11 @@ async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Mess
     let spec = &live.deployment.spec;
     let policy = RetryPolicy::from_spec(spec).unwrap_or_default();
     let key = handback_key(stream, sequence);
-    let handed_back = handbacks.count(&key).await;
+    // A first delivery cannot have been handed back: no lookup on the common path.
+    let handed_back = match delivered {
+        1 => 0,
+        _ => handbacks.count(&key).await,
+    };
     let attempt = delivered.saturating_sub(handed_back).max(1);
     if attempt > policy.attempts {
         // The last attempt's gateway died (its ack_wait lapsed): no attempt is left.
@@ -642,7 +646,7 @@ async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Mess
 
 /// The key of a message's hand-back count: its stream and sequence. Stream names may hold
 /// characters KV keys may not; those are written `=XX` (hex).
-pub fn handback_key(stream: &str, sequence: u64) -> String {
+fn handback_key(stream: &str, sequence: u64) -> String {
     let mut key = String::with_capacity(stream.len() + 21);
     for b in stream.bytes() {
         match b {
@@ -707,7 +711,7 @@ impl Handbacks {
                         .ok()
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
-                    let value = Bytes::from((n + 1).to_string());
+                    let value = Bytes::from(n.saturating_add(1).to_string());
                     match kv.update(key, value, e.revision).await {
                         Ok(_) => true,
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
