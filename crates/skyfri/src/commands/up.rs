@@ -482,6 +482,13 @@ impl Up {
             _ = stopped.wait_for(|s| *s) => None,
         };
         let draining = early.is_none();
+        if draining {
+            tracing::info!(
+                calls_in_flight = calls_in_flight(&state),
+                grace = ?SHUTDOWN_GRACE,
+                "draining: no new connections; calls in flight finish, async calls and topic messages still running after the grace period are handed back"
+            );
+        }
         let started = tokio::time::Instant::now();
         let longest = Duration::from_secs(self.max_timeout) + Duration::from_secs(1);
         let background = hand_back_after(
