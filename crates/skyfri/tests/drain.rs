@@ -198,26 +198,56 @@ fn an_async_call_handed_back_at_its_last_attempt_runs_again_jetstream() {
     an_async_call_handed_back_at_its_last_attempt_is_not_dead_letter(Some("NATS"));
 }
 
-/// A sync call in flight at SIGTERM finishes (it takes longer than the 5 s grace, shorter
-/// than its timeout); meanwhile no new connection is accepted.
+/// Calls in flight at SIGTERM finish (they take longer than the 5 s grace, less than their
+/// timeout), also on a function whose server dies at once on SIGTERM: the replicas are
+/// stopped only once the calls have ended. Meanwhile no new connection is accepted.
 #[test]
-fn a_call_in_flight_at_sigterm_finishes_and_new_connections_are_refused() {
+fn calls_in_flight_at_sigterm_finish_and_new_connections_are_refused() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = start(&tmp.path().join("data"), &nats, None);
     deploy(&p);
-    let addr = p.addr.clone();
-    let call = std::thread::spawn(move || http(&addr, "POST", "/function/work", &[], b"s1 8"));
+    let calls: Vec<_> = [("work", "s1 8"), ("web", "s2 8")]
+        .into_iter()
+        .map(|(function, body)| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                http(
+                    &addr,
+                    "POST",
+                    &format!("/function/{function}"),
+                    &[],
+                    body.as_bytes(),
+                )
+            })
+        })
+        .collect();
     wait_logged(&p, "start s1 attempt 0", 1, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.cli(&["logs", "web"], "").stdout.contains("web start s2") {
+        assert!(Instant::now() < deadline, "web did not start s2");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let addr = p.addr.clone();
     let probe = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
         TcpStream::connect(&addr).is_ok()
     });
     p.stop();
-    let r = call.join().expect("the call in flight was cut");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), "done s1 attempt 0");
+    let answers: Vec<_> = calls
+        .into_iter()
+        .map(|c| {
+            let r = c.join().expect("a call in flight was cut");
+            (r.status, r.text())
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (200, "done s1 attempt 0".to_string()),
+            (200, "web done s2".to_string())
+        ]
+    );
     assert!(
         !probe.join().expect("probe"),
         "a new connection was accepted while draining"
