@@ -287,6 +287,14 @@ impl Platform {
         let _ = self.child.wait();
     }
 
+    /// Reaps a platform the test killed itself; returns its output.
+    pub fn reap(mut self) -> String {
+        let _ = self.child.wait();
+        // The readers get what was left in the pipes.
+        std::thread::sleep(Duration::from_millis(200));
+        self.logs()
+    }
+
     /// Stops the platform as SIGTERM would, and waits until it has exited.
     pub fn stop(mut self) {
         self.signal(libc::SIGTERM);
