@@ -2,6 +2,9 @@
 //! (`skyfri_core::scaling`) once a second, and applies its decision every two seconds
 //! through the provider. Scale to zero happens here; scale from zero is the router's
 //! activation (a waiting call must not wait for the next tick).
+//!
+//! A manual scale (`/system/scale-function`) is held: the autoscaler leaves the count as set
+//! until traffic arrives (a call started or waiting), then decides again as usual.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,13 +37,16 @@ pub struct LastDecision {
     pub at: DateTime<Utc>,
 }
 
-/// Decisions by function, shared with the API.
+/// Decisions by function, shared with the API, and the manual scales not yet taken up.
 #[derive(Default)]
-pub struct Decisions(Mutex<HashMap<String, LastDecision>>);
+pub struct Decisions {
+    last: Mutex<HashMap<String, LastDecision>>,
+    holds: Mutex<HashMap<String, u32>>,
+}
 
 impl Decisions {
     pub fn get(&self, name: &str) -> Option<LastDecision> {
-        self.0
+        self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
@@ -48,17 +54,36 @@ impl Decisions {
     }
 
     fn set(&self, name: &str, d: LastDecision) {
-        self.0
+        self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), d);
     }
 
     pub fn forget(&self, name: &str) {
-        self.0
+        self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// A manual scale to `replicas`: the autoscaler keeps it until traffic arrives.
+    pub fn hold(&self, name: &str, replicas: u32) {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), replicas);
+    }
+
+    fn take_hold(&self, name: &str) -> Option<u32> {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
     }
 }
 
@@ -74,6 +99,14 @@ struct Scaler {
     busy: f64,
     recorded: Instant,
     decided: Instant,
+    /// A manual scale being held.
+    hold: Option<Hold>,
+}
+
+/// A manual scale to `replicas`, held while no call has started since `started` calls.
+struct Hold {
+    replicas: u32,
+    started: u64,
 }
 
 impl Scaler {
@@ -95,6 +128,7 @@ impl Scaler {
             busy: live.router.busy_seconds(),
             recorded: now,
             decided: now,
+            hold: None,
             live,
         })
     }
@@ -156,6 +190,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let now = Instant::now();
         sync(&state, &mut scalers, now);
         for (name, s) in &mut scalers {
+            if let Some(replicas) = state.decisions.take_hold(name) {
+                s.hold = Some(Hold {
+                    replicas,
+                    started: s.live.router.started(),
+                });
+            }
             s.sample();
             let poked = s.live.router.waiting() > 0 && now.duration_since(s.decided) >= POKE;
             if now.duration_since(s.recorded) >= RECORD || poked {
@@ -194,6 +234,27 @@ fn decide(state: &AppState, name: &str, s: &mut Scaler, now: Instant) {
     };
     s.live.stats.replicas(now, status.available);
     let decision = s.kpa.decide(now, status.available);
+    if let Some(hold) = &s.hold {
+        let router = &s.live.router;
+        if router.started() == hold.started && router.waiting() == 0 {
+            state.metrics.set_replicas(name, status.desired);
+            state.decisions.set(
+                name,
+                LastDecision {
+                    desired: hold.replicas,
+                    panic: false,
+                    reason: format!(
+                        "held at {} by a manual scale until traffic arrives",
+                        hold.replicas
+                    ),
+                    at: Utc::now(),
+                },
+            );
+            return;
+        }
+        tracing::info!(function = %name, replicas = hold.replicas, "traffic arrived: the manual scale is no longer held");
+        s.hold = None;
+    }
     let previous = state.decisions.get(name);
     if previous.as_ref().map(|p| (p.desired, p.panic)) != Some((decision.desired, decision.panic)) {
         tracing::info!(function = %name, desired = decision.desired, ready = status.available, reason = %decision.reason, "scaling decision");

@@ -55,10 +55,12 @@
 //!    `ack_wait`, and `next` skips it (2). A retry records `retrying` and then NAKs the
 //!    message with the retry delay: the server redelivers it when it is due (attempt from
 //!    the record, so a NAK'd or lapsed delivery counts exactly like in the embedded queue).
-//! 5. **Attempts and the delivery limit.** Attempts come from the record (hand-outs since
-//!    enqueue or redrive), so the worker's retry policy turns a call that keeps killing its
-//!    gateway into a dead letter. As a backstop, a message delivered more than
-//!    [`JetStreamOptions::max_deliveries`] times is recorded dead by `next` itself.
+//! 5. **Attempts and the backstop.** Attempts come from the record (hand-outs since enqueue
+//!    or redrive, a lapsed lease counting as one, a hand-back not), so the worker's retry
+//!    policy turns a call that keeps killing its gateway into a dead letter. As a backstop, a
+//!    call that would start attempt [`JetStreamOptions::max_attempts`] + 1 is recorded dead by
+//!    `next` itself. The server's delivery count is not used: a NAK at shutdown (a hand-back)
+//!    or a pull for a `next` that was dropped is a delivery without an attempt.
 //! 6. **Cancel-safe `next`, `release`.** The pull runs in a task of its own: if `next` is
 //!    dropped (or the queue closed) while the task holds a call it just took, the task puts
 //!    the record back as it was and NAKs the message, so it is due again at once with the
@@ -124,8 +126,10 @@ pub struct JetStreamOptions {
     /// How long a record is kept after its last change (done, dead and cancelled calls stay
     /// visible, and their ids idempotent, this long).
     pub record_max_age: Duration,
-    /// A message delivered more often than this is recorded dead by the queue itself.
-    pub max_deliveries: i64,
+    /// A call that ran this many attempts without a result (its leases lapsed: it killed its
+    /// gateway, or the gateway died) is recorded dead by the queue itself, whatever the
+    /// function's retry policy. Hand-backs do not count.
+    pub max_attempts: u32,
 }
 
 impl Default for JetStreamOptions {
@@ -135,7 +139,7 @@ impl Default for JetStreamOptions {
             subject_prefix: "skyfri.calls".into(),
             bucket: "skyfri_calls".into(),
             record_max_age: Duration::from_secs(30 * 24 * 3600),
-            max_deliveries: 100,
+            max_attempts: 100,
         }
     }
 }
@@ -264,40 +268,14 @@ impl JetStreamQueue {
                 options.stream, options.stream
             )));
         }
-        let kv = match js.get_key_value(options.bucket.clone()).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                // The bucket's stream as the client's `create_key_value` makes it, created
-                // directly: that call first asks for account info in a shape nats-server
-                // 2.9 does not answer with.
-                let bucket = &options.bucket;
-                let config = stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("skyfri async call records".into()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age: options.record_max_age,
-                    storage: stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                let created = js.get_or_create_stream(config).await;
-                let got = js.get_key_value(bucket.clone()).await;
-                match (created, got) {
-                    (_, Ok(kv)) => kv,
-                    (Err(e), Err(_)) => {
-                        return Err(fail(&format!("cannot create the KV bucket {bucket}"), &e))
-                    }
-                    (Ok(_), Err(e)) => {
-                        return Err(fail(&format!("cannot open the KV bucket {bucket}"), &e))
-                    }
-                }
-            }
-        };
+        let kv = open_bucket(
+            &js,
+            &options.bucket,
+            "skyfri async call records",
+            options.record_max_age,
+        )
+        .await
+        .map_err(|e| fail(&format!("cannot open the KV bucket {}", options.bucket), &e))?;
         let (closed, _) = watch::channel(false);
         Ok(Arc::new(JetStreamQueue {
             inner: Arc::new(Inner {
@@ -312,6 +290,41 @@ impl JetStreamQueue {
                 closed,
             }),
         }))
+    }
+}
+
+/// Opens the KV bucket `bucket` (history 1, file storage, entries expiring `max_age` after
+/// their last change), creating it if there is none. Works with nats-server 2.9: the bucket's
+/// stream is created directly, as the client's `create_key_value` would make it (that call
+/// first asks for account info in a shape 2.9 does not answer with).
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let created = js.get_or_create_stream(config).await;
+    match (created, js.get_key_value(bucket).await) {
+        (_, Ok(kv)) => Ok(kv),
+        (Err(e), Err(_)) => Err(format!("creating it: {e}")),
+        (Ok(_), Err(e)) => Err(e.to_string()),
     }
 }
 
@@ -455,8 +468,8 @@ impl Inner {
         function: &str,
         message: jetstream::Message,
     ) -> Result<Option<Delivery>, QueueError> {
-        let (seq, delivered) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
+        let seq = match message.info() {
+            Ok(info) => info.stream_sequence,
             Err(e) => return Err(self.backend("reading a message's metadata", e)),
         };
         let (message, acker) = message.split();
@@ -469,7 +482,7 @@ impl Inner {
             }
         };
         let key = record::key(&call.id);
-        let result = self.take(function, &key, call, seq, delivered).await;
+        let result = self.take(function, &key, call, seq).await;
         match result {
             Ok(Some((stored, revision, prior))) => Ok(Some(Delivery {
                 call: stored.record.call.clone(),
@@ -506,7 +519,6 @@ impl Inner {
         key: &str,
         call: AsyncCall,
         seq: u64,
-        delivered: i64,
     ) -> Result<Option<(Stored, u64, bytes::Bytes)>, QueueError> {
         loop {
             let Some((mut stored, revision)) = self.entry(key).await? else {
@@ -537,18 +549,20 @@ impl Inner {
                 }
             }
             let attempt = record::next_attempt(&stored.record.state);
-            if delivered > self.options.max_deliveries {
+            if attempt > self.options.max_attempts {
+                let ran = attempt.saturating_sub(1);
                 stored.set(CallState::Dead {
-                    attempt: attempt.saturating_sub(1),
+                    attempt: ran,
                     status: 503,
                     reason: format!(
-                        "handed out {delivered} times without a result (the queue's limit is {})",
-                        self.options.max_deliveries
+                        "{ran} attempts ran, the queue's backstop allows {} (a lease that \
+                         lapses counts, as when the call kills its gateway)",
+                        self.options.max_attempts
                     ),
                 });
                 match self.update(key, &stored, revision).await? {
                     Some(_) => {
-                        tracing::warn!(function, call_id = %call.id, delivered, "async call dead: too many deliveries");
+                        tracing::warn!(function, call_id = %call.id, attempts = ran, "async call dead: out of attempts without a result");
                         return Ok(None);
                     }
                     None => continue,

@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use skyfri_queue::{
-    AsyncCall, CallRecord, CallState, Cancelled, Delivery, Enqueued, Finished, JetStreamQueue,
-    ListFilter, Queue, QueueError,
+    AsyncCall, CallRecord, CallState, Cancelled, Delivery, Enqueued, Finished, JetStreamOptions,
+    JetStreamQueue, ListFilter, Queue, QueueError,
 };
 
 /// Long enough that a test never sees a lease lapse it did not ask for.
@@ -243,6 +243,7 @@ on_both!(
     a_call_too_large_for_nats_is_refused,
     a_lost_publish_is_repaired_by_enqueuing_again,
     a_stray_copy_of_a_call_does_not_run,
+    the_backstop_dead_letters_after_exactly_max_attempts,
 );
 
 fn call(id: &str, function: &str) -> AsyncCall {
@@ -657,6 +658,56 @@ async fn a_released_call_is_due_at_once_with_the_same_attempt(server: &Server) {
         CallState::Done { attempt: 2, .. }
     ));
     nothing_due(&other, "f", LEASE).await;
+}
+
+/// The backstop counts attempts as the record does: lapsed leases count, hand-backs (NAKs
+/// at shutdown, each a delivery for the server) do not.
+async fn the_backstop_dead_letters_after_exactly_max_attempts(server: &Server) {
+    let options = JetStreamOptions {
+        max_attempts: 3,
+        ..JetStreamOptions::default()
+    };
+    let q = JetStreamQueue::connect_with(&server.url, options)
+        .await
+        .expect("connect");
+    q.enqueue(call("b", "f")).await.expect("enqueue");
+    // Handed back more often than the limit: still attempt 1, still running.
+    for _ in 0..4 {
+        let d = next(&q, "f", SHORT).await;
+        assert_eq!(d.attempt, 1);
+        q.release(d).await.expect("release");
+    }
+    // Three runs whose leases lapse (the call kills its gateway), one handed back between.
+    let mut leases = Vec::new();
+    for attempt in 1..=3 {
+        let d = next(&q, "f", SHORT).await;
+        assert_eq!(d.attempt, attempt);
+        if attempt == 3 {
+            q.release(d).await.expect("release");
+            let d = next(&q, "f", SHORT).await;
+            assert_eq!(d.attempt, 3, "a hand-back is not an attempt");
+            leases.push(d);
+        } else {
+            leases.push(d);
+        }
+    }
+    // The third lease lapses: no fourth attempt, a dead letter with three.
+    tokio::time::sleep(SHORT * 2).await;
+    nothing_due(&q, "f", SHORT).await;
+    match state(&q, "b").await {
+        CallState::Dead {
+            attempt: 3, reason, ..
+        } => assert!(reason.contains("backstop allows 3"), "{reason}"),
+        other => panic!("expected dead after 3 attempts, got {other:?}"),
+    }
+    let dead = q
+        .list(&ListFilter {
+            state: Some("dead".into()),
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1);
 }
 
 async fn releasing_a_lost_lease_changes_nothing(server: &Server) {

@@ -55,8 +55,9 @@ Restart=on-failure
 RestartSec=2s
 # Replicas, their sockets and client connections all hold descriptors.
 LimitNOFILE=1048576
-# SIGTERM goes to skyfri, which stops its replicas after a grace for open calls; whatever
-# is left in the unit gets SIGKILL after TimeoutStopSec.
+# SIGTERM goes to skyfri, which drains (calls in flight finish within their timeout, async
+# and topic work is handed back after 5 s) and then stops its replicas; whatever is left in
+# the unit gets SIGKILL after TimeoutStopSec: raise it for calls longer than 30 s.
 KillMode=mixed
 TimeoutStopSec=30s
 UMask=0077

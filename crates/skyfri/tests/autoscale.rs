@@ -137,3 +137,63 @@ fn a_burst_from_zero_is_served_and_scales_back_to_zero() {
         "{described}"
     );
 }
+
+fn scale(p: &Platform, replicas: u32) -> common::Response {
+    p.admin(
+        "POST",
+        "/system/scale-function/sleeper",
+        &format!(r#"{{"serviceName":"sleeper","replicas":{replicas}}}"#),
+    )
+}
+
+/// A manual scale stays as set while the function is idle (the autoscaler would take an
+/// idle function to zero within seconds), within the function's range or to 0; the first
+/// call hands the function back to the autoscaler.
+#[test]
+fn a_manual_scale_holds_until_traffic_arrives() {
+    let p = Platform::start();
+    let out = p.cli_in(
+        &fixtures().join("autoscale"),
+        &["deploy", "-f", "stack.yml"],
+        "",
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(replicas(&p), (0, 0));
+
+    let r = scale(&p, 21);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("outside the range") && r.text().contains("to 20"),
+        "{}",
+        r.text()
+    );
+    let r = scale(&p, 2);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas(&p) != (2, 2) {
+        assert!(Instant::now() < deadline, "not scaled: {:?}", replicas(&p));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Idle for longer than its zero-duration (3 s) and a few decisions: still two.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        replicas(&p),
+        (2, 2),
+        "the manual scale was undone while idle"
+    );
+    let v = p.admin("GET", "/system/function/sleeper", "").json();
+    assert!(
+        v["scaling"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("manual scale")),
+        "{v}"
+    );
+    // Traffic: the autoscaler decides again, and takes the idle function to zero.
+    let r = p.http("POST", "/function/sleeper", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for_zero(&p, Duration::from_secs(60));
+
+    // 0 is always allowed.
+    let r = scale(&p, 0);
+    assert_eq!(r.status, 202, "{}", r.text());
+}

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,58 +17,11 @@ use std::time::{Duration, Instant};
 use common::nats::Nats;
 use common::{fixtures, free_port, Platform};
 
-impl Nats {
-    /// Sends a request (PUB with a reply inbox) and returns the first reply's payload.
-    fn request(&self, subject: &str, data: &[u8]) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to NATS");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let mut line = String::new();
-        r.read_line(&mut line).expect("INFO");
-        assert!(line.starts_with("INFO"), "{line}");
-        let mut out = Vec::new();
-        out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
-        out.extend_from_slice(b"SUB _INBOX.skyfri-test 1\r\n");
-        out.extend_from_slice(
-            format!("PUB {subject} _INBOX.skyfri-test {}\r\n", data.len()).as_bytes(),
-        );
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-        s.write_all(&out).expect("publish");
-        loop {
-            line.clear();
-            r.read_line(&mut line).expect("reply from NATS");
-            if line.starts_with("PING") {
-                s.write_all(b"PONG\r\n").expect("pong");
-                continue;
-            }
-            assert!(!line.starts_with("-ERR"), "NATS refused: {line}");
-            if let Some(head) = line.strip_prefix("MSG ") {
-                let len: usize = head
-                    .split_whitespace()
-                    .last()
-                    .and_then(|n| n.parse().ok())
-                    .expect("MSG length");
-                let mut payload = vec![0; len + 2];
-                r.read_exact(&mut payload).expect("payload");
-                payload.truncate(len);
-                return String::from_utf8_lossy(&payload).into_owned();
-            }
-        }
-    }
-
-    /// Publishes to a subject a stream captures; returns once JetStream has stored it.
-    fn publish(&self, subject: &str, data: &str) {
-        let ack = self.request(subject, data.as_bytes());
-        assert!(ack.contains("\"seq\""), "not stored by JetStream: {ack}");
-    }
-
-    /// The examples' ORDERS stream: `orders.>`, file storage, limits, a year, 64 KiB.
-    fn create_orders_stream(&self) {
-        let config = r#"{"name":"ORDERS","subjects":["orders.>"],"storage":"file","retention":"limits","max_age":31536000000000000,"max_msg_size":65536,"num_replicas":1}"#;
-        let reply = self.request("$JS.API.STREAM.CREATE.ORDERS", config.as_bytes());
-        assert!(!reply.contains("\"error\""), "stream not created: {reply}");
-    }
+/// The examples' ORDERS stream: `orders.>`, file storage, limits, a year, 64 KiB.
+fn create_orders_stream(nats: &Nats) {
+    let config = r#"{"name":"ORDERS","subjects":["orders.>"],"storage":"file","retention":"limits","max_age":31536000000000000,"max_msg_size":65536,"num_replicas":1}"#;
+    let reply = nats.request("$JS.API.STREAM.CREATE.ORDERS", config.as_bytes());
+    assert!(!reply.contains("\"error\""), "stream not created: {reply}");
 }
 
 fn deploy(p: &Platform, dir: &Path, file: &str, filter: Option<&str>) {
@@ -126,7 +77,7 @@ fn orders_dir() -> PathBuf {
 #[test]
 fn each_topic_message_is_processed_once_across_a_restart() {
     let nats = Nats::start();
-    nats.create_orders_stream();
+    create_orders_stream(&nats);
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let url = nats.url();
@@ -181,7 +132,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
 #[test]
 fn the_orders_example_processes_each_accepted_order_once() {
     let nats = Nats::start();
-    nats.create_orders_stream();
+    create_orders_stream(&nats);
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = Platform::start_in(&tmp.path().join("data"), &["--nats", &nats.url()]);
     // The stack reads NATS_URL when it is deployed, as faas-cli's envsubst does.

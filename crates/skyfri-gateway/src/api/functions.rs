@@ -256,6 +256,10 @@ async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(),
         )));
     }
     let mut stored = stored_function(state, name).await?.deployment;
+    check_replicas(&stored, replicas)?;
+    // The autoscaler keeps this count until traffic arrives (held before it is applied, so
+    // that no decision in between undoes it).
+    state.decisions.hold(name, replicas);
     state
         .provider
         .scale(name, replicas)
@@ -267,5 +271,26 @@ async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(),
         .blocking(move |s| Ok(s.store.put_function(&write)?))
         .await?;
     state.set_live(stored);
+    Ok(())
+}
+
+/// A manual scale stays within the function's minimum and maximum replicas, except 0, which
+/// OpenFaaS accepts for any function (a pause; the next call brings it back).
+fn check_replicas(d: &Deployment, replicas: u32) -> Result<(), GatewayError> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    let Ok(policy) = ScalePolicy::from_spec(&d.spec, d.template) else {
+        // Deploys validate the policy; one that no longer parses leaves only the node's cap.
+        return Ok(());
+    };
+    if replicas < policy.min || replicas > policy.max {
+        return Err(GatewayError::bad_request(format!(
+            "replicas: {replicas} is outside the range of function {:?}, {} to {} (its \
+             com.openfaas.scale.min / max labels or min-scale / max-scale annotations); 0 is \
+             allowed too",
+            d.spec.name, policy.min, policy.max
+        )));
+    }
     Ok(())
 }

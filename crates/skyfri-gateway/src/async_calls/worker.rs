@@ -30,7 +30,7 @@ pub fn lease_for(timeout: Duration) -> Duration {
 
 /// Waits until `signal` turns true: `true` then, `false` (at once) when nobody can turn it
 /// any more, which disables a `true = told(..)` branch of a `select!`.
-pub(super) async fn told(signal: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn told(signal: &mut watch::Receiver<bool>) -> bool {
     signal.wait_for(|s| *s).await.is_ok()
 }
 

@@ -28,10 +28,16 @@ pub struct TriggerConfig {
 }
 
 /// Runs both trigger loops until `stop` turns true; returns once the messages being
-/// handled are settled (the caller bounds that with its grace period).
-pub async fn run(state: AppState, config: TriggerConfig, stop: watch::Receiver<bool>) {
+/// handled are settled (the caller bounds that with its grace period), or, once `hand_back`
+/// turns true, handed back to NATS.
+pub async fn run(
+    state: AppState,
+    config: TriggerConfig,
+    stop: watch::Receiver<bool>,
+    hand_back: watch::Receiver<bool>,
+) {
     tokio::join!(
         cron::run(state.clone(), stop.clone()),
-        topics::run(state, config.nats_url, stop),
+        topics::run(state, config.nats_url, stop, hand_back),
     );
 }

@@ -1,8 +1,9 @@
 //! Topic triggers (`topic` annotation): each message published on one of a function's NATS
 //! JetStream subjects invokes the function once, through the router like an async call:
 //! `POST /`, the message's data as body, its headers as request headers, plus
-//! `X-Skyfri-Topic` (the subject it was published on), `X-Skyfri-Attempt` (its delivery
-//! count) and `X-Call-Id` (`nats-STREAM-SEQUENCE`, the same on every delivery).
+//! `X-Skyfri-Topic` (the subject it was published on), `X-Skyfri-Attempt` (its attempt: the
+//! deliveries that ran, see [Attempts](#attempts)) and `X-Call-Id` (`nats-STREAM-SEQUENCE`,
+//! the same on every delivery).
 //!
 //! # Consumers
 //!
@@ -11,7 +12,10 @@
 //!
 //! - ack explicit; `ack_wait` = the function's timeout + 30 s, kept alive with in-progress
 //!   acks every third of it while the call runs;
-//! - `max_deliver` = the function's `com.openfaas.retry.attempts`;
+//! - no server-side `max_deliver`: skyfri counts attempts itself (below). A consumer made by
+//!   an older skyfri with `max_deliver` = the retry attempts is updated to none on attach;
+//!   nats-server before 2.10 cannot update a consumer with a start time, so there it keeps
+//!   its limit (logged), which hand-backs then count against;
 //! - `max_ack_pending` = its `com.skyfri.async.concurrency` (default 10): the messages of one
 //!   subject that run at once;
 //! - it starts with the messages published after the function was first deployed (its
@@ -22,14 +26,27 @@
 //! backoff as the redelivery delay; a status that is not retryable, or the last attempt, is
 //! terminated (logged as dead: JetStream does not deliver it again).
 //!
+//! # Attempts
+//!
+//! A message's attempt is its delivery count minus its hand-backs. At shutdown, the calls
+//! still running when the grace period ends are handed back: the hand-back is counted in the
+//! KV bucket `skyfri_topic_handbacks` (key: the stream and the sequence, see
+//! [`handback_key`]), then the message is NAKed, so that another skyfri sharing the NATS
+//! server (or this one once restarted) gets it at once instead of after `ack_wait`, and
+//! runs it with the same attempt number. That is why the consumer has no `max_deliver`: the
+//! server would count the hand-back as a delivery. A delivery past the last attempt (the
+//! previous one's gateway died, so its `ack_wait` lapsed) is terminated without running. A
+//! message's count is removed once it is acked or terminated; counts are kept 30 days.
+//!
 //! # Guarantees
 //!
 //! At least once. A message whose call finished with a 2xx is acked before the next step;
 //! the durable consumer remembers that across restarts of skyfri and of NATS, so such a
 //! message is not run again. A message whose call was running when skyfri died (or whose ack
-//! was lost) is delivered again once `ack_wait` lapses: that is the only case of a second run,
-//! and the function sees it as `X-Skyfri-Attempt: 2` with the same `X-Call-Id`. With that
-//! caveat, a message is processed exactly once.
+//! was lost) is delivered again once `ack_wait` lapses, and one handed back at shutdown at
+//! once: those are the only cases of a second run, the first seen by the function as the
+//! next `X-Skyfri-Attempt`, the second with the same one, both with the same `X-Call-Id`.
+//! With that caveat, a message is processed exactly once.
 //!
 //! # Streams
 //!
@@ -45,7 +62,7 @@
 //! the calls it runs finish and settle their messages, then its durable consumer is deleted
 //! from the server, so that nothing is kept for a function that no longer exists and a later
 //! deploy of the same name starts afresh from its own deploy time. Stopping skyfri keeps the
-//! consumers: a restart resumes where it left off.
+//! consumers: a restart resumes where it left off (with the calls handed back first).
 //!
 //! # NATS down
 //!
@@ -60,6 +77,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
@@ -84,12 +102,15 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The header that tells the function which subject the message was published on.
 pub const TOPIC_HEADER: &str = "x-skyfri-topic";
+/// The KV bucket counting the hand-backs of messages (see the module documentation).
+pub const HANDBACKS_BUCKET: &str = "skyfri_topic_handbacks";
+/// How long a hand-back count is kept after its last change.
+const HANDBACKS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// What a consumer is made with; a redeploy that changes it re-creates the consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Settings {
     ack_wait: Duration,
-    max_deliver: i64,
     concurrency: u32,
 }
 
@@ -98,9 +119,16 @@ struct Running {
     stop: watch::Sender<bool>,
 }
 
-/// Runs until `stop` turns true, then waits for the messages being handled.
-pub async fn run(state: AppState, url: String, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` turns true, then waits for the messages being handled, or hands them
+/// back once `hand_back` turns true.
+pub async fn run(
+    state: AppState,
+    url: String,
+    mut stop: watch::Receiver<bool>,
+    hand_back: watch::Receiver<bool>,
+) {
     let mut client: Option<async_nats::Client> = None;
+    let mut handbacks = Handbacks(None);
     let mut pause = Duration::from_secs(1);
     let mut next_try = tokio::time::Instant::now();
     let mut running: HashMap<(String, String), Running> = HashMap::new();
@@ -121,6 +149,7 @@ pub async fn run(state: AppState, url: String, mut stop: watch::Receiver<bool>) 
             match connect(&url).await {
                 Ok(c) => {
                     tracing::info!(url = %url, "connected to NATS for topic triggers");
+                    handbacks = Handbacks::open(&jetstream::new(c.clone())).await;
                     client = Some(c);
                     pause = Duration::from_secs(1);
                 }
@@ -160,8 +189,12 @@ pub async fn run(state: AppState, url: String, mut stop: watch::Receiver<bool>) 
             let span = tracing::info_span!("topic", function = %function, subject = %subject);
             tasks.spawn(
                 consume(
-                    state.clone(),
-                    js.clone(),
+                    Ctx {
+                        state: state.clone(),
+                        js: js.clone(),
+                        handbacks: handbacks.clone(),
+                        hand_back: hand_back.clone(),
+                    },
                     function,
                     subject,
                     settings.clone(),
@@ -202,12 +235,10 @@ fn wanted(state: &AppState) -> HashMap<(String, String), Settings> {
         if subjects.is_empty() {
             continue;
         }
-        let policy = RetryPolicy::from_spec(spec).unwrap_or_default();
         let concurrency =
             retry::async_concurrency(spec).unwrap_or(retry::DEFAULT_ASYNC_CONCURRENCY);
         let settings = Settings {
             ack_wait: Duration::from_secs(spec.timeout_secs) + LEASE_SLACK,
-            max_deliver: i64::from(policy.attempts),
             concurrency,
         };
         for subject in subjects {
@@ -336,7 +367,9 @@ async fn attach(
         filter_subject: subject.to_string(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver,
+        // Attempts are skyfri's to count (hand-backs are deliveries); an older consumer with
+        // a limit is updated to none.
+        max_deliver: -1,
         max_ack_pending: i64::from(settings.concurrency),
         deliver_policy,
         ..Default::default()
@@ -349,7 +382,14 @@ async fn attach(
                 .get_consumer_from_stream(&name, &stream)
                 .await
                 .map_err(|_| format!("cannot create consumer {name} on stream {stream}: {e}"))?;
-            tracing::warn!(consumer = %name, stream = %stream, error = %e, "consumer exists with other settings; using it as it is");
+            let max_deliver = existing.cached_info().config.max_deliver;
+            if max_deliver > 0 {
+                // Made by an older skyfri, on a server that cannot update a consumer with a
+                // start time (before 2.10): the server still counts deliveries.
+                tracing::warn!(consumer = %name, stream = %stream, max_deliver, error = %e, "consumer made by an older skyfri: the server delivers a message at most max_deliver times, hand-backs at shutdown included (a message handed back on its last delivery is not delivered again); nats-server 2.10 or later lets skyfri lift that limit");
+            } else {
+                tracing::warn!(consumer = %name, stream = %stream, error = %e, "consumer exists with other settings; using it as it is");
+            }
             existing
         }
     };
@@ -362,11 +402,21 @@ async fn attach(
     Ok((messages, stream))
 }
 
-/// One function's consumer on one subject: attaches, then runs each message in a task of its
-/// own, up to the concurrency at once. Once stopped, waits for its runs to finish.
-async fn consume(
+/// What every consumer shares.
+#[derive(Clone)]
+struct Ctx {
     state: AppState,
     js: Context,
+    handbacks: Handbacks,
+    /// Turns true when the runs still going are to be handed back (shutdown, grace over).
+    hand_back: watch::Receiver<bool>,
+}
+
+/// One function's consumer on one subject: attaches, then runs each message in a task of its
+/// own, up to the concurrency at once. Once stopped, waits for its runs to finish (or be
+/// handed back).
+async fn consume(
+    ctx: Ctx,
     function: String,
     subject: String,
     settings: Settings,
@@ -374,10 +424,11 @@ async fn consume(
 ) {
     let limit = settings.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(limit as usize));
+    let (state, js) = (&ctx.state, &ctx.js);
     let mut pause = Duration::from_secs(1);
     'attach: loop {
         let attached = tokio::select! {
-            a = attach(&state, &js, &function, &subject, &settings) => a,
+            a = attach(state, js, &function, &subject, &settings) => a,
             _ = stop.wait_for(|s| *s) => break,
         };
         let (mut messages, stream) = match attached {
@@ -408,11 +459,11 @@ async fn consume(
             };
             match next {
                 Some(Ok(message)) => {
-                    let state = state.clone();
+                    let ctx = ctx.clone();
                     let (function, stream) = (function.clone(), stream.clone());
                     tokio::spawn(
                         async move {
-                            handle(&state, &function, &stream, message).await;
+                            handle(ctx, &function, &stream, message).await;
                             drop(slot);
                         }
                         .in_current_span(),
@@ -458,9 +509,16 @@ async fn delete_consumer(
     }
 }
 
-/// Runs one message through the function and settles it.
-async fn handle(state: &AppState, function: &str, stream: &str, message: jetstream::Message) {
-    let (attempt, sequence) = match message.info() {
+/// Runs one message through the function and settles it, or hands it back.
+async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Message) {
+    let Ctx {
+        state,
+        handbacks,
+        mut hand_back,
+        ..
+    } = ctx;
+    let state = &state;
+    let (delivered, sequence) = match message.info() {
         Ok(i) => (
             u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX),
             i.stream_sequence,
@@ -475,6 +533,22 @@ async fn handle(state: &AppState, function: &str, stream: &str, message: jetstre
     };
     let spec = &live.deployment.spec;
     let policy = RetryPolicy::from_spec(spec).unwrap_or_default();
+    let key = handback_key(stream, sequence);
+    // A first delivery cannot have been handed back: no lookup on the common path.
+    let handed_back = match delivered {
+        1 => 0,
+        _ => handbacks.count(&key).await,
+    };
+    let attempt = delivered.saturating_sub(handed_back).max(1);
+    if attempt > policy.attempts {
+        // The last attempt's gateway died (its ack_wait lapsed): no attempt is left.
+        tracing::warn!(call_id = %call_id, attempt, "topic message dead: out of attempts ({}); the last one ended without a result", policy.attempts);
+        if let Err(e) = message.ack_with(AckKind::Term).await {
+            tracing::error!(call_id = %call_id, error = %e, "topic message not settled; it will be delivered again");
+        }
+        handbacks.forget(&key, handed_back).await;
+        return;
+    }
     let mut headers: Vec<(String, String)> = Vec::new();
     if let Some(h) = &message.headers {
         // Only the gateway marks raw Lambda events and says where a call came from.
@@ -514,14 +588,30 @@ async fn handle(state: &AppState, function: &str, stream: &str, message: jetstre
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                ran = &mut once => break ran,
+                ran = &mut once => break Some(ran),
                 _ = beat.tick() => {
                     if let Err(e) = message.ack_with(AckKind::Progress).await {
                         tracing::warn!(call_id = %call_id, error = %e, "in-progress ack not sent");
                     }
                 }
+                true = worker::told(&mut hand_back) => break None,
             }
         }
+    };
+    let Some(ran) = ran else {
+        // Counted first: whoever gets the message next must see this delivery as no attempt.
+        if let Err(e) = handbacks.add(&key).await {
+            tracing::warn!(call_id = %call_id, attempt, error = %e, "hand-back not counted: the next delivery counts as one more attempt");
+        }
+        match message.ack_with(AckKind::Nak(None)).await {
+            Ok(()) => {
+                tracing::info!(call_id = %call_id, attempt, "topic message unfinished when the gateway stopped; handed back, due again at once");
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %call_id, attempt, error = %e, "topic message not handed back; it is delivered again once its ack_wait lapses");
+            }
+        }
+        return;
     };
     let verdict = policy.decide(attempt, ran.status, ran.retry_after, &mut rand::rng());
     let settled = match verdict {
@@ -543,9 +633,120 @@ async fn handle(state: &AppState, function: &str, stream: &str, message: jetstre
             message.ack_with(AckKind::Term).await
         }
     };
-    if let Err(e) = settled {
-        // Not settled: JetStream delivers it again once its ack_wait lapses.
-        tracing::error!(call_id = %call_id, attempt, error = %e, "topic message not settled; it will be delivered again");
+    match settled {
+        Err(e) => {
+            // Not settled: JetStream delivers it again once its ack_wait lapses.
+            tracing::error!(call_id = %call_id, attempt, error = %e, "topic message not settled; it will be delivered again");
+        }
+        Ok(()) if !matches!(verdict, Verdict::Retry(_)) => {
+            handbacks.forget(&key, handed_back).await;
+        }
+        Ok(()) => {}
+    }
+}
+
+/// The key of a message's hand-back count: its stream and sequence. Stream names may hold
+/// characters KV keys may not; those are written `=XX` (hex).
+fn handback_key(stream: &str, sequence: u64) -> String {
+    let mut key = String::with_capacity(stream.len() + 21);
+    for b in stream.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => key.push(char::from(b)),
+            _ => key.push_str(&format!("={b:02X}")),
+        }
+    }
+    key.push('.');
+    key.push_str(&sequence.to_string());
+    key
+}
+
+/// The hand-back counts (see the module documentation); without the bucket (it could not be
+/// opened) every count is 0 and a hand-back counts as an attempt.
+#[derive(Clone)]
+struct Handbacks(Option<kv::Store>);
+
+impl Handbacks {
+    async fn open(js: &Context) -> Handbacks {
+        let opened = skyfri_queue::jetstream::open_bucket(
+            js,
+            HANDBACKS_BUCKET,
+            "skyfri: topic messages handed back at shutdown, which are no attempt",
+            HANDBACKS_MAX_AGE,
+        )
+        .await;
+        match opened {
+            Ok(kv) => Handbacks(Some(kv)),
+            Err(e) => {
+                tracing::warn!(bucket = HANDBACKS_BUCKET, error = %e, "KV bucket not opened: a topic message handed back at shutdown will count as an attempt");
+                Handbacks(None)
+            }
+        }
+    }
+
+    /// How often the message was handed back (0 when unknown).
+    async fn count(&self, key: &str) -> u32 {
+        let Some(kv) = &self.0 else { return 0 };
+        match kv.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "hand-back count not read; taken as 0");
+                0
+            }
+        }
+    }
+
+    /// Counts one more hand-back (a compare-and-set, so two gateways never lose one).
+    async fn add(&self, key: &str) -> Result<(), String> {
+        let Some(kv) = &self.0 else {
+            return Err(format!("the KV bucket {HANDBACKS_BUCKET} is not open"));
+        };
+        for _ in 0..5 {
+            let entry = kv.entry(key).await.map_err(|e| e.to_string())?;
+            let written = match entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let n: u32 = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let value = Bytes::from(n.saturating_add(1).to_string());
+                    match kv.update(key, value, e.revision).await {
+                        Ok(_) => true,
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                // None, or deleted: a delete marker is a revision too.
+                Some(e) => match kv.update(key, Bytes::from_static(b"1"), e.revision).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                    Err(e) => return Err(e.to_string()),
+                },
+                None => match kv.create(key, Bytes::from_static(b"1")).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(e.to_string()),
+                },
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err("the count kept changing under it".into())
+    }
+
+    /// The message is settled for good: its count is no longer needed.
+    async fn forget(&self, key: &str, count: u32) {
+        let Some(kv) = &self.0 else { return };
+        if count == 0 {
+            return;
+        }
+        if let Err(e) = kv.purge(key).await {
+            tracing::debug!(key, error = %e, "hand-back count not removed; it expires");
+        }
     }
 }
 
@@ -564,6 +765,8 @@ mod tests {
         let w = durable_name("f", "a.*.>");
         assert!(!w.contains(['.', '*', '>', ' ']), "{w}");
         assert!(w.contains("star") && w.contains("all"), "{w}");
+        assert_eq!(handback_key("ORDERS", 42), "ORDERS.42");
+        assert_eq!(handback_key("my.stream@x", 7), "my=2Estream=40x.7");
         let s = stream_name("orders.*");
         assert!(
             s.starts_with("SKYFRI_ORDERS__") && !s.contains(['.', '*', '>']),

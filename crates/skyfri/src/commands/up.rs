@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
@@ -23,11 +24,14 @@ use crate::progress::Progress;
 use crate::stackfile::StackFile;
 use crate::watch::StackWatch;
 
-/// How long open connections may take to finish after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long, after the grace period, the async calls still running get to be handed back
-/// to the queue (one write each).
-const HAND_BACK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long, after SIGINT/SIGTERM, open connections that carry no call to a function (a
+/// `logs --follow`, a live tail) and async and topic runs get to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long, after the grace period, the async and topic runs still going get to be handed
+/// back (a write or two each), so that shutdown cannot hang on the queue or on NATS.
+const HAND_BACK_GRACE: Duration = Duration::from_secs(2);
+/// How often a draining gateway looks at the calls it still serves.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
 
 #[derive(clap::Args)]
 pub struct Up {
@@ -431,15 +435,16 @@ impl Up {
             stop_rx.clone(),
         ));
         let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
-        let mut dispatchers = tokio::spawn(skyfri_gateway::async_calls::dispatcher::run(
+        let dispatchers = tokio::spawn(skyfri_gateway::async_calls::dispatcher::run(
             state.clone(),
             stop_rx.clone(),
-            hand_back_rx,
+            hand_back_rx.clone(),
         ));
-        let mut triggers = tokio::spawn(skyfri_gateway::triggers::run(
+        let triggers = tokio::spawn(skyfri_gateway::triggers::run(
             state.clone(),
             skyfri_gateway::triggers::TriggerConfig { nats_url },
             stop_rx.clone(),
+            hand_back_rx,
         ));
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -465,49 +470,56 @@ impl Up {
         }
         println!("ready");
         let _ = std::io::stdout().flush();
-        // Open connections (a `logs --follow`) and async calls being run get a grace period,
-        // then the replicas are stopped whatever they do. An async call still running then
-        // is handed back to the queue first, due again at once (on another gateway sharing
-        // the queue, or after the restart); one that cannot be runs when its lease lapses.
-        let mut grace_rx = stop_rx.clone();
-        let grace = async move {
-            let _ = grace_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        tokio::pin!(grace);
-        let served = tokio::select! {
+        // Draining: no new connection is accepted; calls to functions in flight finish (each
+        // within its timeout, so at most --max-timeout); other open connections get the grace
+        // period. Async and topic runs get the grace period too, then those still going are
+        // handed back (due again at once, on another gateway sharing the queue or NATS, or
+        // after the restart, with the same attempt number); one that cannot be runs again
+        // when its lease lapses. Then the replicas are stopped.
+        let mut stopped = stop_rx.clone();
+        let early = tokio::select! {
             served = &mut server => Some(served),
-            _ = &mut grace => None,
+            _ = stopped.wait_for(|s| *s) => None,
         };
-        server.abort();
-        // The dashboard's open connections (a live tail) get the same grace.
-        let dashboard_served = match dashboard.as_mut() {
-            Some(d) if served.is_some() && *stop_rx.borrow() => tokio::select! {
-                served = d => Some(served),
-                _ = &mut grace => None,
+        let draining = early.is_none();
+        if draining {
+            tracing::info!(
+                calls_in_flight = calls_in_flight(&state),
+                grace = ?SHUTDOWN_GRACE,
+                "draining: no new connections; calls in flight finish, async calls and topic messages still running after the grace period are handed back"
+            );
+        }
+        let started = tokio::time::Instant::now();
+        let longest = Duration::from_secs(self.max_timeout) + Duration::from_secs(1);
+        let background = hand_back_after(
+            dispatchers,
+            triggers,
+            hand_back,
+            if draining {
+                SHUTDOWN_GRACE
+            } else {
+                Duration::ZERO
             },
-            _ => None,
-        };
+        );
+        let (served, dashboard_served, ()) = tokio::join!(
+            async {
+                match early {
+                    Some(served) => Some(served),
+                    None => drain(&mut server, &state, started, longest).await,
+                }
+            },
+            async {
+                match dashboard.as_mut() {
+                    Some(d) if draining => drain(d, &state, started, longest).await,
+                    _ => None,
+                }
+            },
+            background,
+        );
+        server.abort();
         if let Some(d) = &dashboard {
             d.abort();
         }
-        if served.is_some() && *stop_rx.borrow() {
-            tokio::select! {
-                _ = async { let _ = tokio::join!(&mut dispatchers, &mut triggers); } => {}
-                _ = &mut grace => {}
-            }
-        }
-        let _ = hand_back.send(true);
-        // (A finished JoinHandle must not be polled again.)
-        if !dispatchers.is_finished()
-            && tokio::time::timeout(HAND_BACK_GRACE, &mut dispatchers)
-                .await
-                .is_err()
-        {
-            tracing::warn!("async calls not all handed back to the queue in time; they run again when their leases lapse");
-        }
-        dispatchers.abort();
-        triggers.abort();
         provider.shutdown().await;
         // The replicas' last CPU readings are in now; nothing is metered after this.
         skyfri_gateway::usage::flush(&state);
@@ -518,6 +530,66 @@ impl Up {
             served?.context("dashboard failed")?;
         }
         Ok(())
+    }
+}
+
+/// Waits for a server that stops accepting to finish its connections: as long as calls to
+/// functions are in flight (each ends within its timeout; `longest` bounds them all), else
+/// for [`SHUTDOWN_GRACE`] from `since`. `None` when it had to be left unfinished.
+async fn drain<T>(
+    server: &mut tokio::task::JoinHandle<T>,
+    state: &AppState,
+    since: tokio::time::Instant,
+    longest: Duration,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    loop {
+        tokio::select! {
+            served = &mut *server => return Some(served),
+            _ = tokio::time::sleep(DRAIN_TICK) => {}
+        }
+        let waited = since.elapsed();
+        if waited >= longest || (waited >= SHUTDOWN_GRACE && calls_in_flight(state) == 0) {
+            return None;
+        }
+    }
+}
+
+/// Calls to functions being served or waiting for a replica, async and topic runs included.
+fn calls_in_flight(state: &AppState) -> usize {
+    state
+        .all_live()
+        .iter()
+        .map(|l| l.router.in_flight() + l.router.waiting())
+        .sum()
+}
+
+/// Lets the async dispatchers and the topic triggers finish their runs for `grace`, then
+/// turns `hand_back` true and gives them [`HAND_BACK_GRACE`] to hand back what still runs;
+/// whatever is left then is aborted.
+async fn hand_back_after(
+    dispatchers: tokio::task::JoinHandle<()>,
+    triggers: tokio::task::JoinHandle<()>,
+    hand_back: tokio::sync::watch::Sender<bool>,
+    grace: Duration,
+) {
+    let aborts = [dispatchers.abort_handle(), triggers.abort_handle()];
+    let work = async {
+        let _ = tokio::join!(dispatchers, triggers);
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => return,
+        () = tokio::time::sleep(grace) => {}
+    }
+    let _ = hand_back.send(true);
+    if tokio::time::timeout(HAND_BACK_GRACE, &mut work)
+        .await
+        .is_err()
+    {
+        tracing::warn!("async calls and topic messages not all handed back in time; they run again when their leases lapse");
+    }
+    for a in aborts {
+        a.abort();
     }
 }
 

@@ -312,16 +312,31 @@ impl Platform {
 
     /// Kills the platform with SIGKILL: a crash, nothing flushed on the way out.
     pub fn kill(mut self) {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
 
-    /// Stops the platform as SIGTERM would.
-    pub fn stop(mut self) {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    /// Reaps a platform the test killed itself; returns its output.
+    pub fn reap(mut self) -> String {
         let _ = self.child.wait();
+        // The readers get what was left in the pipes.
+        std::thread::sleep(Duration::from_millis(200));
+        self.logs()
+    }
+
+    /// Stops the platform as SIGTERM would, and waits until it has exited.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` to the platform unless it has exited and been reaped: its pid may
+    /// belong to another process by then.
+    fn signal(&mut self, signal: i32) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: sending a signal to our own child, which has not been reaped.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
     }
 }
 
@@ -330,8 +345,7 @@ impl Drop for Platform {
         if std::thread::panicking() {
             eprintln!("---- skyfri output ----\n{}\n----", self.logs());
         }
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let _ = self.child.wait();
     }
 }

