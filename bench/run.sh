@@ -107,26 +107,6 @@ if [ "$SKY_OK" = 0 ] || [ "$SKY_UP_OK" = 0 ] || [ "$SKY_PY_OK" = 0 ]; then
 fi
 
 # ---------------------------------------------------------------- load
-declare -A RPS P50 P99 ERRS
-run_wrk() {   # run_wrk KEY URL
-  local key="$1" url="$2" out="$WORK/wrk-$1.txt"
-  if [ "$WARMUP" -gt 0 ]; then
-    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
-  fi
-  echo "bench: $key: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency $url"
-  if ! timeout $((SECONDS_PER_RUN + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$url" >"$out" 2>&1; then
-    echo "bench: wrk failed for $key" >&2; cat "$out" >&2 || true
-    RPS[$key]=""; return
-  fi
-  RPS[$key]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
-  P50[$key]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
-  P99[$key]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
-  # Non-2xx/3xx answers, socket errors and timeouts all count as errors.
-  ERRS[$key]="$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
-    /Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) e += $i}
-    END {print e + 0}' "$out")"
-}
-
 run_wrk direct       "http://127.0.0.1:$UP_PORT/"
 run_wrk nginx        "http://127.0.0.1:$NGX_PORT/"
 [ "$SKY_UP_OK" = 1 ] && run_wrk skyfri_http  "http://127.0.0.1:$SKY_PORT/function/upstream"
