@@ -197,6 +197,6 @@ run_wrk() {
   if [ $# -gt 0 ]; then
     tck="$(getconf CLK_TCK)"
     CPU_US[$key]="$(awk -v t=$((after - before)) -v hz="$tck" -v n="${REQS[$key]}" \
-      'BEGIN {printf "%.0f", n > 0 ? t / hz * 1e6 / n : 0}')"
+      'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')"
   fi
 }
