@@ -137,8 +137,8 @@ WARNINGS="$(grep -cE ' (WARN|ERROR) ' "$WORK/skyfri.log" || true)"
 {
   echo "## skyfri cold-start benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "$(machine_line)."
+  commit_line
   echo "Isolation: $(grep -m1 '^isolation:' "$WORK/skyfri.log" | sed 's/^isolation: //' || true)."
   echo "Interpreters: $("$PYTHON" --version 2>&1), node $("$NODE" --version)."
   echo

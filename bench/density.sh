@@ -158,8 +158,8 @@ awk -v k="$RSS_IDLE" -v b="$BUDGET_MB" 'BEGIN {exit !(k * 1024 / 1e6 < b)}' || V
 {
   echo "## skyfri density benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "$(machine_line)."
+  commit_line
   echo "Isolation: $(grep -m1 '^isolation:' "$WORK/skyfri.log" | sed 's/^isolation: //' || true)."
   echo "Load: $FUNCTIONS python3 functions (scale min 0, initial-scale 0), $batches \`skyfri deploy\` of up to $BATCH, then ${IDLE}s idle."
   echo

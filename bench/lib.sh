@@ -200,3 +200,24 @@ run_wrk() {
       'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')"
   fi
 }
+
+# wrk_knobs: SECONDS_PER_RUN, WARMUP and THREADS from BENCH_SECONDS (10, 1..600), BENCH_WARMUP
+# (2) and BENCH_THREADS (1); exits 2 on a value that is not a whole number.
+wrk_knobs() {
+  SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
+  WARMUP="${BENCH_WARMUP:-2}"
+  THREADS="${BENCH_THREADS:-1}"
+  for v in "$SECONDS_PER_RUN" "$WARMUP" "$THREADS"; do
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
+  done
+  [ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
+}
+
+# machine_line, commit_line: what a report says of where and what it measured (the machine's
+# line without its full stop, for callers that add to it).
+machine_line() {
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)"
+}
+commit_line() {
+  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+}

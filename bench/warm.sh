@@ -20,17 +20,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
-SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
-WARMUP="${BENCH_WARMUP:-2}"
+source "$ROOT/bench/lib.sh"
+wrk_knobs
 CONCURRENCY="${BENCH_CONCURRENCY:-1 16}"
 RUNS="${BENCH_RUNS:-3}"
-THREADS="${BENCH_THREADS:-1}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$SECONDS_PER_RUN" "$WARMUP" "$RUNS" "$THREADS" "$READY_TIMEOUT" $CONCURRENCY; do
+for v in "$RUNS" "$READY_TIMEOUT" $CONCURRENCY; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
 done
-[ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
 [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "bench: BENCH_RUNS must be 1..20" >&2; exit 2; }
 BUDGET=3
 
@@ -39,7 +37,6 @@ if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap
 bash bench/setup.sh --warm                                   # wrk, go, Flask + waitress
 VENV="$ROOT/bench/.venv-warm"
 GO="$(command -v go || echo /usr/lib/go/bin/go)"
-source "$ROOT/bench/lib.sh"
 release_skyfri
 echo "bench: building bench/watchdog"
 (cd bench/watchdog && "$GO" build -o "$WORK/watchdog" .)
@@ -107,8 +104,8 @@ report() {
   local c run key ratios median
   echo "## skyfri warm-Python benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr); load average before: $UPTIME_BEFORE."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "$(machine_line); load average before: $UPTIME_BEFORE."
+  commit_line
   echo "Isolation: $(grep -m1 '^isolation:' "$WORK/skyfri.log" | sed 's/^isolation: //' || true)."
   echo "Reference: bench/watchdog ($("$GO" version | awk '{print $3}')) -> Flask $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("flask"))') + waitress $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("waitress"))') ($("$VENV/bin/python" --version)); skyfri's replica: $(/usr/bin/python3 --version)."
   echo "Load: wrk -t$THREADS -d${SECONDS_PER_RUN}s --latency (after ${WARMUP}s warm-up), the stacks alternating, all on 127.0.0.1. CPU: user + system time of each stack's processes (watchdog + Python; skyfri + its replica and stem cells) during the run, per request."

@@ -172,7 +172,10 @@ impl LogSink {
             }
             Err(e) => tracing::warn!("encoding a log line: {e}"),
         }
-        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = followers.as_ref() {
             if tx.receiver_count() == 0 {
                 *followers = None;
@@ -186,7 +189,10 @@ impl LogSink {
     /// A receiver of the lines written from now on; makes the channel when there is none,
     /// or when the one there has lost all its followers.
     fn follow(&self) -> broadcast::Receiver<LogLine> {
-        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match followers.as_ref() {
             Some(tx) if tx.receiver_count() > 0 => tx.subscribe(),
             _ => {
@@ -381,7 +387,10 @@ mod tests {
 
         drop(second);
         sink.write(line("gone"));
-        assert!(!sink.has_followers_channel(), "the ring outlived its followers");
+        assert!(
+            !sink.has_followers_channel(),
+            "the ring outlived its followers"
+        );
         // A new follower gets a new channel, and the lines from then on.
         let mut again = store.subscribe("f");
         sink.write(line("back"));
