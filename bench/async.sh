@@ -207,9 +207,9 @@ fi
 {
   echo "## skyfri async benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
+  echo "$(machine_line)."
   echo "Load: before \`${UPTIME_BEFORE#*load average: }\`, after the embedded runs \`${UPTIME_AFTER#*load average: }\` (uptime's 1/5/15 min)."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  commit_line
   echo
   cat "$WORK/report.md"
   echo

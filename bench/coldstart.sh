@@ -41,26 +41,17 @@ NODE="$(command -v node || true)"
 [ -x "$PYTHON" ] && [ -n "$NODE" ] || { echo "bench: /usr/bin/python3 and node are needed" >&2; exit 1; }
 NODE="$(realpath "$NODE")"
 
-if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
-  SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"
-else
-  echo "bench: building release skyfri"
-  cargo build --release -p skyfri --bin skyfri
-  TARGET_DIR="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
-  SKYFRI="$TARGET_DIR/release/skyfri"
-fi
-[ -x "$SKYFRI" ] || { echo "bench: skyfri binary not found: $SKYFRI" >&2; exit 1; }
+source "$ROOT/bench/lib.sh"
+release_skyfri
 
 # ---------------------------------------------------------------- skyfri and the stack
-source "$ROOT/bench/lib.sh"
 # 500 connections in the client and as many in the gateway (plus its replicas' sockets).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
-PORT="$(free_port)"
-URL="http://127.0.0.1:$PORT"
-PASSWORD="bench-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
-mkdir -p "$WORK/stack/cold-py" "$WORK/stack/cold-node" "$WORK/stack/burst" "$WORK/stack/cold-lambda-py" "$WORK/data"
+SKYFRI_LOG="${SKYFRI_LOG:-info}" start_skyfri "$READY_TIMEOUT"
+URL="$SKY_URL"
+PASSWORD="$SKY_PASSWORD"
+mkdir -p "$WORK/stack/cold-py" "$WORK/stack/cold-node" "$WORK/stack/burst" "$WORK/stack/cold-lambda-py"
 cat >"$WORK/stack/cold-py/handler.py" <<'PY'
 def handle(req):
     return "ok"
@@ -126,27 +117,8 @@ $LABELS
 $ANNOTATIONS
 YML
 
-SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-info}" \
-  "$SKYFRI" up --listen "127.0.0.1:$PORT" --ui-listen off --data-dir "$WORK/data" >"$WORK/skyfri.log" 2>&1 &
-PIDS+=($!)
-SKY_PID=$!
-
-fail() {   # fail MESSAGE: the message and the tail of skyfri's log, exit 1 (cleanup stops skyfri)
-  echo "bench: $1" >&2
-  echo "bench: tail of skyfri's log:" >&2
-  tail -n 40 "$WORK/skyfri.log" >&2 || true
-  exit 1
-}
-
-deadline=$((SECONDS + READY_TIMEOUT))
-until grep -qx ready "$WORK/skyfri.log" 2>/dev/null; do
-  kill -0 "$SKY_PID" 2>/dev/null || fail "skyfri exited before it was ready"
-  [ "$SECONDS" -lt "$deadline" ] || fail "skyfri not ready within ${READY_TIMEOUT}s"
-  sleep 0.1
-done
 echo "bench: skyfri ready on $URL; deploying cold-py, cold-node, cold-lambda-py, burst"
-(cd "$WORK/stack" && SKYFRI_PASSWORD="$PASSWORD" timeout 300 "$SKYFRI" deploy -f stack.yml --gateway "$URL") \
-  >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log" >&2; fail "deploy failed"; }
+skyfri_deploy "$WORK/stack" >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log" >&2; fail "deploy failed"; }
 
 # ---------------------------------------------------------------- measure
 set +e
@@ -165,8 +137,8 @@ WARNINGS="$(grep -cE ' (WARN|ERROR) ' "$WORK/skyfri.log" || true)"
 {
   echo "## skyfri cold-start benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "$(machine_line)."
+  commit_line
   echo "Isolation: $(grep -m1 '^isolation:' "$WORK/skyfri.log" | sed 's/^isolation: //' || true)."
   echo "Interpreters: $("$PYTHON" --version 2>&1), node $("$NODE" --version)."
   echo

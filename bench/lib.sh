@@ -82,3 +82,142 @@ EOF
   NGX_PID=$!
   PIDS+=("$NGX_PID")
 }
+
+# target_dir: cargo's target directory ($CARGO_TARGET_DIR, cargo's own, or ./target).
+target_dir() {
+  echo "${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
+}
+
+# release_skyfri: sets SKYFRI to $BENCH_SKYFRI_BIN, or to the release build of skyfri (built now).
+release_skyfri() {
+  if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
+    SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"
+  else
+    echo "bench: building release skyfri"
+    cargo build --release -p skyfri --bin skyfri
+    SKYFRI="$(target_dir)/release/skyfri"
+  fi
+  [ -x "$SKYFRI" ] || { echo "bench: skyfri binary not found: $SKYFRI" >&2; exit 1; }
+}
+
+# fail MESSAGE: the message and the tail of skyfri's log, exit 1 (cleanup stops everything).
+fail() {
+  echo "bench: $1" >&2
+  echo "bench: tail of skyfri's log:" >&2
+  tail -n 40 "$WORK/skyfri.log" >&2 || true
+  exit 1
+}
+
+# start_skyfri SECONDS [ARGS...]: `$SKYFRI up` on a free port of 127.0.0.1 with a data dir under
+# $WORK, no dashboard, SKYFRI_LOG (default warn) and ARGS, logging to $WORK/skyfri.log; waits
+# SECONDS for it to print `ready`. Sets SKY_PID, SKY_URL and SKY_PASSWORD (the admin's).
+start_skyfri() {
+  local timeout="$1" port deadline
+  shift
+  port="$(free_port)"
+  SKY_URL="http://127.0.0.1:$port"
+  SKY_PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+  mkdir -p "$WORK/skyfri-data"
+  SKYFRI_ADMIN_PASSWORD="$SKY_PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
+    "$SKYFRI" up --listen "127.0.0.1:$port" --ui-listen off --data-dir "$WORK/skyfri-data" "$@" \
+    >"$WORK/skyfri.log" 2>&1 &
+  SKY_PID=$!
+  PIDS+=("$SKY_PID")
+  deadline=$((SECONDS + timeout))
+  until grep -qx ready "$WORK/skyfri.log" 2>/dev/null; do
+    kill -0 "$SKY_PID" 2>/dev/null || fail "skyfri exited before it was ready"
+    [ "$SECONDS" -lt "$deadline" ] || fail "skyfri not ready within ${timeout}s"
+    sleep 0.1
+  done
+}
+
+# skyfri_deploy DIR: `skyfri deploy -f stack.yml` in DIR against the skyfri of start_skyfri.
+skyfri_deploy() {
+  (cd "$1" && SKYFRI_PASSWORD="$SKY_PASSWORD" timeout 600 "$SKYFRI" deploy -f stack.yml --gateway "$SKY_URL")
+}
+
+# rss_kib PID: the process's resident memory (VmRSS) in KiB, empty when it is gone.
+rss_kib() {
+  awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true
+}
+
+# cpu_ticks PID...: user + system CPU time the processes used so far, in clock ticks
+# (getconf CLK_TCK a second), from /proc/PID/stat; a process that is gone counts 0.
+cpu_ticks() {
+  local pid total=0 t
+  for pid in "$@"; do
+    # The command name (field 2) may hold spaces: read the fields after its closing paren.
+    t="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')" || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
+# descendants PID: the process ids below PID (children, their children, ...), one a line.
+descendants() {
+  ps -e -o pid=,ppid= | awk -v root="$1" '
+    { parent[$1] = $2 }
+    END {
+      found[root] = 1
+      do {
+        more = 0
+        for (p in parent) if (!(p in found) && (parent[p] in found)) { found[p] = 1; more = 1; print p }
+      } while (more)
+    }'
+}
+
+# run_wrk KEY URL [PID...]: WARMUP seconds of wrk (not measured), then SECONDS_PER_RUN measured
+# seconds, with THREADS threads and CONNS connections; sets RPS, P50, P99 (µs), ERRS (non-2xx
+# answers, socket errors and timeouts) and REQS (requests done) at KEY, RPS empty when wrk
+# failed. With PIDs, also CPU_US at KEY: the CPU time (user + system) those processes and
+# all below them used during the measured run, in µs per request.
+declare -A RPS P50 P99 ERRS REQS CPU_US
+run_wrk() {
+  local key="$1" url="$2" out="$WORK/wrk-$1.txt" tck before after
+  shift 2
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
+  fi
+  echo "bench: $key: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency $url"
+  [ $# -gt 0 ] && before="$(cpu_ticks "$@" $(for p in "$@"; do descendants "$p"; done))"
+  if ! timeout $((SECONDS_PER_RUN + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$url" >"$out" 2>&1; then
+    echo "bench: wrk failed for $key" >&2; cat "$out" >&2 || true
+    RPS[$key]=""; return
+  fi
+  [ $# -gt 0 ] && after="$(cpu_ticks "$@" $(for p in "$@"; do descendants "$p"; done))"
+  RPS[$key]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
+  REQS[$key]="$(awk '/ requests in / {print $1}' "$out")"
+  P50[$key]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
+  P99[$key]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
+  # Non-2xx/3xx answers, socket errors and timeouts all count as errors.
+  ERRS[$key]="$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
+    /Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) e += $i}
+    END {print e + 0}' "$out")"
+  if [ $# -gt 0 ]; then
+    tck="$(getconf CLK_TCK)"
+    CPU_US[$key]="$(awk -v t=$((after - before)) -v hz="$tck" -v n="${REQS[$key]}" \
+      'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')"
+  fi
+}
+
+# wrk_knobs: SECONDS_PER_RUN, WARMUP and THREADS from BENCH_SECONDS (10, 1..600), BENCH_WARMUP
+# (2) and BENCH_THREADS (1); exits 2 on a value that is not a whole number.
+wrk_knobs() {
+  SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
+  WARMUP="${BENCH_WARMUP:-2}"
+  THREADS="${BENCH_THREADS:-1}"
+  for v in "$SECONDS_PER_RUN" "$WARMUP" "$THREADS"; do
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
+  done
+  [ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
+}
+
+# machine_line, commit_line: what a report says of where and what it measured (the machine's
+# line without its full stop, for callers that add to it).
+machine_line() {
+  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)"
+}
+commit_line() {
+  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+}

@@ -13,16 +13,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
-SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
-WARMUP="${BENCH_WARMUP:-2}"
-THREADS="${BENCH_THREADS:-1}"
+source "$ROOT/bench/lib.sh"
+wrk_knobs
 CONNS="${BENCH_CONNECTIONS:-16}"
 STRICT="${BENCH_STRICT:-0}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
-for v in "$SECONDS_PER_RUN" "$WARMUP" "$THREADS" "$CONNS" "$READY_TIMEOUT"; do
+for v in "$CONNS" "$READY_TIMEOUT"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
 done
-[ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
 
 # ---------------------------------------------------------------- prerequisites
 if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap, ... for skyfri
@@ -44,8 +42,7 @@ else
 fi
 [ -x "$SKYFRI" ] && [ -x "$UPSTREAM_BIN" ] || { echo "bench: built binaries not found under $TARGET_DIR" >&2; exit 1; }
 
-# ---------------------------------------------------------------- processes and cleanup
-source "$ROOT/bench/lib.sh"
+# ---------------------------------------------------------------- processes
 
 # (a) the upstream, directly
 UP_PORT="$(free_port)"
@@ -107,26 +104,6 @@ if [ "$SKY_OK" = 0 ] || [ "$SKY_UP_OK" = 0 ] || [ "$SKY_PY_OK" = 0 ]; then
 fi
 
 # ---------------------------------------------------------------- load
-declare -A RPS P50 P99 ERRS
-run_wrk() {   # run_wrk KEY URL
-  local key="$1" url="$2" out="$WORK/wrk-$1.txt"
-  if [ "$WARMUP" -gt 0 ]; then
-    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1 || true
-  fi
-  echo "bench: $key: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency $url"
-  if ! timeout $((SECONDS_PER_RUN + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$url" >"$out" 2>&1; then
-    echo "bench: wrk failed for $key" >&2; cat "$out" >&2 || true
-    RPS[$key]=""; return
-  fi
-  RPS[$key]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
-  P50[$key]="$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")"
-  P99[$key]="$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")"
-  # Non-2xx/3xx answers, socket errors and timeouts all count as errors.
-  ERRS[$key]="$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
-    /Socket errors:/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) e += $i}
-    END {print e + 0}' "$out")"
-}
-
 run_wrk direct       "http://127.0.0.1:$UP_PORT/"
 run_wrk nginx        "http://127.0.0.1:$NGX_PORT/"
 [ "$SKY_UP_OK" = 1 ] && run_wrk skyfri_http  "http://127.0.0.1:$SKY_PORT/function/upstream"
@@ -145,8 +122,8 @@ VERDICT=0
 report() {
   echo "## skyfri proxy benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr)."
-  echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)')."
+  echo "$(machine_line)."
+  commit_line
   echo "Load: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency (after ${WARMUP}s warm-up), all on 127.0.0.1; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes 2, upstream keepalive 64."
   echo
   echo "| target | req/s | p50 (µs) | p99 (µs) | errors |"

@@ -1,6 +1,11 @@
 //! Function logs: one JSON-lines file per function (so logs survive replica and skyfri
 //! restarts) plus a broadcast channel for followers.
 //!
+//! The channel holds a ring of [`FOLLOW_BUFFER`] lines (over 100 KiB), so it exists only
+//! while someone follows: it is made by the first follower and dropped at the first line
+//! written (or follower arriving) after the last one left. A thousand functions nobody
+//! follows cost a thousand small structs, not a hundred megabytes of empty rings.
+//!
 //! On disk: `<dir>/<function>.jsonl` is written; when the next line would take it over
 //! [`Rotation::max_bytes`] it becomes `<function>.jsonl.1`, the older ones move up
 //! (`.1` to `.2`, ...) and the oldest beyond [`Rotation::files`] is deleted. So a function
@@ -102,7 +107,8 @@ pub struct LogStore {
 /// One function's log: its file and its followers.
 pub struct LogSink {
     file: Mutex<RotatingFile>,
-    tx: broadcast::Sender<LogLine>,
+    /// The followers' channel, while there are followers (see the module's docs).
+    followers: Mutex<Option<broadcast::Sender<LogLine>>>,
 }
 
 impl LogStore {
@@ -132,7 +138,7 @@ impl LogStore {
                     self.dir.join(format!("{name}.jsonl")),
                     self.rotation,
                 )),
-                tx: broadcast::channel(FOLLOW_BUFFER).0,
+                followers: Mutex::new(None),
             })
         });
         Some(Arc::clone(sink))
@@ -152,7 +158,7 @@ impl LogStore {
             let file = sink.file.lock().unwrap_or_else(PoisonError::into_inner);
             let parts: Vec<Part> = file.paths().iter().filter_map(|p| Part::open(p)).collect();
             // Under the lock, as the writer sends: a line is either in the files or to come.
-            (parts, query.follow.then(|| sink.tx.subscribe()))
+            (parts, query.follow.then(|| sink.follow()))
         };
         LogRead {
             stored: Box::new(Lines::new(parts, query)),
@@ -162,7 +168,7 @@ impl LogStore {
 
     pub fn subscribe(&self, name: &str) -> broadcast::Receiver<LogLine> {
         match self.sink(name) {
-            Some(sink) => sink.tx.subscribe(),
+            Some(sink) => sink.follow(),
             // An invalid name never gets lines; a receiver of a dropped channel says so.
             None => broadcast::channel(1).1,
         }
@@ -181,14 +187,54 @@ impl LogSink {
                     tracing::warn!("writing {}: {e}", file.path.display());
                 }
                 // Under the lock, so that a reader's files and its live lines meet exactly.
-                // No followers is the normal case, not an error.
-                let _ = self.tx.send(line);
+                self.publish(line);
             }
             Err(e) => {
                 tracing::warn!("encoding a log line: {e}");
-                let _ = self.tx.send(line);
+                self.publish(line);
             }
         }
+    }
+
+    /// Hands `line` to the followers, if any; drops the ring once the last one has left.
+    fn publish(&self, line: LogLine) {
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = followers.as_ref() {
+            if tx.receiver_count() == 0 {
+                *followers = None;
+            } else {
+                // A follower that left since the count is not an error.
+                let _ = tx.send(line);
+            }
+        }
+    }
+
+    /// A receiver of the lines written from now on; makes the channel when there is none,
+    /// or when the one there has lost all its followers.
+    fn follow(&self) -> broadcast::Receiver<LogLine> {
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match followers.as_ref() {
+            Some(tx) if tx.receiver_count() > 0 => tx.subscribe(),
+            _ => {
+                let (tx, rx) = broadcast::channel(FOLLOW_BUFFER);
+                *followers = Some(tx);
+                rx
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn has_followers_channel(&self) -> bool {
+        self.followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 }
 
@@ -564,6 +610,39 @@ mod tests {
         let tail = read(&reopened, None, Some(1));
         assert_eq!(tail[0].text, "three");
         assert!(store.sink("../x").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn no_follower_ring_until_someone_follows() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = LogStore::open(dir.path().to_path_buf().into())?;
+        let sink = store.sink("f").ok_or("no sink")?;
+        sink.write(line("nobody follows"));
+        assert!(!sink.has_followers_channel(), "a ring without followers");
+
+        let mut first = store.subscribe("f");
+        let mut second = store.subscribe("f");
+        assert!(sink.has_followers_channel());
+        sink.write(line("both see it"));
+        assert_eq!(first.try_recv()?.text, "both see it");
+        assert_eq!(second.try_recv()?.text, "both see it");
+        drop(first);
+        sink.write(line("one is left"));
+        assert_eq!(second.try_recv()?.text, "one is left");
+        assert!(sink.has_followers_channel());
+
+        drop(second);
+        sink.write(line("gone"));
+        assert!(
+            !sink.has_followers_channel(),
+            "the ring outlived its followers"
+        );
+        // A new follower gets a new channel, and the lines from then on.
+        let mut again = store.subscribe("f");
+        sink.write(line("back"));
+        assert_eq!(again.try_recv()?.text, "back");
+        assert_eq!(read(&store, None, None).len(), 5);
         Ok(())
     }
 

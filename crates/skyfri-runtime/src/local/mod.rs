@@ -238,9 +238,15 @@ impl LocalProvider {
     }
 
     /// Stops replicas of `function` that left the rotation, in the background, each once
-    /// the drain period is over and no call holds it (waiting at most `timeout`, the
-    /// function's, for that); calls it is serving then still finish (see [`DRAIN`]).
-    fn retire(&self, function: &str, timeout: Duration, replicas: Vec<Arc<Replica>>) {
+    /// `drain` is over (normally [`DRAIN`]) and no call holds it (waiting at most `timeout`,
+    /// the function's, for that); calls it is serving then still finish.
+    fn retire(
+        &self,
+        function: &str,
+        drain: Duration,
+        timeout: Duration,
+        replicas: Vec<Arc<Replica>>,
+    ) {
         if replicas.is_empty() {
             return;
         }
@@ -258,7 +264,7 @@ impl LocalProvider {
             let tracker = tracker.clone();
             let function = function.to_string();
             tokio::spawn(async move {
-                tokio::time::sleep(DRAIN).await;
+                tokio::time::sleep(drain).await;
                 let idle_by = tokio::time::Instant::now() + timeout;
                 while tokio::time::Instant::now() < idle_by
                     && calls_on(tracker.as_ref(), &function, &replica.endpoint) > 0
@@ -424,7 +430,11 @@ impl Provider for LocalProvider {
             }
         }
         if trial {
-            self.retire(name, launch.timeout, std::mem::take(&mut new));
+            // Never in the rotation, so no call can be on its way to it: no drain. Deploying
+            // many functions at zero then runs one trial at a time, not one per deploy of
+            // the last two seconds.
+            let tried = std::mem::take(&mut new);
+            self.retire(name, Duration::ZERO, launch.timeout, tried);
         }
         // One swap: calls see either the old replicas or the new, never none.
         let old = {
@@ -442,7 +452,7 @@ impl Provider for LocalProvider {
             )
         };
         if let Some(old) = old {
-            self.retire(name, old.launch.timeout, old.replicas);
+            self.retire(name, DRAIN, old.launch.timeout, old.replicas);
         }
         Ok(())
     }
@@ -500,7 +510,7 @@ impl Provider for LocalProvider {
             }
         };
         // Calls already on their way to the removed replicas may finish.
-        self.retire(name, launch.timeout, removed);
+        self.retire(name, DRAIN, launch.timeout, removed);
         Ok(())
     }
 

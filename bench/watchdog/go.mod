@@ -1,0 +1,3 @@
+module skyfri.dev/bench/watchdog
+
+go 1.19
