@@ -79,6 +79,11 @@ impl Decisions {
             .insert(name.to_string(), replicas);
     }
 
+    /// Drops a hold whose scale was not applied.
+    pub fn release(&self, name: &str) {
+        self.take_hold(name);
+    }
+
     fn take_hold(&self, name: &str) -> Option<u32> {
         self.holds
             .lock()

@@ -260,11 +260,10 @@ async fn set_replicas(state: &AppState, name: &str, replicas: u32) -> Result<(),
     // The autoscaler keeps this count until traffic arrives (held before it is applied, so
     // that no decision in between undoes it).
     state.decisions.hold(name, replicas);
-    state
-        .provider
-        .scale(name, replicas)
-        .await
-        .map_err(GatewayError::internal)?;
+    if let Err(e) = state.provider.scale(name, replicas).await {
+        state.decisions.release(name);
+        return Err(GatewayError::internal(e));
+    }
     stored.replicas = replicas;
     let write = stored.clone();
     state

@@ -4,9 +4,13 @@
 //! and every call it serves) and streamed to the client in batches of about [`BATCH`] bytes
 //! as they are read, the reader waiting while the client is behind: a read of the whole
 //! history holds a batch or two in memory, never the history. Followed lines come after
-//! them, none missed or repeated between the two.
+//! them, none missed or repeated between the two. A client that takes nothing for
+//! [`STALLED`] has its answer cut, so that it cannot hold a thread of the blocking pool
+//! (which also runs the store's reads) for as long as it keeps the connection open.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -28,6 +32,8 @@ use crate::state::AppState;
 pub const BATCH: usize = 64 * 1024;
 /// Batches read ahead of the client.
 const AHEAD: usize = 2;
+/// How long a stored-lines read waits for a client that takes nothing.
+const STALLED: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 pub struct LogsQuery {
@@ -84,24 +90,40 @@ pub async fn logs(
     let (batches, stored) = mpsc::channel::<Bytes>(AHEAD);
     let (live_tx, live) = oneshot::channel();
     let provider = Arc::clone(&state.provider);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let gave_up = Arc::clone(&stalled);
     tokio::task::spawn_blocking(move || {
         let read = provider.logs(&q.name, &query);
         let _ = live_tx.send(read.live);
         let mut batch = Vec::with_capacity(BATCH + 1024);
         for line in read.stored {
             ndjson(&line, &mut batch);
-            // A client that went away ends the read.
-            if batch.len() >= BATCH && batches.blocking_send(take(&mut batch)).is_err() {
+            // A client that went away, or takes nothing, ends the read.
+            if batch.len() >= BATCH && !send_within(&batches, take(&mut batch), STALLED, &gave_up) {
                 return;
             }
         }
         if !batch.is_empty() {
-            let _ = batches.blocking_send(take(&mut batch));
+            send_within(&batches, take(&mut batch), STALLED, &gave_up);
         }
     });
-    let stored = futures_util::stream::unfold(stored, |mut rx| async move {
-        let batch = rx.recv().await?;
-        Some((Ok::<_, std::io::Error>(batch), rx))
+    let stored = futures_util::stream::unfold(Some(stored), move |rx| {
+        let stalled = Arc::clone(&stalled);
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(batch) => Some((Ok(batch), Some(rx))),
+                // An error cuts the answer: the client must not take a partial history
+                // for the whole (nor followed lines after a gap).
+                None if stalled.load(Ordering::Acquire) => Some((
+                    Err(std::io::Error::other(
+                        "log read cut: the client took nothing",
+                    )),
+                    None,
+                )),
+                None => None,
+            }
+        }
     });
     let instance = q.instance;
     let live = futures_util::stream::once(live)
@@ -109,6 +131,34 @@ pub async fn logs(
         .flat_map(move |rx| follow(rx, instance.clone()));
     let body = Body::from_stream(stored.chain(live));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Sends `batch` from a blocking thread, waiting up to `within` for room; false (and
+/// `gave_up` set when it was the wait) when the read should end.
+fn send_within(
+    batches: &mpsc::Sender<Bytes>,
+    batch: Bytes,
+    within: Duration,
+    gave_up: &AtomicBool,
+) -> bool {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut batch = batch;
+    loop {
+        match batches.try_send(batch) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if started.elapsed() >= within {
+                    gave_up.store(true, Ordering::Release);
+                    return false;
+                }
+                batch = back;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 fn take(batch: &mut Vec<u8>) -> Bytes {
@@ -136,4 +186,36 @@ fn follow(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_takes_nothing_ends_the_read() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let gave_up = AtomicBool::new(false);
+        let within = Duration::from_millis(30);
+        assert!(send_within(&tx, Bytes::from_static(b"a"), within, &gave_up));
+        // Full, and nobody takes: the read ends, saying it gave up.
+        assert!(!send_within(
+            &tx,
+            Bytes::from_static(b"b"),
+            within,
+            &gave_up
+        ));
+        assert!(gave_up.load(Ordering::Acquire));
+        // Gone: ends at once, not a stall.
+        let gave_up = AtomicBool::new(false);
+        assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"a")));
+        drop(rx);
+        assert!(!send_within(
+            &tx,
+            Bytes::from_static(b"c"),
+            within,
+            &gave_up
+        ));
+        assert!(!gave_up.load(Ordering::Acquire));
+    }
 }

@@ -30,7 +30,7 @@
 //!
 //! A message's attempt is its delivery count minus its hand-backs. At shutdown, the calls
 //! still running when the grace period ends are handed back: the hand-back is counted in the
-//! KV bucket `skyfri_topic_handbacks` (key: the stream and the sequence, see
+//! KV bucket `skyfri_topic_handbacks` (key: the consumer, the stream and the sequence, see
 //! [`handback_key`]), then the message is NAKed, so that another skyfri sharing the NATS
 //! server (or this one once restarted) gets it at once instead of after `ack_wait`, and
 //! runs it with the same attempt number. That is why the consumer has no `max_deliver`: the
@@ -518,12 +518,13 @@ async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Mess
         ..
     } = ctx;
     let state = &state;
-    let (delivered, sequence) = match message.info() {
+    let (delivered, sequence, consumer) = match message.info() {
         Ok(i) => (
             u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX),
             i.stream_sequence,
+            i.consumer.to_string(),
         ),
-        Err(_) => (1, 0),
+        Err(_) => (1, 0, String::new()),
     };
     let call_id = format!("nats-{stream}-{sequence}");
     let Some(live) = state.live(function) else {
@@ -533,7 +534,7 @@ async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Mess
     };
     let spec = &live.deployment.spec;
     let policy = RetryPolicy::from_spec(spec).unwrap_or_default();
-    let key = handback_key(stream, sequence);
+    let key = handback_key(&consumer, stream, sequence);
     // A first delivery cannot have been handed back: no lookup on the common path.
     let handed_back = match delivered {
         1 => 0,
@@ -645,17 +646,20 @@ async fn handle(ctx: Ctx, function: &str, stream: &str, message: jetstream::Mess
     }
 }
 
-/// The key of a message's hand-back count: its stream and sequence. Stream names may hold
-/// characters KV keys may not; those are written `=XX` (hex).
-fn handback_key(stream: &str, sequence: u64) -> String {
-    let mut key = String::with_capacity(stream.len() + 21);
-    for b in stream.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => key.push(char::from(b)),
-            _ => key.push_str(&format!("={b:02X}")),
+/// The key of a message's hand-back count: the consumer that got it (one per function and
+/// subject: two functions on one stream count their hand-backs apart), its stream and
+/// sequence. Names may hold characters KV keys may not; those are written `=XX` (hex).
+fn handback_key(consumer: &str, stream: &str, sequence: u64) -> String {
+    let mut key = String::with_capacity(consumer.len() + stream.len() + 22);
+    for name in [consumer, stream] {
+        for b in name.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => key.push(char::from(b)),
+                _ => key.push_str(&format!("={b:02X}")),
+            }
         }
+        key.push('.');
     }
-    key.push('.');
     key.push_str(&sequence.to_string());
     key
 }
@@ -765,8 +769,16 @@ mod tests {
         let w = durable_name("f", "a.*.>");
         assert!(!w.contains(['.', '*', '>', ' ']), "{w}");
         assert!(w.contains("star") && w.contains("all"), "{w}");
-        assert_eq!(handback_key("ORDERS", 42), "ORDERS.42");
-        assert_eq!(handback_key("my.stream@x", 7), "my=2Estream=40x.7");
+        assert_eq!(
+            handback_key("skyfri_f_a", "ORDERS", 42),
+            "skyfri_f_a.ORDERS.42"
+        );
+        assert_eq!(handback_key("c", "my.stream@x", 7), "c.my=2Estream=40x.7");
+        assert_ne!(
+            handback_key("skyfri_a_jobs", "JOBS", 7),
+            handback_key("skyfri_b_jobs", "JOBS", 7),
+            "two functions on one stream share a count"
+        );
         let s = stream_name("orders.*");
         assert!(
             s.starts_with("SKYFRI_ORDERS__") && !s.contains(['.', '*', '>']),

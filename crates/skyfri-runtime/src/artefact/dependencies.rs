@@ -127,6 +127,8 @@ pub fn install(template: Template, staging: &Path, layers: &Layers) -> Result<()
                     .program(&npm)
                     .env(&["npm_config_registry", "NPM_CONFIG_REGISTRY"]);
                 key.file(&function.join(PACKAGE_JSON))?;
+                // A registry or its settings uploaded beside the handler change what installs.
+                key.file(&function.join(".npmrc"))?;
                 for lock in LOCK_FILES {
                     key.file(&function.join(lock))?;
                 }
@@ -277,40 +279,80 @@ fn declares_something(requirements: &Path) -> Result<bool, RuntimeError> {
     }))
 }
 
-/// Whether `requirements` says everything pip installs from it by itself: not when it
-/// includes or constrains by other files (`-r`, `-c`), installs a folder or a file (`.`,
-/// `./pkg`, `/abs`, `file:`) or an editable; such a folder is installed on every build.
+/// Whether `requirements` says everything pip installs from it by itself: not when a line
+/// includes, constrains or finds packages through other files or folders (`-r`, `-c`, `-e`,
+/// `-f`), or names a path, a URL or an archive (`./pkg`, `/abs`, `file:`, `x @ https://…`,
+/// `wheels/x.whl`); such a folder is installed on every build. Index options (`-i URL`,
+/// `--extra-index-url URL`) are keyed by their text like any other line.
 fn self_contained_requirements(requirements: &Path) -> Result<bool, RuntimeError> {
-    const REFERS: [&str; 7] = [
+    const REFERS: [&str; 8] = [
         "-r",
         "-c",
         "-e",
+        "-f",
         "--requirement",
         "--constraint",
         "--editable",
-        "file:",
+        "--find-links",
     ];
+    const INDEX: [&str; 3] = ["-i", "--index-url", "--extra-index-url"];
+    const ARCHIVES: [&str; 5] = [".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2"];
     let text = fs::read_to_string(requirements)
         .map_err(|e| RuntimeError::io(format!("reading {REQUIREMENTS}"), e))?;
     Ok(text.lines().all(|l| {
         let l = l.split(" #").next().unwrap_or("").trim();
-        !(l.starts_with('.')
-            || l.starts_with('/')
-            || l.starts_with('~')
-            || REFERS
-                .iter()
-                .any(|r| l.starts_with(r) || l.contains(" @ file:")))
+        if l.starts_with('#') || (INDEX.iter().any(|o| l.starts_with(o)) && !l.contains("file:")) {
+            return true;
+        }
+        !(REFERS.iter().any(|r| l.starts_with(r))
+            || l.starts_with(['.', '/', '~'])
+            || l.contains(['/', '\\'])
+            || l.contains("file:")
+            || ARCHIVES.iter().any(|a| l.ends_with(a)))
     }))
 }
 
-/// Whether `package.json` names only registry or remote packages: not a local folder or
-/// file (`file:`, `link:`, `workspace:`), which installs on every build.
+/// Whether `package.json` names only registry packages: not a local folder or file
+/// (`file:`, `link:`, `workspace:`, `./lib`, `../lib`, `/abs`, `~/lib`), which installs on
+/// every build. A file that is not JSON is left to npm to refuse.
 fn self_contained_package(package: &Path) -> Result<bool, RuntimeError> {
+    const LOCAL: [&str; 3] = ["file:", "link:", "workspace:"];
     let text = fs::read_to_string(package)
         .map_err(|e| RuntimeError::io(format!("reading {PACKAGE_JSON}"), e))?;
-    Ok(!["\"file:", "\"link:", "\"workspace:"]
-        .iter()
-        .any(|p| text.contains(p)))
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(false);
+    };
+    let specs = [
+        "dependencies",
+        "optionalDependencies",
+        "peerDependencies",
+        "bundleDependencies",
+        "bundledDependencies",
+        "overrides",
+    ]
+    .iter()
+    .filter_map(|field| json.get(field))
+    .flat_map(|deps| match deps {
+        serde_json::Value::Object(map) => map.values().cloned().collect(),
+        serde_json::Value::Array(list) => list.clone(),
+        _ => Vec::new(),
+    });
+    let mut local = false;
+    for spec in specs {
+        local |= match &spec {
+            serde_json::Value::String(s) => {
+                s.starts_with(['.', '/', '~']) || LOCAL.iter().any(|p| s.starts_with(p))
+            }
+            // Nested overrides: judged by their text.
+            other => {
+                let text = other.to_string();
+                LOCAL.iter().any(|p| text.contains(&format!("\"{p}")))
+                    || text.contains("\"./")
+                    || text.contains("\"../")
+            }
+        };
+    }
+    Ok(!local)
 }
 
 /// npm beside `node` (both come from one package), else the first on `PATH`.
@@ -502,6 +544,15 @@ mod tests {
             ("./vendor/pkg\n", false),
             ("-e .\n", false),
             ("mylib @ file:///srv/mylib\n", false),
+            ("mylib@file:///srv/mylib\n", false),
+            ("-f ./wheels\nsix\n", false),
+            ("--find-links wheels\nsix\n", false),
+            ("wheels/six-1.16.0-py2.py3-none-any.whl\n", false),
+            ("six-1.16.0-py2.py3-none-any.whl\n", false),
+            ("pkg @ https://example.com/pkg-1.0.tar.gz\n", false),
+            ("-i https://pypi.example.com/simple\nsix==1.16.0\n", true),
+            ("--extra-index-url https://x.example/simple\nsix\n", true),
+            ("six==1.16.0 --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n", true),
         ] {
             fs::write(&file, text)?;
             assert_eq!(self_contained_requirements(&file)?, expected, "{text:?}");
@@ -509,8 +560,17 @@ mod tests {
         let package = dir.path().join(PACKAGE_JSON);
         fs::write(&package, r#"{"dependencies": {"ms": "2.1.3"}}"#)?;
         assert!(self_contained_package(&package)?);
-        fs::write(&package, r#"{"dependencies": {"lib": "file:../lib"}}"#)?;
-        assert!(!self_contained_package(&package)?);
+        for local in [
+            r#"{"dependencies": {"lib": "file:../lib"}}"#,
+            r#"{"dependencies": {"lib": "../lib"}}"#,
+            r#"{"dependencies": {"lib": "./lib"}}"#,
+            r#"{"optionalDependencies": {"lib": "/srv/lib"}}"#,
+            r#"{"dependencies": {"ms": "2"}, "overrides": {"ms": {"x": "file:./x"}}}"#,
+            "not json",
+        ] {
+            fs::write(&package, local)?;
+            assert!(!self_contained_package(&package)?, "{local}");
+        }
         Ok(())
     }
 

@@ -106,7 +106,9 @@ impl Layers {
         dest: &Path,
         install: impl FnOnce() -> Result<(), RuntimeError>,
     ) -> Result<bool, RuntimeError> {
-        let Some(key) = key else {
+        // Something already there (a `node_modules/` uploaded with the handler) is part of
+        // what gets installed, and not in the key: neither reused nor kept.
+        let Some(key) = key.filter(|_| !dest.exists()) else {
             install()?;
             return Ok(false);
         };
@@ -240,22 +242,28 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_layer_is_installed_afresh() -> Result<(), Box<dyn std::error::Error>> {
+    fn something_already_there_is_installed_over() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let layers = Layers::of(dir.path());
         let a = dir.path().join("a");
         layers.install(Some(key("six")), &a, || {
             fs::create_dir_all(&a).map_err(|e| RuntimeError::io("test", e))
         })?;
-        // Something else now sits where the layer must be linked to.
+        // Something already sits where the layer would be linked to: installed over, and
+        // the kept layer left as it is.
         let b = dir.path().join("b");
         fs::create_dir_all(&b)?;
         let mut ran = false;
         let reused = layers.install(Some(key("six")), &b, || {
             ran = true;
-            fs::create_dir_all(&b).map_err(|e| RuntimeError::io("test", e))
+            Ok(())
         })?;
         assert!(!reused && ran);
+        assert!(
+            layers.root.read_dir()?.count() == 1,
+            "the kept layer was dropped"
+        );
+
         Ok(())
     }
 }
