@@ -152,6 +152,9 @@ const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// As names, not strings: a map finds a name without parsing it first.
+const LAMBDA_EVENT: HeaderName = HeaderName::from_static(skyfri_core::lambda::EVENT_HEADER);
+const LAMBDA_SOURCE_IP: HeaderName = HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER);
 
 /// A new call id: a random (v4) UUID.
 fn new_call_id() -> HeaderValue {
@@ -169,12 +172,19 @@ fn nanos_value(ns: u128) -> HeaderValue {
 fn seconds_value(seconds: f64) -> HeaderValue {
     let micros = (seconds * 1e6).round().clamp(0.0, u64::MAX as f64) as u64;
     let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
-    let mut text = itoa::Buffer::new().format(whole).to_owned();
-    text.push('.');
-    let frac = itoa::Buffer::new().format(frac).to_owned();
-    text.push_str(&"000000"[frac.len()..]);
-    text.push_str(&frac);
-    header_value(&text)
+    // Whole seconds, a point, six digits: on the stack, one allocation for the value.
+    let mut text = [0u8; 32];
+    let mut whole_digits = itoa::Buffer::new();
+    let whole = whole_digits.format(whole).as_bytes();
+    text[..whole.len()].copy_from_slice(whole);
+    text[whole.len()] = b'.';
+    let mut rest = frac;
+    for i in (0..6).rev() {
+        text[whole.len() + 1 + i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    HeaderValue::from_bytes(&text[..whole.len() + 7])
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Counts a call of `live` that ended with `code`, as invocations, in the metrics and in
@@ -235,18 +245,17 @@ async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoin
     let (mut parts, body) = req.into_parts();
     // Only the gateway's Invoke API may hand a Lambda function a raw event, and only the
     // gateway says where a call came from.
-    parts.headers.remove(skyfri_core::lambda::EVENT_HEADER);
-    parts.headers.remove(skyfri_core::lambda::SOURCE_IP_HEADER);
+    parts.headers.remove(LAMBDA_EVENT);
+    parts.headers.remove(LAMBDA_SOURCE_IP);
     if live.deployment.template.is_lambda() {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         if let Some(ip) = crate::auth::client_ip(peer, &parts.headers, &state.trusted_proxies) {
-            parts.headers.insert(
-                HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER),
-                header_value(&ip.to_string()),
-            );
+            parts
+                .headers
+                .insert(LAMBDA_SOURCE_IP, header_value(&ip.to_string()));
         }
     }
     let body = read_body(state, live, body).await?;
