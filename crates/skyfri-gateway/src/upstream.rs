@@ -586,7 +586,10 @@ impl AnswerBody {
     }
 
     fn invalid(what: &str) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, format!("invalid chunked answer: {what}"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid chunked answer: {what}"),
+        )
     }
 
     fn data(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
@@ -688,8 +691,7 @@ impl hyper::body::Body for AnswerBody {
                         conn.buf.advance(1);
                         *state = Chunk::Size;
                         None
-                    } else if conn.buf.len() >= 2 || conn.buf.first().is_some_and(|&b| b != b'\r')
-                    {
+                    } else if conn.buf.len() >= 2 || conn.buf.first().is_some_and(|&b| b != b'\r') {
                         return this.fail(Self::invalid("no CRLF after a chunk's data"));
                     } else {
                         Some(ready!(conn.poll_fill(cx)))
@@ -747,9 +749,11 @@ impl hyper::body::Body for AnswerBody {
 /// A new connection to `endpoint`.
 async fn connect(endpoint: &Endpoint) -> Result<Conn, SendError> {
     let io = match endpoint {
-        Endpoint::Unix(path) => {
-            ReplicaStream::Unix(UnixStream::connect(path).await.map_err(SendError::Connect)?)
-        }
+        Endpoint::Unix(path) => ReplicaStream::Unix(
+            UnixStream::connect(path)
+                .await
+                .map_err(SendError::Connect)?,
+        ),
         Endpoint::Tcp(addr) => {
             let tcp = TcpStream::connect(addr).await.map_err(SendError::Connect)?;
             tcp.set_nodelay(true).map_err(SendError::Connect)?;

@@ -78,7 +78,6 @@ async fn replica(
     Ok((Endpoint::Tcp(addr), requests))
 }
 
-
 async fn send(up: &Upstream, e: &Endpoint, method: &Method, body: &[u8]) -> Result<Answer> {
     let headers = HeaderMap::new();
     let head = Head {
@@ -263,7 +262,10 @@ async fn informational_answers_are_skipped_and_upgrades_refused() -> Result {
     .await?;
     assert_eq!(call(&up, &e).await?, "hi");
     let err = call(&up, &e).await.err().map(|e| e.to_string());
-    assert!(matches!(&err, Some(e) if e.contains("101 Switching Protocols")), "{err:?}");
+    assert!(
+        matches!(&err, Some(e) if e.contains("101 Switching Protocols")),
+        "{err:?}"
+    );
     Ok(())
 }
 
@@ -272,7 +274,10 @@ async fn bodiless_and_close_delimited_answers() -> Result {
     let up = Upstream::default();
     let (e, _) = replica(|_, n, _| match n {
         // HEAD: a length, no body; 204: nothing.
-        1 => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec(), false),
+        1 => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec(),
+            false,
+        ),
         2 => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
         // No length: the body ends with the connection.
         _ => (b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec(), true),
@@ -317,7 +322,10 @@ async fn requests_carry_their_fields_and_body() -> Result {
         let seen = answer.body.collect().await?.to_bytes();
         let seen = String::from_utf8_lossy(&seen);
         let (head_seen, body_seen) = seen.split_once("\r\n\r\n").ok_or("no head")?;
-        assert!(head_seen.starts_with("POST /a/b?q=1 HTTP/1.1\r\n"), "{head_seen}");
+        assert!(
+            head_seen.starts_with("POST /a/b?q=1 HTTP/1.1\r\n"),
+            "{head_seen}"
+        );
         assert!(head_seen.contains("\r\nx-kept: 1\r\n"), "{head_seen}");
         assert!(head_seen.contains("\r\nx-call-id: real"), "{head_seen}");
         assert!(!head_seen.contains("forged") && !head_seen.contains("caller"));
