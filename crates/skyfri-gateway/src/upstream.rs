@@ -54,6 +54,9 @@ pub const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 16 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
+/// Room in an answer's header map for the fields the gateway adds (`X-Call-Id`,
+/// `X-Start-Time`, `X-Duration-Seconds`, `X-Skyfri-Cold-Start`): a map that grows rehashes.
+const ADDED_FIELDS: usize = 4;
 /// Bytes of a chunk-size line (the size in hex and any extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -451,7 +454,7 @@ fn parse(conn: &mut Conn, method: &Method) -> Result<Parse, SendError> {
     let status = StatusCode::from_u16(code)
         .map_err(|_| SendError::Answer(format!("an invalid answer status {code}")))?;
     let head = conn.buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + ADDED_FIELDS);
     let mut length: Option<u64> = None;
     let (mut chunked, mut encoded) = (false, false);
     let mut close = version == 0;
