@@ -357,10 +357,8 @@ pub fn check_invoke(
     req: &mut Request,
     session: Option<Principal>,
 ) -> Option<Response> {
-    let client = Client::of(state, req);
-    let target = format!("{} {}", req.method(), req.uri().path());
-    let headers = req.headers_mut();
     if !private {
+        let headers = req.headers_mut();
         let ours = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -373,6 +371,10 @@ pub fn check_invoke(
         }
         return None;
     }
+    // Only a private function's call needs these (for the failed-login budget and audit).
+    let client = Client::of(state, req);
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let headers = req.headers_mut();
     let need = Scope::Invoke(name.to_string());
     let authenticated = match session {
         Some(p) => Ok(p),

@@ -16,7 +16,7 @@ use axum::http::header::{HOST, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 
 use crate::error::GatewayError;
 use crate::limits::{self, Limit};
@@ -152,6 +152,9 @@ const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// As names, not strings: a map finds a name without parsing it first.
+const LAMBDA_EVENT: HeaderName = HeaderName::from_static(skyfri_core::lambda::EVENT_HEADER);
+const LAMBDA_SOURCE_IP: HeaderName = HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER);
 
 /// A new call id: a random (v4) UUID.
 fn new_call_id() -> HeaderValue {
@@ -169,12 +172,19 @@ fn nanos_value(ns: u128) -> HeaderValue {
 fn seconds_value(seconds: f64) -> HeaderValue {
     let micros = (seconds * 1e6).round().clamp(0.0, u64::MAX as f64) as u64;
     let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
-    let mut text = itoa::Buffer::new().format(whole).to_owned();
-    text.push('.');
-    let frac = itoa::Buffer::new().format(frac).to_owned();
-    text.push_str(&"000000"[frac.len()..]);
-    text.push_str(&frac);
-    header_value(&text)
+    // Whole seconds, a point, six digits: on the stack, one allocation for the value.
+    let mut text = [0u8; 32];
+    let mut whole_digits = itoa::Buffer::new();
+    let whole = whole_digits.format(whole).as_bytes();
+    text[..whole.len()].copy_from_slice(whole);
+    text[whole.len()] = b'.';
+    let mut rest = frac;
+    for i in (0..6).rev() {
+        text[whole.len() + 1 + i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    HeaderValue::from_bytes(&text[..whole.len() + 7])
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Counts a call of `live` that ended with `code`, as invocations, in the metrics and in
@@ -235,18 +245,17 @@ async fn outgoing(state: &AppState, live: &Live, req: Request) -> Result<Outgoin
     let (mut parts, body) = req.into_parts();
     // Only the gateway's Invoke API may hand a Lambda function a raw event, and only the
     // gateway says where a call came from.
-    parts.headers.remove(skyfri_core::lambda::EVENT_HEADER);
-    parts.headers.remove(skyfri_core::lambda::SOURCE_IP_HEADER);
+    parts.headers.remove(LAMBDA_EVENT);
+    parts.headers.remove(LAMBDA_SOURCE_IP);
     if live.deployment.template.is_lambda() {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         if let Some(ip) = crate::auth::client_ip(peer, &parts.headers, &state.trusted_proxies) {
-            parts.headers.insert(
-                HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER),
-                header_value(&ip.to_string()),
-            );
+            parts
+                .headers
+                .insert(LAMBDA_SOURCE_IP, header_value(&ip.to_string()));
         }
     }
     let body = read_body(state, live, body).await?;
@@ -326,31 +335,43 @@ pub async fn forward(
         state.metrics.queue_wait(&spec.name, lease.waited());
     }
     let endpoint = lease.endpoint();
-    let path_and_query = match &call.query {
-        Some(q) => format!("{}?{q}", call.suffix),
-        None => call.suffix,
+    let mut set = [
+        (X_CALL_ID, call_id.clone()),
+        (X_START_TIME, nanos_value(start_ns)),
+        (X_FORWARDED_HOST, HeaderValue::from_static("")),
+    ];
+    let set = match call.headers.get(HOST) {
+        Some(host) => {
+            set[2].1 = host.clone();
+            &set[..]
+        }
+        None => &set[..2],
     };
-    let mut upstream_req = hyper::Request::builder()
-        .method(call.method)
-        .uri(path_and_query)
-        .body(Full::<Bytes>::new(call.body))
-        .map_err(|e| GatewayError::bad_request(format!("invalid request: {e}")))?;
-    let headers = upstream_req.headers_mut();
-    copy_headers(&call.headers, headers);
-    headers.insert(X_CALL_ID, call_id.clone());
-    headers.insert(X_START_TIME, nanos_value(start_ns));
-    if let Some(host) = call.headers.get(HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
+    let head = upstream::Head {
+        method: &call.method,
+        path: &call.suffix,
+        query: call.query.as_deref(),
+        headers: &call.headers,
+        set,
+    };
 
     // One timer for the whole call: it bounds the answer's head here, then its body.
     let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
     let answer = tokio::select! {
         biased;
-        answer = state.upstream.send(endpoint, upstream_req) => answer,
+        answer = state.upstream.send(endpoint, &head, &call.body) => answer,
         () = timer.as_mut() => return Err(limits::timed_out(spec, limit, Some(waited))),
     };
-    let upstream_res = match answer {
+    let answer = match answer {
+        Err(e) if !e.is_replica_failure() => {
+            return Err(GatewayError::Function {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!(
+                    "function {:?} gave an answer the gateway cannot pass on: {e}",
+                    spec.name
+                ),
+            });
+        }
         Err(e) => {
             let cause = state
                 .provider
@@ -364,23 +385,18 @@ pub async fn forward(
                 ),
             });
         }
-        Ok(r) => r,
+        Ok(a) => a,
     };
-    let (upstream_res, conn) = upstream_res;
-    let (parts, body) = upstream_res.into_parts();
     let cold = lease.cold();
     // The replica's slot is held until the body has been sent.
-    let mut response = Response::builder()
-        .status(parts.status)
-        .body(Body::new(Leased {
-            body,
-            deadline: timer,
-            cut: Some((Arc::clone(live), limit)),
-            conn: Some(conn),
-            _lease: lease,
-        }))
-        .map_err(GatewayError::internal)?;
-    copy_headers(&parts.headers, response.headers_mut());
+    let mut response = Response::new(Body::new(Leased {
+        body: answer.body,
+        deadline: timer,
+        cut: Some((Arc::clone(live), limit)),
+        _lease: lease,
+    }));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
     if drop_session_cookie(response.headers_mut()) {
         tracing::warn!(function = %spec.name, "the answer set the dashboard's session cookie: dropped");
     }
@@ -428,24 +444,11 @@ fn drop_session_cookie(headers: &mut HeaderMap) -> bool {
 /// A response body that holds its call's replica slot until it is done, and ends with the
 /// call's 504 error (a [`GatewayError`]) if it is still streaming at the deadline.
 struct Leased {
-    body: hyper::body::Incoming,
+    body: upstream::AnswerBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// The function and the limit to name when the deadline cuts the answer; `None` once cut.
     cut: Option<(Arc<Live>, Limit)>,
-    /// The connection the answer comes on: back to the pool when it has all been read.
-    conn: Option<upstream::Pooled>,
     _lease: Lease,
-}
-
-impl Drop for Leased {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Anything else (a caller gone mid-answer, a cut or failed answer) closes it.
-            if self.cut.is_some() && hyper::body::Body::is_end_stream(&self.body) {
-                conn.reuse();
-            }
-        }
-    }
 }
 
 impl hyper::body::Body for Leased {
@@ -468,9 +471,6 @@ impl hyper::body::Body for Leased {
             tracing::warn!(function = %live.deployment.spec.name, error = %error, "answer cut at the deadline while streaming");
             this.cut = None;
             return Poll::Ready(Some(Err(Box::new(error))));
-        }
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.conn = None;
         }
         polled.map_err(Into::into)
     }

@@ -8,7 +8,8 @@
 //! - **Slow clients.** An HTTP/1.1 connection must deliver a complete request head within
 //!   [`ServerLimits::header_timeout`] of being accepted or of its previous answer (hyper's
 //!   header-read timer, which also runs while a keep-alive connection is idle, so an idle
-//!   keep-alive connection is closed after the same time). A TLS handshake must finish within
+//!   keep-alive connection is closed after the same time; it fires up to
+//!   [`header_timer::TICK`] late, see there for why). A TLS handshake must finish within
 //!   the same time. A slowloris client therefore holds a connection for at most that long.
 //! - **Sizes.** A request head over [`ServerLimits::max_header_bytes`] or with more than
 //!   [`ServerLimits::max_headers`] fields is answered 431 by hyper and the connection closed;
@@ -54,6 +55,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+mod header_timer;
+use header_timer::HeaderTimer;
 
 /// Bounds on what clients may hold of the gateway.
 #[derive(Debug, Clone)]
@@ -205,6 +209,7 @@ where
     S: App,
 {
     let graceful = GracefulShutdown::new();
+    let timer = HeaderTimer::start()?;
     let mut pool = Workers::start(workers)?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
@@ -248,10 +253,11 @@ where
         let limits = limits.clone();
         let tls = tls.as_ref().map(|t| t.acceptor());
         let watcher = graceful.watcher();
+        let timer = timer.clone();
         let Some(pool) = pool.as_mut() else {
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(tcp, peer, app, &limits, tls, watcher).await;
+                serve_connection(tcp, peer, app, &limits, timer, tls, watcher).await;
             });
             continue;
         };
@@ -267,7 +273,7 @@ where
             Ok(tcp) => {
                 tokio::spawn(async move {
                     let _permit = permit;
-                    serve_connection(tcp, peer, app, &limits, tls, watcher).await;
+                    serve_connection(tcp, peer, app, &limits, timer, tls, watcher).await;
                 });
             }
             Err(e) => tracing::warn!(%peer, error = %e, "worker cannot take the connection"),
@@ -364,6 +370,7 @@ async fn serve_connection<S: App>(
     peer: SocketAddr,
     app: S,
     limits: &ServerLimits,
+    timer: HeaderTimer,
     tls: Option<TlsAcceptor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
@@ -373,7 +380,7 @@ async fn serve_connection<S: App>(
     });
     let result = match tls {
         None => {
-            let conn = http1(limits).serve_connection(TokioIo::new(tcp), service);
+            let conn = http1(limits, timer).serve_connection(TokioIo::new(tcp), service);
             watcher.watch(conn).await
         }
         Some(acceptor) => {
@@ -403,7 +410,7 @@ async fn serve_connection<S: App>(
                     .keep_alive_timeout(limits.header_timeout);
                 watcher.watch(builder.serve_connection(io, service)).await
             } else {
-                let conn = http1(limits).serve_connection(io, service);
+                let conn = http1(limits, timer).serve_connection(io, service);
                 watcher.watch(conn).await
             }
         }
@@ -413,10 +420,10 @@ async fn serve_connection<S: App>(
     }
 }
 
-fn http1(limits: &ServerLimits) -> hyper::server::conn::http1::Builder {
+fn http1(limits: &ServerLimits, timer: HeaderTimer) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(timer)
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes);
     // hyper parses up to 100 fields on the stack; another bound puts them on the heap.

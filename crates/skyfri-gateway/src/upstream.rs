@@ -1,46 +1,64 @@
-//! The connections to replicas: HTTP/1.1 keep-alive connections per endpoint (unix socket or
-//! TCP), kept idle between calls and handed to one call at a time.
+//! The connections to replicas: a small HTTP/1.1 client over keep-alive connections per
+//! endpoint (unix socket or TCP), kept idle between calls and lent to one call at a time.
 //!
-//! This is the invoke path's hop, so it does per call only what it must: one lookup of the
-//! endpoint's [`Slot`] (found by a fast hash; the slot keeps the endpoint's `Host` value), a
-//! pop and a push under the slot's lock, and hyper's own client connection, whose task is
-//! spawned once per connection. A connection goes back to its slot when the answer's body
-//! has been read to its end ([`Pooled::reuse`]); one dropped before (a caller that went away,
-//! a cut answer) is closed, since the replica may still be sending on it.
+//! This is the invoke path's hop, so the call's own task does it, with no connection task and
+//! no channel in between (hyper's client spawns a task per connection and hands it every
+//! request, and the answer back): [`Upstream::send`] writes the request, reads the answer's
+//! head (parsed by `httparse`) and returns an [`AnswerBody`] that reads the rest from the same
+//! socket as the caller's side asks for it. Fixed-length, chunked and close-delimited bodies
+//! stream through as they come: a chunk is passed on when it arrives (server-sent events).
 //!
-//! A call whose idle connection turns out to be closed before the request went out (the
-//! replica closed it meanwhile) is sent once more on a new connection, as hyper-util's pool
-//! does. Connections idle for longer than [`IDLE_TIMEOUT`] are closed when next looked at;
-//! slots of endpoints that have gone (a replica stopped) are dropped when a new endpoint is
-//! added.
+//! - **Reuse.** A connection goes back to its endpoint's [`Slot`] when its answer has been
+//!   read to the end with nothing after it and the replica did not say `close`. One dropped
+//!   before (a caller gone, a cut answer, an error) is closed: the replica may still be
+//!   sending on it.
+//! - **Stale connections.** An idle connection the replica closed meanwhile shows as a failed
+//!   write or as the end of the stream before any byte of an answer. Only then, and only for
+//!   a connection taken from the pool, is the request sent once more, on a new connection:
+//!   the replica cannot have answered it. Anything else (a new connection that fails, an
+//!   answer cut short) is an error and is not retried: the call may have run.
+//! - **Answers.** 1xx answers are skipped; `101 Switching Protocols` is refused (the gateway
+//!   does not pass upgraded connections through); heads are bounded ([`MAX_HEAD`] bytes,
+//!   [`MAX_HEADERS`] fields). Hop-by-hop fields are left out of the answer's [`HeaderMap`].
+//! - **Time.** Nothing here waits on its own: the caller bounds the whole call, connect to
+//!   last byte, with its deadline (see `crate::invoke::forward`). Connections idle for longer
+//!   than [`IDLE_TIMEOUT`] are closed when next looked at; slots of endpoints that have gone
+//!   (a replica stopped) are dropped when a new endpoint is added.
 //!
 //! Each gateway worker thread (see `crate::server`) has a pool of its own ([`use_pool`]), so a
-//! call uses connections whose tasks run on its own thread; other threads (async workers,
-//! triggers) share pool 0.
+//! call uses connections registered with its own thread's reactor; other threads (async
+//! workers, triggers) share pool 0.
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::HOST;
-use http::HeaderValue;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use hyper::body::{Frame, SizeHint};
 use skyfri_runtime::Endpoint;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// How long a connection may stay idle in the pool.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-type Sender = SendRequest<Full<Bytes>>;
+/// Bytes of an answer's head (status line and fields), and of a chunked body's trailers.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Header fields of an answer.
+pub const MAX_HEADERS: usize = 100;
+/// Room asked of the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+/// Room in an answer's header map for the fields the gateway adds (`X-Call-Id`,
+/// `X-Start-Time`, `X-Duration-Seconds`, `X-Skyfri-Cold-Start`): a map that grows rehashes.
+const ADDED_FIELDS: usize = 4;
+/// Bytes of a chunk-size line (the size in hex and any extensions).
+const MAX_CHUNK_LINE: usize = 4096;
 
 /// Pools: one per gateway worker thread, and pool 0 for the others.
 const POOLS: usize = 64;
@@ -70,21 +88,42 @@ impl Default for Upstream {
     }
 }
 
+/// One connection to a replica, with what has been read from it and not used yet.
+struct Conn {
+    io: ReplicaStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
 /// One endpoint's idle connections, newest last.
 pub struct Slot {
     host: HeaderValue,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl Slot {
-    fn take(&self) -> Option<Sender> {
+    fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
             }
         }
         None
+    }
+
+    fn put(&self, conn: Conn) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((conn, Instant::now()));
     }
 
     fn in_use(self: &Arc<Self>) -> bool {
@@ -94,28 +133,57 @@ impl Slot {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .any(|(s, _)| !s.is_closed())
+                .any(|(_, since)| since.elapsed() < IDLE_TIMEOUT)
     }
 }
 
-/// A connection lent to one call; [`Pooled::reuse`] gives it back.
-pub struct Pooled {
-    sender: Sender,
-    slot: Arc<Slot>,
+/// The head of a call to a replica.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// The path, starting with `/`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The caller's fields: passed on but for the hop-by-hop ones, `Host` (the replica's own
+    /// is sent), `Content-Length` (the body's own) and the names in `set`.
+    pub headers: &'a HeaderMap,
+    /// Fields the gateway sets, in place of the caller's of the same names.
+    pub set: &'a [(HeaderName, HeaderValue)],
 }
 
-impl Pooled {
-    /// The answer has been read to its end: the connection may take another call.
-    pub fn reuse(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        self.slot
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((self.sender, Instant::now()));
+/// A replica's answer: its status, its end-to-end fields, and its body still on the wire.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: AnswerBody,
+}
+
+/// Why a call could not be sent to a replica, or got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    #[error("cannot send the request: {0}")]
+    Write(io::Error),
+    #[error("the connection failed while waiting for the answer: {0}")]
+    Read(io::Error),
+    #[error("the replica closed the connection {0}")]
+    Closed(&'static str),
+    /// The replica answered, but not in a way the gateway can pass on.
+    #[error("{0}")]
+    Answer(String),
+}
+
+impl SendError {
+    /// Whether the replica failed (crashed, closed), rather than answered wrongly.
+    pub fn is_replica_failure(&self) -> bool {
+        !matches!(self, SendError::Answer(_))
     }
+}
+
+/// A request that failed on a connection, and whether the replica cannot have seen it.
+struct Failed {
+    error: SendError,
+    unseen: bool,
 }
 
 impl Upstream {
@@ -136,62 +204,575 @@ impl Upstream {
         slot
     }
 
-    /// Sends `req` (origin-form URI; its `Host` is set here) to `endpoint` on an idle
-    /// connection, or a new one; returns the answer's head and the connection, which the
-    /// caller gives back with [`Pooled::reuse`] once the body has been read.
+    /// Sends a call to `endpoint` on an idle connection, or a new one, and reads the answer's
+    /// head. The connection goes back to the pool when the answer's body has been read.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        head: &Head<'_>,
+        body: &Bytes,
+    ) -> Result<Answer, SendError> {
         let slot = self.slot(endpoint);
-        req.headers_mut().insert(HOST, slot.host.clone());
-        if let Some(mut sender) = slot.take() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(res) => return Ok((res, Pooled { sender, slot })),
-                    // Not sent: the connection closed meanwhile. Once more on a new one.
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(e.into_error().into()),
-                    },
-                }
+        let request = encode(head, &slot.host, body);
+        let body = if body.len() > INLINE_BODY {
+            &body[..]
+        } else {
+            &[]
+        };
+        if let Some(mut conn) = slot.take() {
+            match exchange(&mut conn, &request, body, head.method).await {
+                Ok(answer) => return Ok(answer.into_answer(conn, slot)),
+                // The replica had closed it: once more on a new connection.
+                Err(Failed { unseen: true, .. }) => {}
+                Err(Failed { error, .. }) => return Err(error),
             }
         }
-        let mut sender = connect(endpoint).await?;
-        let res = sender.send_request(req).await?;
-        Ok((res, Pooled { sender, slot }))
+        let mut conn = connect(endpoint).await?;
+        match exchange(&mut conn, &request, body, head.method).await {
+            Ok(answer) => Ok(answer.into_answer(conn, slot)),
+            Err(Failed { error, .. }) => Err(error),
+        }
     }
 }
 
-/// Why a call could not be sent to a replica, or got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("cannot connect: {0}")]
-    Connect(#[from] io::Error),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
+/// The request's head (and its body when small) as it goes on the wire.
+fn encode(head: &Head<'_>, host: &HeaderValue, body: &Bytes) -> Vec<u8> {
+    let inline = body.len() <= INLINE_BODY;
+    let mut out = Vec::with_capacity(512 + if inline { body.len() } else { 0 });
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.path.as_bytes());
+    if let Some(query) = head.query {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let field = |out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in head.headers {
+        if is_hop_by_hop(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || head.set.iter().any(|(set, _)| set == name)
+        {
+            continue;
+        }
+        field(&mut out, name, value);
+    }
+    for (name, value) in head.set {
+        field(&mut out, name, value);
+    }
+    // As hyper's client: methods that usually carry a body say when they have none.
+    let bodiless = matches!(
+        *head.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    if !body.is_empty() || !bodiless {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if inline {
+        out.extend_from_slice(body);
+    }
+    out
 }
 
-/// A new HTTP/1.1 connection to `endpoint`, its task spawned.
-async fn connect(endpoint: &Endpoint) -> Result<Sender, SendError> {
-    let stream = match endpoint {
-        Endpoint::Unix(path) => ReplicaStream::Unix(UnixStream::connect(path).await?),
+/// Fields that concern one connection only, never passed on (RFC 9110, 7.6.1).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+}
+
+/// An answer's head as read, before its body.
+struct Parsed {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    reuse: bool,
+}
+
+impl Parsed {
+    fn into_answer(self, conn: Conn, slot: Arc<Slot>) -> Answer {
+        let mut body = AnswerBody {
+            conn: Some(conn),
+            slot: self.reuse.then_some(slot),
+            framing: self.framing,
+            passed: 0,
+        };
+        if body.is_done() {
+            body.finish();
+        }
+        Answer {
+            status: self.status,
+            headers: self.headers,
+            body,
+        }
+    }
+}
+
+/// Writes the request on `conn` and reads the answer's head.
+async fn exchange(
+    conn: &mut Conn,
+    request: &[u8],
+    body: &[u8],
+    method: &Method,
+) -> Result<Parsed, Failed> {
+    let written = async {
+        conn.io.write_all(request).await?;
+        if !body.is_empty() {
+            conn.io.write_all(body).await?;
+        }
+        Ok::<(), io::Error>(())
+    }
+    .await;
+    if let Err(e) = written {
+        return Err(Failed {
+            error: SendError::Write(e),
+            unseen: true,
+        });
+    }
+    // Whether any byte of an answer (a 1xx one included) has come.
+    let mut answered = false;
+    loop {
+        if !conn.buf.is_empty() {
+            answered = true;
+            match parse(conn, method) {
+                Ok(Parse::Done(parsed)) => return Ok(parsed),
+                Ok(Parse::Informational) => continue,
+                Ok(Parse::Partial) => {}
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        unseen: false,
+                    })
+                }
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Err(Failed {
+                    error: SendError::Answer(format!(
+                        "the answer's head is over {} KiB",
+                        MAX_HEAD / 1024
+                    )),
+                    unseen: false,
+                });
+            }
+        }
+        conn.buf.reserve(READ_SIZE);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                return Err(Failed {
+                    error: SendError::Closed(if answered {
+                        "in the middle of its answer's head"
+                    } else {
+                        "without answering"
+                    }),
+                    unseen: !answered,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reset = e.kind() == io::ErrorKind::ConnectionReset;
+                return Err(Failed {
+                    error: SendError::Read(e),
+                    unseen: reset && !answered,
+                });
+            }
+        }
+    }
+}
+
+/// What the start of a connection's buffer holds.
+enum Parse {
+    /// Not a whole head yet.
+    Partial,
+    /// A 1xx answer, now taken off the buffer.
+    Informational,
+    Done(Parsed),
+}
+
+/// Parses the answer head at the start of `conn`'s buffer.
+fn parse(conn: &mut Conn, method: &Method) -> Result<Parse, SendError> {
+    // Where each field is in the head: name and value as (start, end).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, code, version, count) = {
+        // Left uninitialised: httparse fills what it uses (cheaper than 100 empty fields).
+        let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            &conn.buf,
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parse::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(SendError::Answer(format!(
+                    "the answer has more than {MAX_HEADERS} header fields"
+                )))
+            }
+            Err(e) => return Err(SendError::Answer(format!("an invalid answer head ({e})"))),
+        };
+        let base = conn.buf.as_ptr() as usize;
+        let offset = |p: *const u8| (p as usize - base) as u32;
+        for (span, f) in spans.iter_mut().zip(res.headers.iter()) {
+            let name = offset(f.name.as_ptr());
+            let value = offset(f.value.as_ptr());
+            *span = (
+                name,
+                name + f.name.len() as u32,
+                value,
+                value + f.value.len() as u32,
+            );
+        }
+        (
+            len,
+            res.code.unwrap_or_default(),
+            res.version.unwrap_or_default(),
+            res.headers.len(),
+        )
+    };
+    if code == 101 {
+        return Err(SendError::Answer(
+            "the replica answered 101 Switching Protocols: the gateway does not pass upgraded \
+             connections (such as WebSocket) through"
+                .into(),
+        ));
+    }
+    if (100..200).contains(&code) {
+        conn.buf.advance(len);
+        return Ok(Parse::Informational);
+    }
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| SendError::Answer(format!("an invalid answer status {code}")))?;
+    let head = conn.buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count + ADDED_FIELDS);
+    let mut length: Option<u64> = None;
+    let (mut chunked, mut encoded) = (false, false);
+    let mut close = version == 0;
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| SendError::Answer("an invalid header field name".into()))?;
+        let raw = &head[v0 as usize..v1 as usize];
+        if name == header::CONNECTION {
+            for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    close = false;
+                }
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            encoded = true;
+            chunked = raw
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|n| length.is_none_or(|l| l == *n))
+                .ok_or_else(|| SendError::Answer("an invalid Content-Length".into()))?;
+            length = Some(n);
+        }
+        if is_hop_by_hop(&name) || name == header::HOST {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+            .map_err(|_| SendError::Answer("an invalid header field value".into()))?;
+        headers.append(name, value);
+    }
+    if encoded {
+        // Transfer-Encoding decides the length (RFC 9112, 6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let framing = if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked(Chunk::Size)
+    } else if encoded {
+        Framing::Close
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let reuse = !close && !matches!(framing, Framing::Close);
+    Ok(Parse::Done(Parsed {
+        status,
+        headers,
+        framing,
+        reuse,
+    }))
+}
+
+/// How the answer's body ends.
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    Chunked(Chunk),
+    /// When the replica closes the connection.
+    Close,
+    Done,
+}
+
+/// Where a chunked body is.
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields (dropped) up to an empty line; bytes seen so far.
+    Trailers(usize),
+}
+
+/// The body of an answer, read from the replica's connection as it is polled. The connection
+/// goes back to the pool at its end (when it may be reused); dropped before, it is closed.
+pub struct AnswerBody {
+    conn: Option<Conn>,
+    /// Where the connection goes back to, if it may be reused.
+    slot: Option<Arc<Slot>>,
+    framing: Framing,
+    /// Bytes of body passed on so far.
+    passed: u64,
+}
+
+impl AnswerBody {
+    fn is_done(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    /// The body has been read to its end.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            // Bytes after the answer: not a connection to send the next call on.
+            if conn.buf.is_empty() {
+                slot.put(conn);
+            }
+        }
+    }
+
+    /// Ends the body with an error; the connection is closed.
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    fn cut(&self, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the replica closed the connection {what} (after {} bytes of the answer's body)",
+                self.passed
+            ),
+        )
+    }
+
+    fn invalid(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid chunked answer: {what}"),
+        )
+    }
+
+    fn data(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.passed += data.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.is_done() {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            // Bytes that are there are used first; a read only when they do not do.
+            let filled = match &mut this.framing {
+                Framing::Done | Framing::Length(0) => continue,
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() {
+                        Some(ready!(conn.poll_fill(cx)))
+                    } else {
+                        let take = (*left).min(conn.buf.len() as u64);
+                        let data = conn.buf.split_to(take as usize).freeze();
+                        *left -= take;
+                        if let Framing::Chunked(state @ Chunk::Data(0)) = &mut this.framing {
+                            *state = Chunk::DataEnd;
+                        }
+                        let frame = this.data(data);
+                        if matches!(this.framing, Framing::Length(0)) {
+                            this.finish();
+                        }
+                        return frame;
+                    }
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => {
+                                // The end of the body; the connection ends with it.
+                                this.slot = None;
+                                this.finish();
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => None,
+                            Err(e) => return this.fail(e),
+                        }
+                    } else {
+                        let data = conn.buf.split().freeze();
+                        return this.data(data);
+                    }
+                }
+                Framing::Chunked(state @ Chunk::Size) => {
+                    match conn.buf.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            let line = conn.buf[..end].trim_ascii();
+                            let digits = line
+                                .split(|&b| b == b';')
+                                .next()
+                                .unwrap_or_default()
+                                .trim_ascii();
+                            let size = std::str::from_utf8(digits)
+                                .ok()
+                                .and_then(|d| u64::from_str_radix(d, 16).ok())
+                                .filter(|_| !digits.is_empty() && digits.len() <= 16);
+                            let Some(size) = size else {
+                                return this.fail(Self::invalid("a bad chunk size"));
+                            };
+                            conn.buf.advance(end + 1);
+                            *state = if size == 0 {
+                                Chunk::Trailers(0)
+                            } else {
+                                Chunk::Data(size)
+                            };
+                            None
+                        }
+                        None if conn.buf.len() > MAX_CHUNK_LINE => {
+                            return this.fail(Self::invalid("a chunk-size line too long"))
+                        }
+                        None => Some(ready!(conn.poll_fill(cx))),
+                    }
+                }
+                Framing::Chunked(state @ Chunk::DataEnd) => {
+                    if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        *state = Chunk::Size;
+                        None
+                    } else if conn.buf.starts_with(b"\n") {
+                        conn.buf.advance(1);
+                        *state = Chunk::Size;
+                        None
+                    } else if conn.buf.len() >= 2 || conn.buf.first().is_some_and(|&b| b != b'\r') {
+                        return this.fail(Self::invalid("no CRLF after a chunk's data"));
+                    } else {
+                        Some(ready!(conn.poll_fill(cx)))
+                    }
+                }
+                Framing::Chunked(Chunk::Trailers(seen)) => {
+                    match conn.buf.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            let empty = conn.buf[..end].trim_ascii().is_empty();
+                            conn.buf.advance(end + 1);
+                            *seen += end + 1;
+                            if empty {
+                                this.finish();
+                                return Poll::Ready(None);
+                            }
+                            if *seen > MAX_HEAD {
+                                return this.fail(Self::invalid("trailer fields too long"));
+                            }
+                            None
+                        }
+                        None if *seen + conn.buf.len() > MAX_HEAD => {
+                            return this.fail(Self::invalid("trailer fields too long"))
+                        }
+                        None => Some(ready!(conn.poll_fill(cx))),
+                    }
+                }
+            };
+            match filled {
+                None | Some(Ok(1..)) => {}
+                Some(Ok(0)) => {
+                    let e = this.cut(match this.framing {
+                        Framing::Length(_) => "before the end of the answer's body",
+                        _ => "before the end of the chunked answer",
+                    });
+                    return this.fail(e);
+                }
+                Some(Err(e)) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A new connection to `endpoint`.
+async fn connect(endpoint: &Endpoint) -> Result<Conn, SendError> {
+    let io = match endpoint {
+        Endpoint::Unix(path) => ReplicaStream::Unix(
+            UnixStream::connect(path)
+                .await
+                .map_err(SendError::Connect)?,
+        ),
         Endpoint::Tcp(addr) => {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = TcpStream::connect(addr).await.map_err(SendError::Connect)?;
+            tcp.set_nodelay(true).map_err(SendError::Connect)?;
             ReplicaStream::Tcp(tcp)
         }
     };
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "replica connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn {
+        io,
+        buf: BytesMut::with_capacity(READ_SIZE),
+    })
 }
 
 /// The `Host` a replica is called with: `u<hex of socket path>` or `host:port` (what the
@@ -259,83 +840,4 @@ impl AsyncWrite for ReplicaStream {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authorities_are_valid_hosts() {
-        let a = authority(&Endpoint::Unix("/run/e-1.sock".into()));
-        assert_eq!(a, "u2f72756e2f652d312e736f636b");
-        assert!(a.parse::<http::uri::Authority>().is_ok());
-        let tcp = authority(&Endpoint::Tcp(([127, 0, 0, 1], 8080).into()));
-        assert_eq!(tcp, "127.0.0.1:8080");
-    }
-
-    /// A replica that answers `n` calls on each connection, then closes it.
-    async fn replica(answers_per_connection: usize) -> std::io::Result<Endpoint> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    for _ in 0..answers_per_connection {
-                        let mut head = Vec::new();
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let host = String::from_utf8_lossy(&head)
-                            .lines()
-                            .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
-                            .unwrap_or_default();
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{host}",
-                            host.len()
-                        );
-                        if s.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Endpoint::Tcp(addr))
-    }
-
-    async fn call(up: &Upstream, e: &Endpoint) -> Result<String, Box<dyn std::error::Error>> {
-        use http_body_util::BodyExt;
-        let req = Request::builder().uri("/").body(Full::default())?;
-        let (res, conn) = up.send(e, req).await?;
-        let body = res.into_body().collect().await?.to_bytes();
-        conn.reuse();
-        Ok(String::from_utf8(body.to_vec())?)
-    }
-
-    #[tokio::test]
-    async fn connections_are_reused_and_a_closed_one_is_replaced(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let up = Upstream::default();
-        // Kept alive: one connection serves every call, with the endpoint as its Host.
-        let e = replica(usize::MAX).await?;
-        for _ in 0..3 {
-            assert_eq!(call(&up, &e).await?, authority(&e));
-        }
-        assert_eq!(up.slot(&e).idle.lock().map(|i| i.len()).unwrap_or(0), 1);
-        // Closed after each answer: the next call goes out on a new connection, no error.
-        let once = replica(1).await?;
-        for _ in 0..3 {
-            assert_eq!(call(&up, &once).await?, authority(&once));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Nothing listens: an error, not a hang.
-        let gone = Endpoint::Unix("/nonexistent/skyfri-test.sock".into());
-        assert!(
-            matches!(call(&up, &gone).await, Err(e) if e.to_string().contains("cannot connect"))
-        );
-        Ok(())
-    }
-}
+mod tests;
