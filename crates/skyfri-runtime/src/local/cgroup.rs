@@ -53,7 +53,96 @@ impl Layout {
     /// Finds a usable hierarchy and creates skyfri's subtree in it. v2 wins when it has
     /// controllers; otherwise v1 controllers are used one by one.
     pub fn detect() -> Layout {
-        Layout::detect_at(Path::new(ROOT))
+        let layout = Layout::detect_at(Path::new(ROOT));
+        layout.sweep_orphans();
+        layout
+    }
+
+    /// Kills the replicas an earlier skyfri left behind and removes their groups. A replica
+    /// dies with skyfri (bwrap --die-with-parent), except when skyfri is killed while the
+    /// sandbox is still setting itself up: its inner half then outlives it, adopted by init,
+    /// holding memory and a socket nobody will call. Such a group is told apart from a live
+    /// one (another skyfri's, another test's) by its processes: none has a parent outside the
+    /// group but init. Empty groups are left for a minute (a live skyfri makes its group
+    /// before it starts the process that joins it).
+    pub fn sweep_orphans(&self) {
+        // As init, skyfri is every orphan's parent: nothing can be told apart.
+        if std::process::id() == 1 {
+            return;
+        }
+        let bases = self.bases();
+        let Some(first) = bases.first() else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir(first) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name();
+            let members = bases
+                .iter()
+                .flat_map(|base| procs(&base.join(&name)))
+                .collect::<Vec<i32>>();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > EMPTY_GROUP_AGE));
+            let orphaned = if members.is_empty() {
+                old
+            } else {
+                let parents: Vec<(i32, i32)> = members
+                    .iter()
+                    .filter_map(|&pid| Some((pid, parent_of(pid)?)))
+                    .collect();
+                orphaned(&parents)
+            };
+            if !orphaned {
+                continue;
+            }
+            for &pid in &members {
+                // SAFETY: kill(2) of a process in skyfri's own cgroup subtree whose every
+                // parent is init or the group itself; ESRCH is harmless.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            if !members.is_empty() {
+                tracing::warn!(
+                    group = %name.to_string_lossy(),
+                    processes = members.len(),
+                    "killed a replica an earlier skyfri left behind"
+                );
+            }
+            let group = Group {
+                dirs: bases.iter().map(|b| b.join(&name)).collect(),
+                memory_dir: None,
+                cpu_dir: None,
+                v2: false,
+                procs: Vec::new(),
+            };
+            group.remove_within(ORPHAN_REMOVE_TRIES);
+        }
+    }
+
+    /// skyfri's subtree in each hierarchy, the pids one first (the one most hosts have).
+    fn bases(&self) -> Vec<PathBuf> {
+        match self {
+            Layout::V1 {
+                memory,
+                cpu,
+                pids,
+                cpuacct,
+            } => [pids, memory, cpu, cpuacct]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            Layout::V2 { root, .. } => vec![root.clone()],
+            Layout::None => Vec::new(),
+        }
     }
 
     fn detect_at(root: &Path) -> Layout {
@@ -355,8 +444,12 @@ impl Group {
     /// Removes the group's directories; its processes must be gone (they are being reaped
     /// right after a kill, hence the short retry).
     pub fn remove(&self) {
+        self.remove_within(20);
+    }
+
+    fn remove_within(&self, tries: u32) {
         for dir in &self.dirs {
-            for _ in 0..20 {
+            for _ in 0..tries {
                 if fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;
                 }
@@ -364,6 +457,36 @@ impl Group {
             }
         }
     }
+}
+
+/// A group left empty this long is no live skyfri's group about to be joined.
+const EMPTY_GROUP_AGE: Duration = Duration::from_secs(60);
+/// Killed orphans are reaped by init, not by us: give it up to a quarter second.
+const ORPHAN_REMOVE_TRIES: u32 = 250;
+
+/// The processes in the group directory `dir` (none when it is not there).
+fn procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` (after the command, which may hold spaces
+/// and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a group whose processes have these `(pid, parent)` pairs is left behind: every
+/// parent is init or a process of the group itself (a live replica's sandbox has skyfri, or
+/// the test running it, as the parent of its first process).
+fn orphaned(members: &[(i32, i32)]) -> bool {
+    !members.is_empty()
+        && members
+            .iter()
+            .all(|&(_, parent)| parent == 1 || members.iter().any(|&(pid, _)| pid == parent))
 }
 
 /// Moves the calling process into a group; built before fork, run in the child.
@@ -416,6 +539,36 @@ pub(super) fn fake_v1(root: &Path, controllers: &[&str]) -> std::io::Result<Layo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_orphaned_when_only_init_and_itself_are_parents() {
+        // The inner bwrap adopted by init, the shim its child.
+        assert!(orphaned(&[(2147, 1), (2166, 2147)]));
+        // A live sandbox: the outer bwrap is skyfri's child.
+        assert!(!orphaned(&[(300, 250), (301, 300), (302, 301)]));
+        // Adopted by a subreaper, not init: left alone.
+        assert!(!orphaned(&[(400, 77), (401, 400)]));
+        assert!(!orphaned(&[]));
+    }
+
+    #[test]
+    fn a_live_child_is_not_swept() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let layout = fake_v1(dir.path(), &["pids"])?;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let group = dir.path().join("pids/skyfri/f-1");
+        fs::create_dir_all(&group)?;
+        fs::write(group.join("cgroup.procs"), format!("{}\n", child.id()))?;
+        assert_eq!(
+            parent_of(child.id() as i32),
+            Some(std::process::id() as i32)
+        );
+        layout.sweep_orphans();
+        assert!(child.try_wait()?.is_none(), "a live replica was killed");
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
 
     #[test]
     fn quotas() {
