@@ -616,18 +616,22 @@ pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
                 .to_string()
         };
         loop {
-            let (taken, ended) = match reader.fill_buf().await {
+            // `more`: a byte past a full line was seen, and it is no newline.
+            let (taken, ended, more) = match reader.fill_buf().await {
                 Ok([]) | Err(_) => break,
                 Ok(available) => {
-                    let room = &available[..available.len().min(MAX_LINE_BYTES - buf.len())];
-                    match room.iter().position(|&b| b == b'\n') {
+                    // One byte past the room: a newline right after a full line ends it.
+                    let room = MAX_LINE_BYTES - buf.len();
+                    let seen = &available[..available.len().min(room + 1)];
+                    match seen.iter().position(|&b| b == b'\n') {
                         Some(i) => {
-                            buf.extend_from_slice(&room[..i]);
-                            (i + 1, true)
+                            buf.extend_from_slice(&seen[..i]);
+                            (i + 1, true, false)
                         }
                         None => {
-                            buf.extend_from_slice(room);
-                            (room.len(), false)
+                            let taken = seen.len().min(room);
+                            buf.extend_from_slice(&seen[..taken]);
+                            (taken, false, seen.len() > room)
                         }
                     }
                 }
@@ -636,7 +640,7 @@ pub(super) fn read_lines<R: AsyncRead + Unpin + Send + 'static>(
             if ended {
                 line(text(&buf));
                 buf.clear();
-            } else if buf.len() >= MAX_LINE_BYTES {
+            } else if buf.len() >= MAX_LINE_BYTES && more {
                 let cut = char_boundary(&buf);
                 line(format!("{}{CONTINUED}", text(&buf[..cut])));
                 buf.drain(..cut);
@@ -818,6 +822,28 @@ mod tests {
             )
             .collect();
         assert_eq!(whole, long);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_line_of_exactly_the_cap_is_one_line() -> Result<(), Box<dyn std::error::Error>> {
+        let (mut replica, output) = tokio::io::duplex(4096);
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let reader = read_lines(Some(output), move |l| {
+            let _ = tx.send(l);
+        });
+        let full = "z".repeat(MAX_LINE_BYTES);
+        // The newline comes in a write of its own, after the line filled the buffer.
+        replica.write_all(full.as_bytes()).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        replica.write_all(b"\nnext\n").await?;
+        drop(replica);
+        reader.await?;
+        let mut got = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            got.push(l);
+        }
+        assert_eq!(got, [full, "next".to_string()]);
         Ok(())
     }
 }
