@@ -253,3 +253,34 @@ fn calls_in_flight_at_sigterm_finish_and_new_connections_are_refused() {
         "a new connection was accepted while draining"
     );
 }
+
+/// A second SIGTERM (or Ctrl-C) while draining exits at once, with status 130: whoever sends
+/// it will not wait for the calls in flight, which are cut.
+#[test]
+fn a_second_signal_while_draining_exits_at_once() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut p = start(&tmp.path().join("data"), &nats, None);
+    deploy(&p);
+    let addr = p.addr.clone();
+    let call =
+        std::thread::spawn(move || http(&addr, "POST", "/function/work", &[], b"s3 30").status);
+    wait_logged(&p, "start s3 attempt 0", 1, Duration::from_secs(60));
+    p.signal(libc::SIGTERM);
+    p.wait_output("draining", 1, Duration::from_secs(10));
+    assert!(
+        p.exits_within(Duration::from_secs(2)).is_none(),
+        "one signal did not wait for the call in flight"
+    );
+    let second = Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p
+        .exits_within(Duration::from_secs(5))
+        .expect("a second signal did not exit at once");
+    assert_eq!(status.code(), Some(130), "{status}");
+    eprintln!("exited {:?} after the second signal", second.elapsed());
+    // The call was cut: no answer, or not the function's.
+    if let Ok(status) = call.join() {
+        assert_ne!(status, 200, "the call in flight finished anyway");
+    }
+}

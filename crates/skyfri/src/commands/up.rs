@@ -449,6 +449,10 @@ impl Up {
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stopping.send(true);
+            // A second one while draining: the user will not wait for the calls in flight.
+            shutdown_signal().await;
+            eprintln!("second signal: exiting now, calls still in flight are cut");
+            std::process::exit(130);
         });
         if let Some(stack) = stack {
             let gw = Gateway::new(url.clone(), Some(password));

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-admin-password";
 
@@ -276,7 +276,7 @@ impl Platform {
     /// Waits until async call `id` is in `state` (as `/system/async/calls/ID` says) and
     /// returns the call; panics with the last answer after `within`.
     pub fn wait_call_state(&self, id: &str, state: &str, within: Duration) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         loop {
             let v = self
                 .admin("GET", &format!("/system/async/calls/{id}"), "")
@@ -284,10 +284,7 @@ impl Platform {
             if v["state"] == state {
                 return v;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{id} not {state}: {v}"
-            );
+            assert!(Instant::now() < deadline, "{id} not {state}: {v}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -295,10 +292,10 @@ impl Platform {
     /// Waits until the platform's own output has `needle` at least `n` times; panics with
     /// the output after `within`.
     pub fn wait_output(&self, needle: &str, n: usize, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         while self.logs().matches(needle).count() < n {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{needle:?} not logged {n} times within {within:?}:\n{}",
                 self.logs()
             );
@@ -330,9 +327,23 @@ impl Platform {
         let _ = self.child.wait();
     }
 
+    /// Whether the platform exits within `within`; its exit status when it did.
+    pub fn exits_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends `signal` to the platform unless it has exited and been reaped: its pid may
     /// belong to another process by then.
-    fn signal(&mut self, signal: i32) {
+    pub fn signal(&mut self, signal: i32) {
         if matches!(self.child.try_wait(), Ok(None)) {
             // SAFETY: sending a signal to our own child, which has not been reaped.
             unsafe { libc::kill(self.child.id() as i32, signal) };
