@@ -198,10 +198,7 @@ fn digest(template: Template, files: &[SourceFile]) -> Result<String, RuntimeErr
             h.update(&buf[..n]);
         }
     }
-    Ok(h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
+    Ok(layers::hex(&h.finalize()))
 }
 
 /// Writes the function files and the shim into `staging`.

@@ -4,6 +4,7 @@
 pub mod artefact;
 pub mod lambda;
 pub mod local;
+mod procfs;
 pub mod provider;
 pub mod templates;
 

@@ -207,7 +207,7 @@ fn descends_from(pid: u32, root: u32) -> bool {
         if at == root {
             return true;
         }
-        match parent(at) {
+        match crate::procfs::parent(at) {
             Some(p) if p != 0 && p != at => at = p,
             _ => return false,
         }
@@ -247,7 +247,7 @@ fn descendants(root: u32) -> Vec<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        if let Some(ppid) = parent(pid) {
+        if let Some(ppid) = crate::procfs::parent(pid) {
             children.entry(ppid).or_default().push(pid);
         }
     }
@@ -258,16 +258,6 @@ fn descendants(root: u32) -> Vec<u32> {
         i += 1;
     }
     out
-}
-
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The parent follows the state, after the command name in parentheses.
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

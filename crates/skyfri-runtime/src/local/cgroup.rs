@@ -471,12 +471,9 @@ fn procs(dir: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// The parent of `pid`, from `/proc/PID/stat` (after the command, which may hold spaces
-/// and parentheses).
+/// The parent of `pid`.
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    i32::try_from(crate::procfs::parent(u32::try_from(pid).ok()?)?).ok()
 }
 
 /// Whether a group whose processes have these `(pid, parent)` pairs is left behind: every

@@ -700,14 +700,8 @@ fn first_child(pid: i32) -> Option<i32> {
         .flatten()
         .find_map(|entry| {
             let child: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // The parent follows the state, after the command name in parentheses.
-            let ppid: i32 = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == pid).then_some(child)
+            let ppid = crate::procfs::parent(u32::try_from(child).ok()?)?;
+            (i64::from(ppid) == i64::from(pid)).then_some(child)
         })
 }
 
@@ -722,14 +716,7 @@ fn kill_group(pgid: i32, signal: i32) {
 
 /// `kill(pid, 0)` succeeds on a zombie that tokio has not reaped yet: look at its state.
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // The state follows the command name, which is in parentheses and may contain spaces.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|state| state == "Z")
-        })
-        .unwrap_or(false)
+    u32::try_from(pid).is_ok_and(crate::procfs::is_zombie)
 }
 
 /// The replica's directory, private to it (and to the sandbox user it runs as).
