@@ -79,12 +79,9 @@ impl Decisions {
             .insert(name.to_string(), replicas);
     }
 
-    /// Drops a hold whose scale was not applied.
-    pub fn release(&self, name: &str) {
-        self.take_hold(name);
-    }
-
-    fn take_hold(&self, name: &str) -> Option<u32> {
+    /// Ends the hold of `name` (traffic arrived, or its scale was not applied): the count
+    /// it held.
+    pub fn release(&self, name: &str) -> Option<u32> {
         self.holds
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -195,7 +192,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let now = Instant::now();
         sync(&state, &mut scalers, now);
         for (name, s) in &mut scalers {
-            if let Some(replicas) = state.decisions.take_hold(name) {
+            if let Some(replicas) = state.decisions.release(name) {
                 s.hold = Some(Hold {
                     replicas,
                     started: s.live.router.started(),

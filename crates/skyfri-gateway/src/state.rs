@@ -197,11 +197,7 @@ impl AppState {
         &self,
         f: impl FnOnce(&Store) -> Result<T, skyfri_store::StoreError> + Send + 'static,
     ) -> Result<T, crate::error::GatewayError> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(crate::error::GatewayError::internal)?
-            .map_err(Into::into)
+        self.blocking(move |s| Ok(f(&s.store)?)).await
     }
 
     /// Runs `f` on the blocking pool, for store writes on request paths: the workers that

@@ -12,11 +12,12 @@
 //!   read to the end with nothing after it and the replica did not say `close`. One dropped
 //!   before (a caller gone, a cut answer, an error) is closed: the replica may still be
 //!   sending on it.
-//! - **Stale connections.** An idle connection the replica closed meanwhile shows as a failed
-//!   write or as the end of the stream before any byte of an answer. Only then, and only for
-//!   a connection taken from the pool, is the request sent once more, on a new connection:
-//!   the replica cannot have answered it. Anything else (a new connection that fails, an
-//!   answer cut short) is an error and is not retried: the call may have run.
+//! - **Stale connections.** An idle connection the replica closed meanwhile is dropped when
+//!   it is taken from the pool (its end of stream is waiting to be read). One
+//!   closed as the request goes out (a race) shows as a failed write: only then, and only for
+//!   a connection taken from the pool, is the request sent once more, on a new connection.
+//!   Anything else (no answer after the request was written, an answer cut short) is an
+//!   error and is not retried: the replica may have run the call.
 //! - **Answers.** 1xx answers are skipped; `101 Switching Protocols` is refused (the gateway
 //!   does not pass upgraded connections through); heads are bounded ([`MAX_HEAD`] bytes,
 //!   [`MAX_HEADERS`] fields). Hop-by-hop fields are left out of the answer's [`HeaderMap`].
@@ -109,10 +110,12 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// An idle connection the replica has not closed meanwhile (its end of stream, waiting
+    /// to be read, would say so): a call goes out on a stale one only in a race.
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT {
+            if since.elapsed() < IDLE_TIMEOUT && conn.buf.is_empty() && conn.io.quiet() {
                 return Some(conn);
             }
         }
@@ -180,12 +183,6 @@ impl SendError {
     }
 }
 
-/// A request that failed on a connection, and whether the replica cannot have seen it.
-struct Failed {
-    error: SendError,
-    unseen: bool,
-}
-
 impl Upstream {
     fn slot(&self, endpoint: &Endpoint) -> Arc<Slot> {
         let pool = &self.pools[POOL.with(std::cell::Cell::get)];
@@ -222,16 +219,17 @@ impl Upstream {
         if let Some(mut conn) = slot.take() {
             match exchange(&mut conn, &request, body, head.method).await {
                 Ok(answer) => return Ok(answer.into_answer(conn, slot)),
-                // The replica had closed it: once more on a new connection.
-                Err(Failed { unseen: true, .. }) => {}
-                Err(Failed { error, .. }) => return Err(error),
+                // Closed by the replica as the request went out: it cannot have seen the
+                // call, which goes once more on a new connection. Anything later (no
+                // answer, a cut one) may follow a run of the call: never sent again.
+                Err(SendError::Write(_)) => {}
+                Err(error) => return Err(error),
             }
         }
         let mut conn = connect(endpoint).await?;
-        match exchange(&mut conn, &request, body, head.method).await {
-            Ok(answer) => Ok(answer.into_answer(conn, slot)),
-            Err(Failed { error, .. }) => Err(error),
-        }
+        exchange(&mut conn, &request, body, head.method)
+            .await
+            .map(|answer| answer.into_answer(conn, slot))
     }
 }
 
@@ -330,7 +328,7 @@ async fn exchange(
     request: &[u8],
     body: &[u8],
     method: &Method,
-) -> Result<Parsed, Failed> {
+) -> Result<Parsed, SendError> {
     let written = async {
         conn.io.write_all(request).await?;
         if !body.is_empty() {
@@ -339,12 +337,7 @@ async fn exchange(
         Ok::<(), io::Error>(())
     }
     .await;
-    if let Err(e) = written {
-        return Err(Failed {
-            error: SendError::Write(e),
-            unseen: true,
-        });
-    }
+    written.map_err(SendError::Write)?;
     // Whether any byte of an answer (a 1xx one included) has come.
     let mut answered = false;
     loop {
@@ -354,43 +347,26 @@ async fn exchange(
                 Ok(Parse::Done(parsed)) => return Ok(parsed),
                 Ok(Parse::Informational) => continue,
                 Ok(Parse::Partial) => {}
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        unseen: false,
-                    })
-                }
+                Err(error) => return Err(error),
             }
             if conn.buf.len() >= MAX_HEAD {
-                return Err(Failed {
-                    error: SendError::Answer(format!(
-                        "the answer's head is over {} KiB",
-                        MAX_HEAD / 1024
-                    )),
-                    unseen: false,
-                });
+                return Err(SendError::Answer(format!(
+                    "the answer's head is over {} KiB",
+                    MAX_HEAD / 1024
+                )));
             }
         }
         conn.buf.reserve(READ_SIZE);
         match conn.io.read_buf(&mut conn.buf).await {
             Ok(0) => {
-                return Err(Failed {
-                    error: SendError::Closed(if answered {
-                        "in the middle of its answer's head"
-                    } else {
-                        "without answering"
-                    }),
-                    unseen: !answered,
-                })
+                return Err(SendError::Closed(if answered {
+                    "in the middle of its answer's head"
+                } else {
+                    "without answering"
+                }))
             }
             Ok(_) => {}
-            Err(e) => {
-                let reset = e.kind() == io::ErrorKind::ConnectionReset;
-                return Err(Failed {
-                    error: SendError::Read(e),
-                    unseen: reset && !answered,
-                });
-            }
+            Err(e) => return Err(SendError::Read(e)),
         }
     }
 }
@@ -797,6 +773,19 @@ pub fn authority(endpoint: &Endpoint) -> String {
 pub enum ReplicaStream {
     Unix(UnixStream),
     Tcp(TcpStream),
+}
+
+impl ReplicaStream {
+    /// Nothing to read without waiting: neither bytes nor the replica's close. Costs no
+    /// system call while the socket has not become readable since its last read.
+    fn quiet(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let read = match self {
+            ReplicaStream::Unix(s) => s.try_read(&mut byte),
+            ReplicaStream::Tcp(s) => s.try_read(&mut byte),
+        };
+        matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 impl AsyncRead for ReplicaStream {

@@ -691,11 +691,7 @@ impl Handbacks {
     async fn count(&self, key: &str) -> u32 {
         let Some(kv) = &self.0 else { return 0 };
         match kv.entry(key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => std::str::from_utf8(&e.value)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            Ok(_) => 0,
+            Ok(e) => e.as_ref().map_or(0, counted),
             Err(e) => {
                 tracing::warn!(key, error = %e, "hand-back count not read; taken as 0");
                 0
@@ -711,24 +707,15 @@ impl Handbacks {
         for _ in 0..5 {
             let entry = kv.entry(key).await.map_err(|e| e.to_string())?;
             let written = match entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    let n: u32 = std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let value = Bytes::from(n.saturating_add(1).to_string());
+                // A delete marker is a revision too: updated like a count of 0.
+                Some(e) => {
+                    let value = Bytes::from(counted(&e).saturating_add(1).to_string());
                     match kv.update(key, value, e.revision).await {
                         Ok(_) => true,
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
                         Err(e) => return Err(e.to_string()),
                     }
                 }
-                // None, or deleted: a delete marker is a revision too.
-                Some(e) => match kv.update(key, Bytes::from_static(b"1"), e.revision).await {
-                    Ok(_) => true,
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
-                    Err(e) => return Err(e.to_string()),
-                },
                 None => match kv.create(key, Bytes::from_static(b"1")).await {
                     Ok(_) => true,
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
@@ -752,6 +739,17 @@ impl Handbacks {
             tracing::debug!(key, error = %e, "hand-back count not removed; it expires");
         }
     }
+}
+
+/// The hand-backs an entry counts: its number, 0 for a deleted one.
+fn counted(entry: &kv::Entry) -> u32 {
+    if entry.operation != kv::Operation::Put {
+        return 0;
+    }
+    std::str::from_utf8(&entry.value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ async fn connections_are_reused_and_a_closed_one_is_replaced() -> Result {
 async fn a_stale_connection_is_retried_once_on_a_new_one() -> Result {
     let up = Upstream::default();
     // The replica closes each connection after one answer without saying so: the pooled
-    // connection is stale at the next call, which goes out again on a new connection.
+    // connection is stale at the next call, which goes out on a new connection instead.
     let (e, requests) = replica(|c, _, _| (ok(&c.to_string()), true)).await?;
     for c in 1..=3 {
         assert_eq!(call(&up, &e).await?, c.to_string());

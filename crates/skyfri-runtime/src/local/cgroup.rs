@@ -82,16 +82,19 @@ impl Layout {
                 continue;
             }
             let name = entry.file_name();
-            let members = bases
-                .iter()
-                .flat_map(|base| procs(&base.join(&name)))
-                .collect::<Vec<i32>>();
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > EMPTY_GROUP_AGE));
+            let group = Group {
+                dirs: bases.iter().map(|b| b.join(&name)).collect(),
+                memory_dir: None,
+                cpu_dir: None,
+                v2: false,
+                procs: Vec::new(),
+            };
+            let members = group.members();
             let orphaned = if members.is_empty() {
-                old
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > EMPTY_GROUP_AGE))
             } else {
                 let parents: Vec<(i32, i32)> = members
                     .iter()
@@ -102,27 +105,14 @@ impl Layout {
             if !orphaned {
                 continue;
             }
-            for &pid in &members {
-                // SAFETY: kill(2) of a process in skyfri's own cgroup subtree whose every
-                // parent is init or the group itself; ESRCH is harmless.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
             if !members.is_empty() {
+                group.kill_all();
                 tracing::warn!(
                     group = %name.to_string_lossy(),
                     processes = members.len(),
                     "killed a replica an earlier skyfri left behind"
                 );
             }
-            let group = Group {
-                dirs: bases.iter().map(|b| b.join(&name)).collect(),
-                memory_dir: None,
-                cpu_dir: None,
-                v2: false,
-                procs: Vec::new(),
-            };
             group.remove_within(ORPHAN_REMOVE_TRIES);
         }
     }
@@ -426,17 +416,20 @@ impl Group {
 
     /// SIGKILLs every process left in the group (a sandbox's stragglers).
     pub fn kill_all(&self) {
-        for dir in &self.dirs {
-            let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
-                continue;
-            };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill(2) of a pid read from our own cgroup; ESRCH is harmless.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+        for pid in self.members() {
+            // SAFETY: kill(2) of a pid read from our own cgroup; ESRCH is harmless.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
+    }
+
+    /// The processes in the group, each once (a process is in every hierarchy's directory).
+    fn members(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self.dirs.iter().flat_map(|d| procs(d)).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 }
 

@@ -324,7 +324,6 @@ async fn wait_ready(replicas: &[Arc<Replica>], initial_delay: Duration) -> Resul
     }
 }
 
-/// The node's memory, from /proc/meminfo.
 /// The values of the secrets `names` from `source`, or which one is missing (blocking).
 fn read_secrets(
     source: &dyn SecretSource,
@@ -342,6 +341,7 @@ fn read_secrets(
         .collect()
 }
 
+/// The node's memory, from /proc/meminfo.
 fn node_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
