@@ -24,20 +24,9 @@ use crate::router::{Busy, Lease};
 use crate::state::{AppState, Live, MAX_CONCURRENCY_KEY, QUEUE_ANNOTATION};
 use crate::upstream;
 
-pub(crate) const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (k, v) in from {
-        if !HOP_BY_HOP.contains(&k.as_str()) && k != "host" {
+        if !upstream::is_hop_by_hop(k) && k != HOST {
             to.append(k.clone(), v.clone());
         }
     }
@@ -72,12 +61,15 @@ pub(crate) fn function_name(segment: &str) -> &str {
         .unwrap_or(segment)
 }
 
-/// Now, as `X-Start-Time` gives it: Unix nanoseconds.
-pub(crate) fn unix_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
+/// Now, as `X-Start-Time` gives it (Unix nanoseconds): made once per call, sent to the
+/// replica and in the answer.
+pub(crate) fn start_time() -> HeaderValue {
+    nanos_value(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    )
 }
 
 /// One call as it is sent to a replica.
@@ -125,11 +117,11 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
         .get(X_CALL_ID)
         .cloned()
         .unwrap_or_else(new_call_id);
-    let start_ns = unix_nanos();
+    let started = start_time();
 
     let result = match limits::admit(&state, &live, peer) {
         Ok(()) => match outgoing(&state, &live, req).await {
-            Ok(call) => forward(&state, &live, call, &call_id, start_ns).await,
+            Ok(call) => forward(&state, &live, call, &call_id, &started).await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -142,7 +134,7 @@ pub async fn invoke(State(state): State<AppState>, mut req: Request) -> Response
     let elapsed = record(&state, &live, code, start);
     let h = response.headers_mut();
     h.insert(X_CALL_ID, call_id);
-    h.insert(X_START_TIME, nanos_value(start_ns));
+    h.insert(X_START_TIME, started);
     h.insert(X_DURATION_SECONDS, seconds_value(elapsed));
     tracing::debug!(function = %name, status = code, seconds = elapsed, "invoke");
     response
@@ -323,7 +315,7 @@ pub async fn forward(
     live: &Arc<Live>,
     call: Outgoing,
     call_id: &HeaderValue,
-    start_ns: u128,
+    start_time: &HeaderValue,
 ) -> Result<Response, GatewayError> {
     let spec = &live.deployment.spec;
     let (timeout, limit) = limits::call_timeout(state, spec);
@@ -337,7 +329,7 @@ pub async fn forward(
     let endpoint = lease.endpoint();
     let mut set = [
         (X_CALL_ID, call_id.clone()),
-        (X_START_TIME, nanos_value(start_ns)),
+        (X_START_TIME, start_time.clone()),
         (X_FORWARDED_HOST, HeaderValue::from_static("")),
     ];
     let set = match call.headers.get(HOST) {

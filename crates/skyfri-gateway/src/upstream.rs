@@ -283,7 +283,8 @@ fn encode(head: &Head<'_>, host: &HeaderValue, body: &Bytes) -> Vec<u8> {
     out
 }
 
-/// Fields that concern one connection only, never passed on (RFC 9110, 7.6.1).
+/// Fields that concern one connection only, never passed on (RFC 9110, 7.6.1): the one
+/// list for the replica hop, async calls and callbacks.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == header::TRANSFER_ENCODING

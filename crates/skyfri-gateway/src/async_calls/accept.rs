@@ -13,7 +13,7 @@ use skyfri_queue::{AsyncCall, Enqueued};
 
 use super::{queue_error, validate_call_id};
 use crate::error::GatewayError;
-use crate::invoke::{self, function_name, header_value, split_under, HOP_BY_HOP};
+use crate::invoke::{self, function_name, header_value, split_under};
 use crate::state::AppState;
 
 const PREFIX: &str = "/async-function/";
@@ -120,7 +120,7 @@ fn stored_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, GatewayE
     headers
         .iter()
         .filter(|(k, _)| {
-            !HOP_BY_HOP.contains(&k.as_str())
+            !crate::upstream::is_hop_by_hop(k)
                 && k.as_str() != skyfri_core::lambda::EVENT_HEADER
                 && k.as_str() != skyfri_core::lambda::SOURCE_IP_HEADER
         })

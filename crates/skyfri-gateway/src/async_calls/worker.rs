@@ -307,7 +307,7 @@ pub(crate) async fn run_once(
     let result = match outgoing(call, attempt) {
         Ok(out) => {
             let id = header_value(&call.id);
-            invoke::forward(state, live, out, &id, invoke::unix_nanos()).await
+            invoke::forward(state, live, out, &id, &invoke::start_time()).await
         }
         Err(e) => Err(e),
     };

@@ -179,7 +179,7 @@ async fn handle(
         headers,
         body: payload,
     };
-    let forwarded = proxy::forward(state, &live, call, &id, proxy::unix_nanos()).await;
+    let forwarded = proxy::forward(state, &live, call, &id, &proxy::start_time()).await;
     let code = match &forwarded {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
