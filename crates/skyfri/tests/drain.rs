@@ -10,19 +10,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nats::Nats;
-use common::{fixtures, http, Platform};
+use common::{http, lines_ending, Platform};
 
 /// The stream the test makes for the `work` function's topic.
 const STREAM: &str = "DRAIN";
-
-fn deploy(p: &Platform) {
-    let out = p.cli_in(
-        &fixtures().join("drain"),
-        &["deploy", "-f", "stack.yml"],
-        "",
-    );
-    assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
-}
 
 fn start(data: &Path, nats: &Nats, queue: Option<&str>) -> Platform {
     let url = nats.url();
@@ -33,34 +24,16 @@ fn start(data: &Path, nats: &Nats, queue: Option<&str>) -> Platform {
     Platform::start_in(data, &args)
 }
 
-fn logs(p: &Platform) -> String {
-    let out = p.cli(&["logs", "work"], "");
-    assert!(out.ok, "logs work: {}", out.stderr);
-    out.stdout
-}
-
-/// Log lines of `work` that end with `what` (like "start t1 attempt 1").
+/// Lines of `work`'s log that end with `what` (like "start t1 attempt 1").
 fn count(logs: &str, what: &str) -> usize {
-    let want = format!("work {what}");
-    logs.lines()
-        .filter(|l| l.trim_end().ends_with(&want))
-        .count()
+    lines_ending(logs, &format!("work {what}"))
 }
 
 /// Waits until `work` has logged `what` at least `n` times; returns its logs.
 fn wait_logged(p: &Platform, what: &str, n: usize, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let l = logs(p);
-        if count(&l, what) >= n {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what:?} not logged {n} times within {within:?}; work's logs:\n{l}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    p.wait_function_logs("work", within, &format!("{what:?} {n} times"), |l| {
+        count(l, what) >= n
+    })
 }
 
 /// The config of the only consumer on [`STREAM`] (skyfri's durable), and its name.
@@ -91,7 +64,7 @@ fn a_topic_message_running_at_sigterm_runs_again_at_once_as_the_same_attempt(nat
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let p = start(&data, nats, None);
-    deploy(&p);
+    p.deploy_stack("drain");
     p.wait_output("topic trigger ready", 1, Duration::from_secs(60));
     p.stop();
 
@@ -143,7 +116,7 @@ fn a_topic_message_running_at_sigterm_runs_again_at_once_as_the_same_attempt(nat
     assert!(!l.contains("t1 attempt 2"), "attempt inflated:\n{l}");
     // Settled: not delivered again.
     std::thread::sleep(Duration::from_secs(1));
-    let l = logs(&p);
+    let l = p.function_logs("work");
     assert_eq!(count(&l, "start t1 attempt 1"), 2, "{l}");
 }
 
@@ -167,7 +140,7 @@ fn an_async_call_handed_back_at_its_last_attempt_is_not_dead_letter(queue: Optio
     let data = tmp.path().join("data");
     let queue = queue.map(|q| q.replace("NATS", &nats.url()));
     let p = start(&data, &nats, queue.as_deref());
-    deploy(&p);
+    p.deploy_stack("drain");
     let r = p.http(
         "POST",
         "/async-function/work",
@@ -183,7 +156,7 @@ fn an_async_call_handed_back_at_its_last_attempt_is_not_dead_letter(queue: Optio
     assert_eq!(call["attempt"], 2, "{call}");
     // (The replica stopped at shutdown finished the interrupted run too: its answer went
     // nowhere.)
-    let l = logs(&p);
+    let l = p.function_logs("work");
     assert_eq!(count(&l, "start a1 attempt 2"), 2, "{l}");
     assert!(!l.contains("a1 attempt 3"), "{l}");
 }
@@ -206,7 +179,7 @@ fn calls_in_flight_at_sigterm_finish_and_new_connections_are_refused() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = start(&tmp.path().join("data"), &nats, None);
-    deploy(&p);
+    p.deploy_stack("drain");
     let calls: Vec<_> = [("work", "s1 8"), ("web", "s2 8")]
         .into_iter()
         .map(|(function, body)| {
@@ -261,7 +234,7 @@ fn a_second_signal_while_draining_exits_at_once() {
     let nats = Nats::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut p = start(&tmp.path().join("data"), &nats, None);
-    deploy(&p);
+    p.deploy_stack("drain");
     let addr = p.addr.clone();
     let call =
         std::thread::spawn(move || http(&addr, "POST", "/function/work", &[], b"s3 30").status);

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nats::Nats;
-use common::{fixtures, free_port, Platform};
+use common::{fixtures, free_port, lines_ending, Platform};
 
 /// The examples' ORDERS stream: `orders.>`, file storage, limits, a year, 64 KiB.
 fn create_orders_stream(nats: &Nats) {
@@ -33,41 +33,9 @@ fn deploy(p: &Platform, dir: &Path, file: &str, filter: Option<&str>) {
     assert!(out.ok, "deploy failed: {}\n{}", out.stderr, out.stdout);
 }
 
-fn logs(p: &Platform, function: &str) -> String {
-    let out = p.cli(&["logs", function], "");
-    assert!(out.ok, "logs {function}: {}", out.stderr);
-    out.stdout
-}
-
-/// Waits until `check` holds for the function's logs; returns them.
-fn wait_logs(
-    p: &Platform,
-    function: &str,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let l = logs(p, function);
-        if check(&l) {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{function}: {what} not seen within {within:?}; its logs:\n{l}\nplatform:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// How many log lines say this order was processed.
 fn processed(logs: &str, id: &str) -> usize {
-    let want = format!("processed order {id}");
-    logs.lines()
-        .filter(|l| l.trim_end().ends_with(&want))
-        .count()
+    lines_ending(logs, &format!("processed order {id}"))
 }
 
 fn orders_dir() -> PathBuf {
@@ -91,8 +59,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
     for id in &first {
         nats.publish("orders.created", &format!(r#"{{"order_id":"{id}"}}"#));
     }
-    wait_logs(
-        &p,
+    p.wait_function_logs(
         "order-processor",
         Duration::from_secs(60),
         "the first five orders",
@@ -107,8 +74,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
     }
     let p = Platform::start_in(&data, &["--nats", &url]);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
-    wait_logs(
-        &p,
+    p.wait_function_logs(
         "order-processor",
         Duration::from_secs(60),
         "the orders published while skyfri was down",
@@ -116,7 +82,7 @@ fn each_topic_message_is_processed_once_across_a_restart() {
     );
     // Give a wrong redelivery of the acked ones a chance to show.
     std::thread::sleep(Duration::from_secs(2));
-    let l = logs(&p, "order-processor");
+    let l = p.function_logs("order-processor");
     for id in &all {
         assert_eq!(processed(&l, id), 1, "{id} processed other than once:\n{l}");
     }
@@ -160,8 +126,7 @@ fn the_orders_example_processes_each_accepted_order_once() {
     }
     let refused = p.http("POST", "/function/order-ingest", &[], b"{}");
     assert_eq!(refused.status, 400, "{}", refused.text());
-    let l = wait_logs(
-        &p,
+    let l = p.wait_function_logs(
         "order-processor",
         Duration::from_secs(60),
         "every accepted order",
@@ -186,8 +151,7 @@ fn failed_topic_messages_are_redelivered_and_cron_ticks_fire() {
         p.logs()
     );
     nats.publish("jobs.flaky", "job-1");
-    let l = wait_logs(
-        &p,
+    let l = p.wait_function_logs(
         "flaky-topic",
         Duration::from_secs(60),
         "the third delivery",
@@ -199,7 +163,7 @@ fn failed_topic_messages_are_redelivered_and_cron_ticks_fire() {
     );
 
     // Every second, POST with the schedule in a header, as async calls with cron ids.
-    wait_logs(&p, "ticker", Duration::from_secs(30), "three ticks", |l| {
+    p.wait_function_logs("ticker", Duration::from_secs(30), "three ticks", |l| {
         l.matches("tick POST * * * * * *").count() >= 3
     });
     let calls = p
@@ -245,8 +209,7 @@ fn topic_functions_deploy_while_nats_is_down_and_get_messages_once_it_is_up() {
     let nats = Nats::start_on(port);
     p.wait_output("topic trigger ready", 1, Duration::from_secs(60));
     nats.publish("jobs.flaky", "job-late");
-    wait_logs(
-        &p,
+    p.wait_function_logs(
         "flaky-topic",
         Duration::from_secs(60),
         "the message published once NATS was up",
@@ -305,7 +268,7 @@ fn two_gateways_on_one_nats_share_async_calls_and_cron_ticks() {
             assert_eq!(r.status, 202, "{}", r.text());
         }
     }
-    let ran = |p: &Platform| ids_after(&logs(p, "count"), "ran ");
+    let ran = |p: &Platform| ids_after(&p.function_logs("count"), "ran ");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut all = ran(&a);
@@ -337,7 +300,7 @@ fn two_gateways_on_one_nats_share_async_calls_and_cron_ticks() {
     );
 
     // The ticker is deployed on both: each tick's call (one id per tick) runs once.
-    let ticks = |p: &Platform| ids_after(&logs(p, "ticker"), "id=");
+    let ticks = |p: &Platform| ids_after(&p.function_logs("ticker"), "id=");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all: Vec<String> = ticks(&a).into_iter().chain(ticks(&b)).collect();

@@ -172,6 +172,37 @@ impl Platform {
         http(self.ui(), method, path, headers, body)
     }
 
+    /// What `skyfri logs FUNCTION` prints; a failure fails the test.
+    pub fn function_logs(&self, function: &str) -> String {
+        let out = self.cli(&["logs", function], "");
+        assert!(out.ok, "logs {function}: {}", out.stderr);
+        out.stdout
+    }
+
+    /// Waits until `check` holds for the function's logs (`what` names it in the failure);
+    /// returns them.
+    pub fn wait_function_logs(
+        &self,
+        function: &str,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self.function_logs(function);
+            if check(&l) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{function}: {what} not seen within {within:?}; its logs:\n{l}\nplatform:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Deploys `tests/fixtures/DIR/stack.yml` with the CLI; a failure fails the test.
     pub fn deploy_stack(&self, dir: &str) {
         let out = self.cli_in(&fixtures().join(dir), &["deploy", "-f", "stack.yml"], "");
@@ -359,6 +390,13 @@ impl Drop for Platform {
         self.signal(libc::SIGTERM);
         let _ = self.child.wait();
     }
+}
+
+/// How many of the log lines end with `want`.
+pub fn lines_ending(logs: &str, want: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.trim_end().ends_with(want))
+        .count()
 }
 
 /// A CLI process left running; killed on drop.
