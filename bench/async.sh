@@ -45,8 +45,8 @@ command -v wrk >/dev/null || bash bench/setup.sh              # wrk
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] && command -v wrk >/dev/null || { echo "bench: /usr/bin/python3 and wrk are needed" >&2; exit 1; }
 
-TARGET_DIR="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-  | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
+source "$ROOT/bench/lib.sh"
+TARGET_DIR="$(target_dir)"
 if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
   SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"
 else
@@ -63,7 +63,6 @@ else
 fi
 [ -x "$SKYFRI" ] && [ -x "$ENQUEUE" ] || { echo "bench: binaries not found: $SKYFRI $ENQUEUE" >&2; exit 1; }
 
-source "$ROOT/bench/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 UPTIME_BEFORE="$(uptime)"
 
@@ -111,30 +110,22 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 PASSWORD="bench-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
 
-fail() {   # fail MESSAGE: the message and the tail of the last skyfri log, exit 1
-  echo "bench: $1" >&2
-  if [ -n "${LOG:-}" ] && [ -f "$LOG" ]; then
-    echo "bench: tail of skyfri's log:" >&2
-    tail -n 40 "$LOG" >&2 || true
-  fi
-  exit 1
-}
-
-# start_skyfri NAME [up args...]: skyfri on a free port in $WORK/NAME, the stack deployed.
-# Sets URL, LOG and SKY_PID; returns 1 (with WHY) when skyfri does not come up.
-start_skyfri() {
+# start_instance NAME [up args...]: skyfri on a free port in $WORK/NAME, the stack deployed
+# (unlike lib.sh's start_skyfri: several instances, and a JetStream one may fail softly).
+# Sets URL, SKY_LOG and SKY_PID; returns 1 (with WHY) when skyfri does not come up.
+start_instance() {
   local name="$1"; shift
   local port; port="$(free_port)"
   URL="http://127.0.0.1:$port"
-  LOG="$WORK/$name.log"
+  SKY_LOG="$WORK/$name.log"
   mkdir -p "$WORK/$name"
   SKYFRI_ADMIN_PASSWORD="$PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-info}" \
-    "$SKYFRI" up --listen "127.0.0.1:$port" --ui-listen off --data-dir "$WORK/$name/data" "$@" >"$LOG" 2>&1 &
+    "$SKYFRI" up --listen "127.0.0.1:$port" --ui-listen off --data-dir "$WORK/$name/data" "$@" >"$SKY_LOG" 2>&1 &
   SKY_PID=$!
   PIDS+=("$SKY_PID")
   local deadline=$((SECONDS + READY_TIMEOUT))
-  until grep -qx ready "$LOG" 2>/dev/null; do
-    if ! kill -0 "$SKY_PID" 2>/dev/null; then WHY="skyfri exited: $(tail -n 1 "$LOG")"; return 1; fi
+  until grep -qx ready "$SKY_LOG" 2>/dev/null; do
+    if ! kill -0 "$SKY_PID" 2>/dev/null; then WHY="skyfri exited: $(tail -n 1 "$SKY_LOG")"; return 1; fi
     if [ "$SECONDS" -ge "$deadline" ]; then WHY="skyfri not ready within ${READY_TIMEOUT}s"; return 1; fi
     sleep 0.1
   done
@@ -170,19 +161,19 @@ measure() {
 }
 
 # ---------------------------------------------------------------- (b), (c): embedded
-start_skyfri embedded || fail "$WHY"
+start_instance embedded || fail "$WHY"
 echo "bench: skyfri ready on $URL (embedded queue)"
 measure ""
 kill -0 "$SKY_PID" 2>/dev/null || fail "skyfri died during the run"
 UPTIME_AFTER="$(uptime)"
-WARNINGS="$(grep -cE ' (WARN|ERROR) ' "$LOG" || true)"
+WARNINGS="$(grep -cE ' (WARN|ERROR) ' "$SKY_LOG" || true)"
 mkdir -p bench/out
-cp "$LOG" bench/out/async-skyfri.log
+cp "$SKY_LOG" bench/out/async-skyfri.log
 stop_skyfri
 
 # ---------------------------------------------------------------- (d): JetStream, optional
 if [ -n "$NATS_URL" ]; then
-  if start_skyfri jetstream --queue "$NATS_URL"; then
+  if start_instance jetstream --queue "$NATS_URL"; then
     echo "bench: skyfri ready on $URL (queue $NATS_URL)"
     measure "jetstream-"
     stop_skyfri

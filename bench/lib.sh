@@ -101,11 +101,14 @@ release_skyfri() {
   [ -x "$SKYFRI" ] || { echo "bench: skyfri binary not found: $SKYFRI" >&2; exit 1; }
 }
 
-# fail MESSAGE: the message and the tail of skyfri's log, exit 1 (cleanup stops everything).
+# fail MESSAGE: the message and the tail of skyfri's log (SKY_LOG: the last one started, if
+# any), exit 1 (cleanup stops everything).
 fail() {
   echo "bench: $1" >&2
-  echo "bench: tail of skyfri's log:" >&2
-  tail -n 40 "$WORK/skyfri.log" >&2 || true
+  if [ -n "${SKY_LOG:-}" ] && [ -f "$SKY_LOG" ]; then
+    echo "bench: tail of skyfri's log:" >&2
+    tail -n 40 "$SKY_LOG" >&2 || true
+  fi
   exit 1
 }
 
@@ -119,6 +122,7 @@ start_skyfri() {
   SKY_URL="http://127.0.0.1:$port"
   SKY_PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
   mkdir -p "$WORK/skyfri-data"
+  SKY_LOG="$WORK/skyfri.log"
   SKYFRI_ADMIN_PASSWORD="$SKY_PASSWORD" SKYFRI_LOG="${SKYFRI_LOG:-warn}" \
     "$SKYFRI" up --listen "127.0.0.1:$port" --ui-listen off --data-dir "$WORK/skyfri-data" "$@" \
     >"$WORK/skyfri.log" 2>&1 &

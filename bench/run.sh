@@ -37,8 +37,7 @@ if [ -n "${BENCH_SKYFRI_BIN:-}" ] && [ -n "${BENCH_UPSTREAM_BIN:-}" ]; then
 else
   echo "bench: building release skyfri and the bench_upstream example"
   cargo build --release -p skyfri --bin skyfri --example bench_upstream
-  TARGET_DIR="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")}"
+  TARGET_DIR="$(target_dir)"
   SKYFRI="$TARGET_DIR/release/skyfri"
   UPSTREAM_BIN="$TARGET_DIR/release/examples/bench_upstream"
 fi
