@@ -238,12 +238,7 @@ impl Platform {
     /// Starts the CLI against this platform and leaves it running (`logs --follow`): its
     /// stdout lines come on the receiver; it is killed when the [`Running`] is dropped.
     pub fn cli_running(&self, args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
-            .args(args)
-            .current_dir(fixtures())
-            .env_remove("OPENFAAS_URL")
-            .env_remove("SKYFRI_TOKEN")
-            .env_remove("SKYFRI_DEBUG")
+        let mut child = cli_command(&fixtures(), args)
             .env("SKYFRI_URL", self.url())
             .env("SKYFRI_PASSWORD", PASSWORD)
             .stdin(Stdio::null())
@@ -410,15 +405,24 @@ impl Drop for Running {
 }
 
 /// Runs the CLI in `cwd` with `env` (no gateway unless `env` names one).
+/// The `skyfri` CLI with `args` in `cwd`, none of the caller's own settings passed on.
+fn cli_command(cwd: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyfri"));
+    cmd.args(args).current_dir(cwd);
+    for name in [
+        "OPENFAAS_URL",
+        "SKYFRI_URL",
+        "SKYFRI_PASSWORD",
+        "SKYFRI_TOKEN",
+        "SKYFRI_DEBUG",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 pub fn cli(cwd: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skyfri"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("OPENFAAS_URL")
-        .env_remove("SKYFRI_URL")
-        .env_remove("SKYFRI_PASSWORD")
-        .env_remove("SKYFRI_TOKEN")
-        .env_remove("SKYFRI_DEBUG")
+    let mut child = cli_command(cwd, args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
