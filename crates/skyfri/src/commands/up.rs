@@ -481,9 +481,12 @@ impl Up {
         // after the restart, with the same attempt number); one that cannot be runs again
         // when its lease lapses. Then the replicas are stopped.
         let mut stopped = stop_rx.clone();
+        // The stop first: the server ends when told to stop, and a stop seen as the server's
+        // end would skip the drain (async runs handed back at once, without their grace).
         let early = tokio::select! {
-            served = &mut server => Some(served),
+            biased;
             _ = stopped.wait_for(|s| *s) => None,
+            served = &mut server => Some(served),
         };
         let draining = early.is_none();
         if draining {
