@@ -45,25 +45,26 @@ to_us() {
 }
 
 
-# start_nginx UP_PORT: nginx (2 workers) as a keep-alive reverse proxy to 127.0.0.1:UP_PORT,
-# under $WORK/nginx; sets NGX_PORT and NGX_PID (also added to PIDS).
+# start_nginx UP_PORT [NAME]: nginx (2 workers) as a keep-alive reverse proxy to
+# 127.0.0.1:UP_PORT, under $WORK/NAME (default nginx); sets NGX_PORT and NGX_PID (also added
+# to PIDS).
 start_nginx() {
-  local up_port="$1" nginx
+  local up_port="$1" nginx dir="$WORK/${2:-nginx}"
   nginx="$(command -v nginx || echo /usr/sbin/nginx)"
   NGX_PORT="$(free_port)"
-  mkdir -p "$WORK/nginx/tmp"
-  chmod -R 755 "$WORK/nginx"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
+  mkdir -p "$dir/tmp"
+  chmod -R 755 "$dir"
+  cat >"$dir/nginx.conf" <<EOF
 daemon off;
 master_process on;
 worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
   upstream bench_upstream {
     server 127.0.0.1:$up_port;
     keepalive 64;
@@ -78,9 +79,25 @@ http {
   }
 }
 EOF
-  "$nginx" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+  "$nginx" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
   NGX_PID=$!
   PIDS+=("$NGX_PID")
+}
+
+# replica_port PARENT_PID COMMAND: the TCP port the one process named COMMAND below PARENT_PID
+# (a replica skyfri started) listens on; fails unless there is exactly one such port.
+replica_port() {
+  local parent="$1" name="$2" pid ports=()
+  for pid in $(pgrep -x "$name" || true); do
+    local p="$pid"
+    while [ "$p" -gt 1 ] && [ "$p" != "$parent" ]; do
+      p="$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null || echo 1)"
+    done
+    [ "$p" = "$parent" ] || continue
+    ports+=($(ss -Hltnp 2>/dev/null | awk -v pid="pid=$pid," '$0 ~ pid {n = split($4, a, ":"); print a[n]}'))
+  done
+  [ "${#ports[@]}" = 1 ] || return 1
+  echo "${ports[0]}"
 }
 
 # target_dir: cargo's target directory ($CARGO_TARGET_DIR, cargo's own, or ./target).

@@ -148,10 +148,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const LAMBDA_EVENT: HeaderName = HeaderName::from_static(skyfri_core::lambda::EVENT_HEADER);
 const LAMBDA_SOURCE_IP: HeaderName = HeaderName::from_static(skyfri_core::lambda::SOURCE_IP_HEADER);
 
-/// A new call id: a random (v4) UUID.
+/// A new call id: a random (v4) UUID, from the thread's CSPRNG (`Uuid::new_v4` asks the
+/// kernel for each one: a system call per call).
 fn new_call_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
-    header_value(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    header_value(id.hyphenated().encode_lower(&mut buf))
 }
 
 /// Unix nanoseconds as a header value (`X-Start-Time`).
@@ -506,6 +508,16 @@ mod tests {
             nanos_value(1_765_000_000_123_456_789),
             "1765000000123456789"
         );
+    }
+
+    #[test]
+    fn call_ids_are_distinct_v4_uuids() {
+        let (a, b) = (super::new_call_id(), super::new_call_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap_or_default());
+            assert_eq!(parsed.map(|u| u.get_version_num()).ok(), Some(4), "{id:?}");
+        }
     }
 
     #[test]
