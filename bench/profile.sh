@@ -69,6 +69,9 @@ functions:
     handler: ./upstream
     image: skyfri-bench/upstream:latest
     fprocess: ./bench_upstream
+    labels:
+      com.openfaas.scale.min: "1"
+      com.openfaas.scale.max: "1"
 EOF
 WRAP=()
 if [ "$MODE" = callgrind ]; then
@@ -123,9 +126,9 @@ if [ "$MODE" = callgrind ]; then
     echo "- **instructions per call: $(awk -v i="$IR" -v n="$CALLS" 'BEGIN {printf "%.0f", i / n}')**"
   } | tee bench/out/profile.md
 else
-  UP_PORT="$(free_port)"
-  PORT="$UP_PORT" "$UPSTREAM_BIN" >"$WORK/upstream.log" 2>&1 &
-  PIDS+=($!)
+  # nginx in front of the same upstream: the replica skyfri runs.
+  UP_PORT="$(replica_port "$SKY_PID" bench_upstream)" \
+    || { echo "profile: cannot find the port of skyfri's replica" >&2; exit 1; }
   start_nginx "$UP_PORT"
   wait_http "http://127.0.0.1:$NGX_PORT/" 30 || { echo "profile: nginx did not start" >&2; exit 1; }
   EVENTS=task-clock,context-switches,raw_syscalls:sys_enter

@@ -42,7 +42,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Extension, Router};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -247,7 +246,7 @@ impl Gateway {
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-impl tower::Service<hyper::Request<Incoming>> for Gateway {
+impl tower::Service<hyper::Request<Body>> for Gateway {
     type Response = Response;
     type Error = Infallible;
     type Future = Answer;
@@ -256,8 +255,7 @@ impl tower::Service<hyper::Request<Incoming>> for Gateway {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: hyper::Request<Incoming>) -> Answer {
-        let req = req.map(Body::new);
+    fn call(&mut self, req: hyper::Request<Body>) -> Answer {
         let path = req.uri().path();
         if invoke::is_call(path) {
             let state = self.state.clone();

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use std::convert::Infallible;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -57,7 +58,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 mod header_timer;
+mod http1;
 use header_timer::HeaderTimer;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bounds on what clients may hold of the gateway.
 #[derive(Debug, Clone)]
@@ -210,6 +213,7 @@ where
 {
     let graceful = GracefulShutdown::new();
     let timer = HeaderTimer::start()?;
+    let stopping = Arc::new(AtomicBool::new(false));
     let mut pool = Workers::start(workers)?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
@@ -252,12 +256,18 @@ where
         let app = app.clone();
         let limits = limits.clone();
         let tls = tls.as_ref().map(|t| t.acceptor());
-        let watcher = graceful.watcher();
-        let timer = timer.clone();
+        let conn = Connection {
+            peer,
+            app,
+            limits,
+            timer: timer.clone(),
+            watcher: graceful.watcher(),
+            stopping: stopping.clone(),
+        };
         let Some(pool) = pool.as_mut() else {
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(tcp, peer, app, &limits, timer, tls, watcher).await;
+                conn.serve(tcp, tls).await;
             });
             continue;
         };
@@ -273,13 +283,18 @@ where
             Ok(tcp) => {
                 tokio::spawn(async move {
                     let _permit = permit;
-                    serve_connection(tcp, peer, app, &limits, timer, tls, watcher).await;
+                    conn.serve(tcp, tls).await;
                 });
             }
             Err(e) => tracing::warn!(%peer, error = %e, "worker cannot take the connection"),
         }));
     }
     drop(listener);
+    // Connections on skyfri's own HTTP/1.1 path look at `stopping` when they wait for a
+    // request (woken here) and after each answer; hyper's get the graceful signal. Both
+    // hold a watcher, which `shutdown` waits for.
+    stopping.store(true, Ordering::Release);
+    timer.wake_all();
     graceful.shutdown().await;
     Ok(())
 }
@@ -341,7 +356,7 @@ impl Workers {
 /// What the server serves: a service of requests, cloned per connection and per request.
 pub trait App:
     tower::Service<
-        Request<Incoming>,
+        Request<Body>,
         Response = axum::response::Response,
         Error = Infallible,
         Future: Send + 'static,
@@ -354,7 +369,7 @@ pub trait App:
 
 impl<S> App for S where
     S: tower::Service<
-            Request<Incoming>,
+            Request<Body>,
             Response = axum::response::Response,
             Error = Infallible,
             Future: Send + 'static,
@@ -365,27 +380,25 @@ impl<S> App for S where
 {
 }
 
-async fn serve_connection<S: App>(
-    tcp: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection<S> {
     peer: SocketAddr,
     app: S,
-    limits: &ServerLimits,
+    limits: Arc<ServerLimits>,
     timer: HeaderTimer,
-    tls: Option<TlsAcceptor>,
     watcher: hyper_util::server::graceful::Watcher,
-) {
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req)
-    });
-    let result = match tls {
-        None => {
-            let conn = http1(limits, timer).serve_connection(TokioIo::new(tcp), service);
-            watcher.watch(conn).await
-        }
-        Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+    stopping: Arc<AtomicBool>,
+}
+
+impl<S: App> Connection<S> {
+    async fn serve(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+        let peer = self.peer;
+        let result = match tls {
+            None => self.http1(tcp).await,
+            Some(acceptor) => {
+                let handshake = acceptor.accept(tcp);
+                let stream = match tokio::time::timeout(self.limits.header_timeout, handshake).await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -396,31 +409,79 @@ async fn serve_connection<S: App>(
                         return;
                     }
                 };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(stream);
-            if h2 {
-                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(
-                        u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
-                    )
-                    .max_concurrent_streams(256)
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(limits.header_timeout);
-                watcher.watch(builder.serve_connection(io, service)).await
-            } else {
-                let conn = http1(limits, timer).serve_connection(io, service);
-                watcher.watch(conn).await
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    self.http2(stream).await
+                } else {
+                    self.http1(stream).await
+                }
             }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+
+    /// HTTP/1.1: skyfri's own path while the requests are calls it serves, then hyper.
+    async fn http1<T>(self, io: T) -> hyper::Result<()>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = http1::Shared {
+            peer: self.peer,
+            app: &self.app,
+            limits: &self.limits,
+            timer: &self.timer,
+            stopping: &self.stopping,
+        };
+        let Some((io, read)) = http1::serve(io, shared).await else {
+            return Ok(());
+        };
+        let io = TokioIo::new(http1::Rewind::new(io, read));
+        let conn = hyper_http1(&self.limits, self.timer)
+            .serve_connection(io, service(self.peer, self.app));
+        self.watcher.watch(conn).await
+    }
+
+    async fn http2<T>(self, io: T) -> hyper::Result<()>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(self.limits.header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(io), service(self.peer, self.app));
+        self.watcher.watch(conn).await
     }
 }
 
-fn http1(limits: &ServerLimits, timer: HeaderTimer) -> hyper::server::conn::http1::Builder {
+/// The app as hyper's service: each request carries the peer's address.
+#[derive(Clone)]
+struct Service<S> {
+    peer: SocketAddr,
+    app: S,
+}
+
+fn service<S: App>(peer: SocketAddr, app: S) -> Service<S> {
+    Service { peer, app }
+}
+
+impl<S: App> hyper::service::Service<Request<Incoming>> for Service<S> {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<S, Request<Body>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.app.clone().oneshot(req)
+    }
+}
+
+fn hyper_http1(limits: &ServerLimits, timer: HeaderTimer) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(timer)

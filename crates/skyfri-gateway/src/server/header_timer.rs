@@ -54,6 +54,34 @@ impl HeaderTimer {
         Ok(HeaderTimer { inner })
     }
 
+    /// A sleep until `deadline` (unboxed: for skyfri's own HTTP/1.1 path).
+    pub(super) fn sleep_at(&self, deadline: Instant) -> HeaderSleep {
+        HeaderSleep {
+            deadline,
+            timer: Arc::clone(&self.inner),
+            armed: None,
+        }
+    }
+
+    /// Wakes every armed sleep now, due or not (they go on sleeping when polled before their
+    /// deadline): a task that waits on one looks at what else it waits for, such as the
+    /// server stopping.
+    pub(super) fn wake_all(&self) {
+        let mut woken = Vec::new();
+        for shard in &self.inner.shards {
+            let mut slab = lock(shard);
+            woken.extend(
+                slab.entries
+                    .iter_mut()
+                    .flatten()
+                    .filter_map(|(_, w)| w.take()),
+            );
+        }
+        for waker in woken {
+            waker.wake();
+        }
+    }
+
     /// Sleeps armed now (for tests).
     #[cfg(test)]
     fn armed(&self) -> usize {
@@ -109,16 +137,12 @@ impl hyper::rt::Timer for HeaderTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeaderSleep {
-            deadline,
-            timer: Arc::clone(&self.inner),
-            armed: None,
-        })
+        Box::pin(self.sleep_at(deadline))
     }
 }
 
 /// One sleep; armed (in a slab) from its first pending poll until it fires or is dropped.
-struct HeaderSleep {
+pub(super) struct HeaderSleep {
     deadline: Instant,
     timer: Arc<Inner>,
     /// Shard and place in it.
