@@ -47,7 +47,8 @@ to_us() {
 
 # start_nginx UP_PORT [NAME]: nginx (2 workers) as a keep-alive reverse proxy to
 # 127.0.0.1:UP_PORT, under $WORK/NAME (default nginx); sets NGX_PORT and NGX_PID (also added
-# to PIDS).
+# to PIDS). Like skyfri, it writes an access log line per request (JSON, buffered as skyfri's
+# writer batches); BENCH_NGINX_ACCESS_LOG=off turns it off.
 start_nginx() {
   local up_port="$1" nginx dir="$WORK/${2:-nginx}"
   nginx="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -62,7 +63,10 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
-  access_log off;
+  log_format json escape=json '{"time":"\$time_iso8601","call_id":"\$request_id","method":"\$request_method",'
+    '"path":"\$request_uri","status":\$status,"duration_ms":\$request_time,"request_bytes":\$request_length,'
+    '"response_bytes":\$bytes_sent,"client":"\$remote_addr"}';
+  $([ "${BENCH_NGINX_ACCESS_LOG:-on}" = off ] && echo "access_log off;" || echo "access_log $dir/access.log json buffer=64k flush=1s;")
   client_body_temp_path $dir/tmp/body;
   proxy_temp_path $dir/tmp/proxy;
   upstream bench_upstream {

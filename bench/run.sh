@@ -9,7 +9,9 @@
 # BENCH_THREADS (1) and BENCH_CONNECTIONS (16) for wrk, BENCH_STRICT=1 to exit 1 when the budget
 # is missed, BENCH_READY_TIMEOUT (180) seconds to wait for skyfri to deploy the stack,
 # BENCH_SKYFRI_BIN + BENCH_UPSTREAM_BIN to use prebuilt binaries instead of building,
-# BENCH_UNLOADED=0 to skip the unloaded (one connection) runs that the added p50 is read from.
+# BENCH_UNLOADED=0 to skip the unloaded (one connection) runs that the added p50 is read from,
+# BENCH_ROUNDS (3) alternating rounds of the budget's pair (nginx and skyfri before the replica),
+# BENCH_NGINX_ACCESS_LOG=off for nginx without its access log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,7 +23,8 @@ CONNS="${BENCH_CONNECTIONS:-16}"
 STRICT="${BENCH_STRICT:-0}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 UNLOADED="${BENCH_UNLOADED:-1}"
-for v in "$CONNS" "$READY_TIMEOUT" "$UNLOADED"; do
+ROUNDS="${BENCH_ROUNDS:-3}"
+for v in "$CONNS" "$READY_TIMEOUT" "$UNLOADED" "$ROUNDS"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
 done
 
@@ -124,8 +127,34 @@ fi
 # ---------------------------------------------------------------- load
 run_wrk direct       "http://127.0.0.1:$UP_PORT/"
 run_wrk nginx        "http://127.0.0.1:$NGX_PORT/"
-[ "$REPLICA_OK" = 1 ] && run_wrk nginx_replica "http://127.0.0.1:$REPLICA_NGX_PORT/"
-[ "$SKY_UP_OK" = 1 ] && run_wrk skyfri_http  "http://127.0.0.1:$SKY_PORT/function/upstream"
+# The budget's pair, nginx -> the replica and skyfri -> the replica, in ROUNDS alternating
+# rounds (this VM drifts by more than the difference between them over a minute); each row is
+# the mean req/s of its rounds, the median p50, the highest p99, the sum of errors.
+combine() {   # combine KEY: KEY's row from KEY_1 .. KEY_ROUNDS
+  local k="$1" r rps=() p50=() p99=() errs=0
+  for r in $(seq 1 "$ROUNDS"); do
+    [ -n "${RPS[${k}_$r]:-}" ] || return 0
+    rps+=("${RPS[${k}_$r]}"); p50+=("${P50[${k}_$r]}"); p99+=("${P99[${k}_$r]}"); errs=$((errs + ${ERRS[${k}_$r]}))
+  done
+  RPS[$k]="$(printf '%s\n' "${rps[@]}" | awk '{s += $1} END {printf "%.0f", s / NR}')"
+  P50[$k]="$(printf '%s\n' "${p50[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')"
+  P99[$k]="$(printf '%s\n' "${p99[@]}" | sort -n | tail -n 1)"
+  ERRS[$k]="$errs"
+  EACH[$k]="$(IFS=/; echo "${rps[*]}")"
+}
+declare -A EACH
+for r in $(seq 1 "$ROUNDS"); do
+  pair=(nginx_replica skyfri_http)
+  [ $((r % 2)) = 0 ] && pair=(skyfri_http nginx_replica)
+  for k in "${pair[@]}"; do
+    case "$k" in
+      nginx_replica) [ "$REPLICA_OK" = 1 ] && run_wrk "${k}_$r" "http://127.0.0.1:$REPLICA_NGX_PORT/" ;;
+      skyfri_http) [ "$SKY_UP_OK" = 1 ] && run_wrk "${k}_$r" "http://127.0.0.1:$SKY_PORT/function/upstream" ;;
+    esac
+  done
+done
+combine nginx_replica
+combine skyfri_http
 [ "$SKY_PY_OK" = 1 ] && run_wrk skyfri_py    "http://127.0.0.1:$SKY_PORT/function/hello"
 # Unloaded: one connection, one call at a time. Under load the p50 is mostly queueing (16
 # calls wait for 2 cores); with one call in flight it is what the hop itself adds.
@@ -150,7 +179,7 @@ report() {
   echo
   echo "$(machine_line)."
   commit_line
-  echo "Load: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency (after ${WARMUP}s warm-up), all on 127.0.0.1; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes 2, upstream keepalive 64."
+  echo "Load: wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency (after ${WARMUP}s warm-up), all on 127.0.0.1; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes 2, upstream keepalive 64, access log ${BENCH_NGINX_ACCESS_LOG:-on} (JSON lines, buffer=64k; skyfri: its access log, auth and metrics as configured by default)."
   echo
   echo "| target | req/s | p50 (µs) | p99 (µs) | errors |"
   echo "| --- | ---: | ---: | ---: | ---: |"
@@ -185,6 +214,7 @@ report() {
     err_ok="$([ "${ERRS[skyfri_http]}" = 0 ] && echo PASS || echo FAIL)"
     echo "- skyfri/nginx throughput ($ref_how): **${ratio}x** (budget >= 1.00x): **$tp_ok**"
     echo "- skyfri/nginx throughput, nginx to the unsandboxed upstream: ${direct_ratio}x"
+    [ -z "${EACH[skyfri_http]:-}" ] || echo "- req/s of each round: nginx -> the replica ${EACH[nginx_replica]:-n/a}, skyfri ${EACH[skyfri_http]}"
     echo "- skyfri added p50 over direct ($lat_how): **${added} µs** (budget <= 50 µs; nginx adds ${nginx_added} µs): **$lat_ok**"
     [ "$lat_key" = skyfri_http ] || echo "- added p50 at -c$CONNS (mostly queueing): skyfri ${loaded_added} µs, nginx ${loaded_nginx} µs"
     echo "- skyfri errors under load: ${ERRS[skyfri_http]}: **$err_ok**"
