@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, Method};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -100,10 +100,11 @@ pub struct AccessLogConfig {
 /// One call, as the call's side leaves it for the writer.
 struct Entry {
     time: SystemTime,
-    call_id: String,
-    function: String,
+    /// Shared with the answer's `X-Call-Id`, not copied.
+    call_id: Option<HeaderValue>,
     method: Method,
-    path: String,
+    /// The request's; the function's name is read from its path by the writer.
+    uri: Uri,
     status: u16,
     duration_ms: f64,
     request_bytes: u64,
@@ -122,13 +123,21 @@ impl Entry {
         out.extend_from_slice(b"{\"time\":\"");
         out.extend_from_slice(clock.rfc3339(self.time).as_bytes());
         out.extend_from_slice(b"\",\"call_id\":");
-        json_string(out, &self.call_id);
+        let call_id = self.call_id.as_ref().and_then(|v| v.to_str().ok());
+        json_string(out, call_id.unwrap_or_default());
+        let path = self.uri.path();
         out.extend_from_slice(b",\"function\":");
-        json_string(out, &self.function);
+        match split_under("/function/", path).or_else(|| split_under("/async-function/", path)) {
+            Some((name, _)) => json_string(out, function_name(name)),
+            None => json_string(
+                out,
+                &crate::lambda::function_in_path(path).unwrap_or_default(),
+            ),
+        }
         out.extend_from_slice(b",\"method\":");
         json_string(out, self.method.as_str());
         out.extend_from_slice(b",\"path\":");
-        json_string(out, &self.path);
+        json_string(out, path);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(int.format(self.status).as_bytes());
         out.extend_from_slice(b",\"duration_ms\":");
@@ -298,7 +307,7 @@ where
     let log = log.clone();
     let start = Instant::now();
     let time = SystemTime::now();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let method = req.method().clone();
     let client = req
         .extensions()
@@ -314,24 +323,14 @@ where
     };
     let response = call(req).await;
     let headers = response.headers();
-    let call_id = headers
-        .get(X_CALL_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let call_id = headers.get(X_CALL_ID).cloned();
     let cold_start = headers.contains_key(X_SKYFRI_COLD_START);
-    let function = split_under("/function/", &path)
-        .or_else(|| split_under("/async-function/", &path))
-        .map(|(name, _)| function_name(name).to_owned())
-        .or_else(|| crate::lambda::function_in_path(&path))
-        .unwrap_or_default();
     let pending = Pending {
         entry: Entry {
             time,
             call_id,
-            function,
             method,
-            path,
+            uri,
             status: response.status().as_u16(),
             duration_ms: 0.0,
             request_bytes: 0,
@@ -454,10 +453,9 @@ mod tests {
         Pending {
             entry: Entry {
                 time: SystemTime::now(),
-                call_id: "c".into(),
-                function: "f".into(),
+                call_id: Some(HeaderValue::from_static("c")),
                 method: Method::GET,
-                path: "/function/f".into(),
+                uri: Uri::from_static("/function/f"),
                 status: 200,
                 duration_ms: 0.0,
                 request_bytes: 0,
@@ -500,7 +498,7 @@ mod tests {
         ] {
             let mut p = pending(&log, &dropped);
             p.entry.time = at(ms);
-            p.entry.path = "/function/f/\"q\"\n".into();
+            p.entry.uri = Uri::try_from("/function/f.openfaas-fn/\"q\"?x=1")?;
             p.entry.duration_ms = 1.25;
             p.entry.client = Some(IpAddr::from([127, 0, 0, 1]));
             out.clear();
@@ -509,7 +507,8 @@ mod tests {
             let line: serde_json::Value = serde_json::from_slice(&out)?;
             assert_eq!(line["time"], want, "{line}");
             assert_eq!(line["method"], "GET");
-            assert_eq!(line["path"], "/function/f/\"q\"\n");
+            assert_eq!(line["path"], "/function/f.openfaas-fn/\"q\"");
+            assert_eq!(line["function"], "f");
             assert_eq!(line["call_id"], "c");
             assert_eq!(line["duration_ms"], 1.25);
             assert_eq!(line["cold_start"], false);

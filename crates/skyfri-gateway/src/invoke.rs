@@ -46,7 +46,8 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 /// Splits `PREFIX NAME/rest` into the name and the path suffix (at least "/").
 pub(crate) fn split_under<'a>(prefix: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
     let rest = path.strip_prefix(prefix)?;
-    match rest.find('/') {
+    // A byte loop: names are short, and `find` sets up a searcher per call.
+    match rest.bytes().position(|b| b == b'/') {
         Some(i) => Some((&rest[..i], &rest[i..])),
         None => Some((rest, "/")),
     }

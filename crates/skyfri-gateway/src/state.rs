@@ -130,7 +130,8 @@ pub struct Inner {
     pub sessions: crate::ui::session::Sessions,
     /// Set once at start when the access log is on.
     pub access_log: std::sync::OnceLock<AccessLog>,
-    functions: RwLock<HashMap<String, Arc<Live>>>,
+    /// Hashed fast (foldhash): looked up on every call; the names are validated deploys'.
+    functions: RwLock<HashMap<String, Arc<Live>, foldhash::fast::RandomState>>,
 }
 
 /// The provider stops a replica it retires once no call of the function's router holds it.
@@ -181,7 +182,7 @@ impl AppState {
             failed_logins: Default::default(),
             sessions: Default::default(),
             access_log: std::sync::OnceLock::new(),
-            functions: RwLock::new(HashMap::new()),
+            functions: RwLock::new(HashMap::default()),
         });
         // Weak: the provider is part of the state it asks.
         let tracker: std::sync::Weak<dyn CallTracker> = Arc::downgrade(&inner) as _;

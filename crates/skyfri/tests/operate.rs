@@ -451,6 +451,7 @@ fn only_the_listed_code_opens_connections() -> anyhow::Result<()> {
             "callbacks to X-Callback-Url",
         ),
         ("crates/skyfri-gateway/src/async_calls/tests.rs", "tests"),
+        ("crates/skyfri-gateway/src/server/http1/tests.rs", "tests"),
         ("crates/skyfri-gateway/src/testing.rs", "tests"),
         ("crates/skyfri-runtime/src/lambda/peer.rs", "its tests"),
         (

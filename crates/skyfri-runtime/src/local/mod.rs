@@ -64,7 +64,8 @@ pub struct LocalProvider {
     secrets: Arc<dyn SecretSource>,
     /// Pre-started interpreters, where this host allows them.
     cells: Option<Arc<Cells>>,
-    functions: RwLock<HashMap<String, Function>>,
+    /// Hashed fast (foldhash): the gateway asks for a function's endpoints on every call.
+    functions: RwLock<HashMap<String, Function, foldhash::fast::RandomState>>,
     /// Per function, kills by the kernel's OOM killer since the provider started; shared
     /// with the function's launches, so a redeploy keeps counting.
     oom_kills: Mutex<HashMap<String, Arc<AtomicU64>>>,
@@ -115,7 +116,7 @@ impl LocalProvider {
             interpreters,
             isolation,
             secrets,
-            functions: RwLock::new(HashMap::new()),
+            functions: RwLock::new(HashMap::default()),
             retiring: Arc::new(Mutex::new(Vec::new())),
             tracker: RwLock::new(None),
             cpu,
