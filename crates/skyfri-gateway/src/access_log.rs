@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -106,7 +106,7 @@ struct Entry {
     /// The request's; the function's name is read from its path by the writer.
     uri: Uri,
     status: u16,
-    duration_ms: f64,
+    duration: Duration,
     request_bytes: u64,
     response_bytes: u64,
     client: Option<IpAddr>,
@@ -141,15 +141,16 @@ impl Entry {
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(int.format(self.status).as_bytes());
         out.extend_from_slice(b",\"duration_ms\":");
-        if self.duration_ms.is_finite() {
-            out.extend_from_slice(
-                ryu::Buffer::new()
-                    .format_finite(self.duration_ms)
-                    .as_bytes(),
-            );
-        } else {
-            out.extend_from_slice(b"null");
-        }
+        // Milliseconds with three decimals (microseconds), by integer formatting.
+        let micros = self.duration.as_micros();
+        out.extend_from_slice(int.format(micros / 1000).as_bytes());
+        let frac = (micros % 1000) as u16;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
         out.extend_from_slice(b",\"request_bytes\":");
         out.extend_from_slice(int.format(self.request_bytes).as_bytes());
         out.extend_from_slice(b",\"response_bytes\":");
@@ -199,19 +200,19 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 /// day formatted once per second.
 #[derive(Default)]
 struct Clock {
-    second: Option<i64>,
+    second: Option<u64>,
     text: String,
 }
 
 impl Clock {
     fn rfc3339(&mut self, t: SystemTime) -> &str {
-        let t: DateTime<Utc> = t.into();
-        let second = t.timestamp();
-        if self.second != Some(second) {
-            self.text = t.format("%Y-%m-%dT%H:%M:%S.000Z").to_string();
-            self.second = Some(second);
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            let at: DateTime<Utc> = t.into();
+            self.text = at.format("%Y-%m-%dT%H:%M:%S.000Z").to_string();
+            self.second = Some(since.as_secs());
         }
-        let millis = t.timestamp_subsec_millis().min(999);
+        let millis = since.subsec_millis().min(999);
         let at = self.text.len() - 4;
         let digits = [
             b'0' + (millis / 100) as u8,
@@ -332,7 +333,7 @@ where
             method,
             uri,
             status: response.status().as_u16(),
-            duration_ms: 0.0,
+            duration: Duration::ZERO,
             request_bytes: 0,
             response_bytes: 0,
             client,
@@ -361,7 +362,7 @@ struct Pending {
 
 impl Pending {
     fn send(mut self, response_bytes: u64) {
-        self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.entry.duration = self.start.elapsed();
         self.entry.request_bytes = self
             .request_bytes
             .as_ref()
@@ -457,7 +458,7 @@ mod tests {
                 method: Method::GET,
                 uri: Uri::from_static("/function/f"),
                 status: 200,
-                duration_ms: 0.0,
+                duration: Duration::ZERO,
                 request_bytes: 0,
                 response_bytes: 0,
                 client: None,
@@ -499,7 +500,7 @@ mod tests {
             let mut p = pending(&log, &dropped);
             p.entry.time = at(ms);
             p.entry.uri = Uri::try_from("/function/f.openfaas-fn/\"q\"?x=1")?;
-            p.entry.duration_ms = 1.25;
+            p.entry.duration = Duration::from_micros(1_250);
             p.entry.client = Some(IpAddr::from([127, 0, 0, 1]));
             out.clear();
             p.entry.write(&mut clock, &mut out);
