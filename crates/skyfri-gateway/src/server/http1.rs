@@ -70,9 +70,14 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
+    // Heads beyond the configured bounds go to hyper, which answers them 431.
+    let bounds = Bounds {
+        head: shared.limits.max_header_bytes.min(MAX_HEAD),
+        fields: shared.limits.max_headers.min(MAX_FIELDS),
+    };
     loop {
         let request = loop {
-            match parse(&mut buf, shared.peer) {
+            match parse(&mut buf, shared.peer, bounds) {
                 Parsed::Call(call) => break call,
                 Parsed::Other => return Some((io, buf.freeze())),
                 Parsed::Bad => {
@@ -80,7 +85,7 @@ where
                     let _ = io.shutdown().await;
                     return None;
                 }
-                Parsed::Partial if buf.len() >= MAX_HEAD => return Some((io, buf.freeze())),
+                Parsed::Partial if buf.len() >= bounds.head => return Some((io, buf.freeze())),
                 Parsed::Partial => {}
             }
             match read(&mut io, &mut buf, &shared).await {
@@ -139,8 +144,15 @@ enum Parsed {
     Bad,
 }
 
+/// The largest head this path takes: the configured bounds, at most its own.
+#[derive(Clone, Copy)]
+struct Bounds {
+    head: usize,
+    fields: usize,
+}
+
 /// Takes a request off the front of `buf` when it is a call this path serves whole.
-fn parse(buf: &mut BytesMut, peer: SocketAddr) -> Parsed {
+fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
@@ -152,9 +164,10 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr) -> Parsed {
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
             &mut req,
             buf,
-            &mut fields,
+            &mut fields[..bounds.fields],
         ) {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= bounds.head => len,
+            Ok(httparse::Status::Complete(_)) => return Parsed::Other,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Other,
         };

@@ -50,6 +50,14 @@ fn stream(fail: bool) -> Body {
 }
 
 async fn start() -> Result<SocketAddr, Box<dyn std::error::Error>> {
+    start_with(ServerLimits {
+        header_timeout: Duration::from_millis(600),
+        ..ServerLimits::default()
+    })
+    .await
+}
+
+async fn start_with(limits: ServerLimits) -> Result<SocketAddr, Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/function/echo", any(echo))
         .route("/function/echo/{*rest}", any(echo))
@@ -58,10 +66,6 @@ async fn start() -> Result<SocketAddr, Box<dyn std::error::Error>> {
         .route("/system/info", any(echo));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let limits = ServerLimits {
-        header_timeout: Duration::from_millis(600),
-        ..ServerLimits::default()
-    };
     tokio::spawn(serve(
         listener,
         app,
@@ -269,5 +273,34 @@ async fn a_stopping_server_closes_idle_connections_at_once() -> TestResult {
     tokio::time::timeout(Duration::from_secs(3), server).await???;
     let n = tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await??;
     assert_eq!(n, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_configured_head_bounds_hold_on_this_path_too() -> TestResult {
+    let addr = start_with(ServerLimits {
+        max_headers: 3,
+        max_header_bytes: 8192,
+        ..ServerLimits::default()
+    })
+    .await?;
+    let got = exchange(
+        addr,
+        b"GET /function/echo HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    let got = exchange(
+        addr,
+        b"GET /function/echo HTTP/1.1\r\nA: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let big = format!(
+        "GET /function/echo HTTP/1.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "x".repeat(10_000)
+    );
+    let got = exchange(addr, big.as_bytes()).await?;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
     Ok(())
 }
