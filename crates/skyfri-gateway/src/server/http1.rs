@@ -208,9 +208,11 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
         let name = &buf[n0 as usize..n1 as usize];
         let value = &buf[v0 as usize..v1 as usize];
         if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
-            let parsed = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
+            // Digits only (RFC 9110, 8.6): `parse` would also take a sign.
+            let digits = value.trim_ascii();
+            let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<usize>().ok())
+                .flatten();
             match parsed {
                 Some(n) if !has_length || n == length => (length, has_length) = (n, true),
                 _ => return Parsed::Other,
