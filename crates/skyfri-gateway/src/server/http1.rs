@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -46,6 +46,12 @@ use super::{App, ServerLimits};
 const MAX_HEAD: usize = 16 * 1024;
 /// The most header fields this path takes (parsed on the stack); more go to hyper.
 const MAX_FIELDS: usize = 64;
+/// A call running this long starts watching its connection: a client that has gone cancels it.
+/// Shorter calls do not pay for the watch (a read per call).
+const WATCH_AFTER: Duration = Duration::from_millis(200);
+/// Answer bytes gathered before they are written, at most; and the write buffer kept between
+/// answers, at most.
+const MAX_KEPT: usize = 64 * 1024;
 /// How much a read asks for at least.
 const READ_SIZE: usize = 8 * 1024;
 /// Body bytes up to this are copied behind the answer's head (one write); larger ones are
@@ -76,6 +82,9 @@ where
         fields: shared.limits.max_headers.min(MAX_FIELDS),
     };
     loop {
+        // The head must be here by then: set when the first read has to wait, and kept for
+        // every read of this head (a client sending a byte at a time gains nothing).
+        let mut deadline = None;
         let request = loop {
             match parse(&mut buf, shared.peer, bounds) {
                 Parsed::Call(call) => break call,
@@ -88,7 +97,7 @@ where
                 Parsed::Partial if buf.len() >= bounds.head => return Some((io, buf.freeze())),
                 Parsed::Partial => {}
             }
-            match read(&mut io, &mut buf, &shared).await {
+            match read(&mut io, &mut buf, &shared, &mut deadline).await {
                 Read::Some => {}
                 // A head cut short, a timeout or a stop: the connection just ends, as
                 // hyper ends an idle one (a client mid-head gets no answer from either).
@@ -104,9 +113,12 @@ where
             http10,
         } = request;
         let head_only = request.method() == Method::HEAD;
-        let response = match shared.app.clone().oneshot(request).await {
-            Ok(r) => r,
-            Err(never) => match never {},
+        let call = shared.app.clone().oneshot(request);
+        let Some(response) =
+            call_while_connected(call, &mut io, &mut buf, bounds.head, &shared).await
+        else {
+            // The client has gone: the call is dropped (cancelled), as hyper does.
+            return None;
         };
         keep_alive &= !shared.stopping.load(Ordering::Acquire);
         let ended = answer(
@@ -118,9 +130,17 @@ where
             &mut keep_alive,
         )
         .await;
-        if ended.is_err() || !keep_alive {
+        if ended.is_err() {
+            // Dropped, not shut down: a cut answer must not look like a whole one (TLS's
+            // close_notify, or the end of an answer delimited by the connection's close).
+            return None;
+        }
+        if !keep_alive {
             let _ = io.shutdown().await;
             return None;
+        }
+        if out.capacity() > MAX_KEPT {
+            out = Vec::with_capacity(1024);
         }
     }
 }
@@ -275,6 +295,56 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
     })
 }
 
+/// Runs `call`; once it has run [`WATCH_AFTER`], also reads the connection: the end of it (the
+/// client has gone) drops the call and gives `None`. Bytes read meanwhile (a pipelined next
+/// request) are kept in `buf`, up to `max` of them.
+async fn call_while_connected<F, S, T>(
+    call: F,
+    io: &mut T,
+    buf: &mut BytesMut,
+    max: usize,
+    shared: &Shared<'_, S>,
+) -> Option<Response<Body>>
+where
+    F: Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+    T: AsyncRead + Unpin,
+{
+    let mut call = pin!(call);
+    let mut sleep = pin!(None);
+    let mut watching = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(answer) = call.as_mut().poll(cx) {
+            return Poll::Ready(match answer {
+                Ok(response) => Some(response),
+                Err(never) => match never {},
+            });
+        }
+        if !watching {
+            if sleep.is_none() {
+                sleep.set(Some(shared.timer.sleep_at(Instant::now() + WATCH_AFTER)));
+            }
+            if let Some(s) = sleep.as_mut().as_pin_mut() {
+                if s.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            watching = true;
+        }
+        while buf.len() < max {
+            let mut chunk = [0u8; 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 enum Read {
     Some,
     /// The client closed (or the read failed).
@@ -283,12 +353,13 @@ enum Read {
     Stopping,
 }
 
-/// Reads more of the connection into `buf`, within the header timeout (counted from the first
-/// read that has to wait) unless the server stops first.
+/// Reads more of the connection into `buf`, by `deadline` (set to the header timeout from now
+/// by the first read of a head that has to wait) unless the server stops first.
 async fn read<S, T: AsyncRead + Unpin>(
     io: &mut T,
     buf: &mut BytesMut,
     shared: &Shared<'_, S>,
+    deadline: &mut Option<Instant>,
 ) -> Read {
     if buf.capacity() - buf.len() < READ_SIZE / 2 {
         buf.reserve(READ_SIZE);
@@ -302,11 +373,8 @@ async fn read<S, T: AsyncRead + Unpin>(
             Poll::Pending => {}
         }
         if sleep.is_none() {
-            sleep.set(Some(
-                shared
-                    .timer
-                    .sleep_at(Instant::now() + shared.limits.header_timeout),
-            ));
+            let at = *deadline.get_or_insert_with(|| Instant::now() + shared.limits.header_timeout);
+            sleep.set(Some(shared.timer.sleep_at(at)));
         }
         if let Some(s) = sleep.as_mut().as_pin_mut() {
             if s.poll(cx).is_ready() {
@@ -363,9 +431,21 @@ async fn answer<T: AsyncWrite + Unpin>(
     } else {
         Framing::Chunked
     };
-    if framing == Framing::Close {
+    let app_closes = parts.headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    if framing == Framing::Close || app_closes {
         *keep_alive = false;
     }
+    // 1xx and 204 have no length (RFC 9110, 8.6); a HEAD answer gives the length its GET's
+    // would have, when known.
+    let bodiless_status = status.is_informational() || status == 204;
+    let head_length = (head_only && declared.is_none())
+        .then(|| body.size_hint().exact())
+        .flatten()
+        .filter(|&n| n > 0);
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -374,7 +454,7 @@ async fn answer<T: AsyncWrite + Unpin>(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        let framed_here = name == CONTENT_LENGTH && framing != Framing::None;
+        let framed_here = name == CONTENT_LENGTH && (framing != Framing::None || bodiless_status);
         if framed_here || name == CONNECTION || name == TRANSFER_ENCODING {
             continue;
         }
@@ -390,7 +470,16 @@ async fn answer<T: AsyncWrite + Unpin>(
             itoa::Buffer::new().format(n).as_bytes(),
         ),
         Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
-        Framing::None | Framing::Close => {}
+        Framing::None => {
+            if let Some(n) = head_length {
+                field(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
+            }
+        }
+        Framing::Close => {}
     }
     if !*keep_alive {
         field(out, b"connection", b"close");
@@ -440,6 +529,9 @@ async fn answer<T: AsyncWrite + Unpin>(
         }
         if data.len() < COPY_BELOW {
             out.extend_from_slice(&data);
+            if out.len() >= MAX_KEPT {
+                write_out(io, out).await?;
+            }
         } else {
             write_out(io, out).await?;
             write_all(io, data).await?;

@@ -36,6 +36,31 @@ async fn echo(req: Request) -> String {
     )
 }
 
+/// Calls of `/function/slow` dropped before they finished (cancelled), by all servers of the
+/// test binary: each test looks for its own tag.
+static CANCELLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn slow(req: Request) -> &'static str {
+    struct Running(String);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Ok(mut c) = CANCELLED.lock() {
+                c.push(std::mem::take(&mut self.0));
+            }
+        }
+    }
+    let tag = req
+        .headers()
+        .get("x-tag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let running = Running(tag);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    std::mem::forget(running);
+    "done"
+}
+
 /// An answer of unknown length, in two parts; `fail` ends it with an error after the first.
 fn stream(fail: bool) -> Body {
     let second: Result<Bytes, std::io::Error> = if fail {
@@ -63,6 +88,20 @@ async fn start_with(limits: ServerLimits) -> Result<SocketAddr, Box<dyn std::err
         .route("/function/echo/{*rest}", any(echo))
         .route("/function/stream", any(|| async { stream(false) }))
         .route("/function/fail", any(|| async { stream(true) }))
+        .route(
+            "/function/nocontent",
+            any(|| async {
+                (
+                    axum::http::StatusCode::NO_CONTENT,
+                    [("content-length", "0")],
+                )
+            }),
+        )
+        .route(
+            "/function/closing",
+            any(|| async { ([("connection", "close")], "bye") }),
+        )
+        .route("/function/slow", any(slow))
         .route("/system/info", any(echo));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -309,5 +348,93 @@ async fn the_configured_head_bounds_hold_on_this_path_too() -> TestResult {
     );
     let got = exchange(addr, big.as_bytes()).await?;
     assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_still_has_one_deadline() -> TestResult {
+    let addr = start().await?; // header timeout 600 ms
+    let mut tcp = TcpStream::connect(addr).await?;
+    let start = std::time::Instant::now();
+    let head = b"GET /function/echo HTTP/1.1\r\nX-Tag: slow\r\n\r\n";
+    let mut closed = false;
+    for &b in head.iter() {
+        if tcp.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(150), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => panic!("answered a head that took {:?}", start.elapsed()),
+            Err(_) => {}
+        }
+    }
+    let took = start.elapsed();
+    assert!(closed, "the whole head was taken over {took:?}");
+    assert!(
+        took < Duration::from_millis(600) + 4 * crate::server::header_timer::TICK,
+        "{took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_call() -> TestResult {
+    let addr = start().await?;
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(b"GET /function/slow HTTP/1.1\r\nX-Tag: gone\r\n\r\n")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tcp);
+    let start = std::time::Instant::now();
+    while !CANCELLED
+        .lock()
+        .map(|c| c.iter().any(|t| t == "gone"))
+        .unwrap_or(false)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the call ran on after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn framing_follows_the_status_the_method_and_the_app() -> TestResult {
+    let addr = start().await?;
+    let got = exchange(
+        addr,
+        b"GET /function/nocontent HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(got.starts_with("HTTP/1.1 204 No Content\r\n"), "{got}");
+    assert!(!got.contains("content-length"), "{got}");
+
+    let got = exchange(
+        addr,
+        b"HEAD /function/closing HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(
+        got.contains("content-length: 3\r\n") && got.ends_with("\r\n\r\n"),
+        "{got}"
+    );
+
+    // The app's own `Connection: close` ends the connection after its answer.
+    let got = exchange(
+        addr,
+        b"GET /function/closing HTTP/1.1\r\n\r\nGET /function/echo HTTP/1.1\r\n\r\n",
+    )
+    .await?;
+    assert!(
+        got.contains("connection: close\r\n") && got.ends_with("bye"),
+        "{got}"
+    );
     Ok(())
 }
