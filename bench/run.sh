@@ -10,7 +10,7 @@
 # is missed, BENCH_READY_TIMEOUT (180) seconds to wait for skyfri to deploy the stack,
 # BENCH_SKYFRI_BIN + BENCH_UPSTREAM_BIN to use prebuilt binaries instead of building,
 # BENCH_UNLOADED=0 to skip the unloaded (one connection) runs that the added p50 is read from,
-# BENCH_ROUNDS (3) alternating rounds of the budget's pair (nginx and skyfri before the replica),
+# BENCH_ROUNDS (5) alternating rounds of the budget's pair (nginx and skyfri before the replica),
 # BENCH_NGINX_ACCESS_LOG=off for nginx without its access log.
 set -euo pipefail
 
@@ -23,7 +23,7 @@ CONNS="${BENCH_CONNECTIONS:-16}"
 STRICT="${BENCH_STRICT:-0}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 UNLOADED="${BENCH_UNLOADED:-1}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 for v in "$CONNS" "$READY_TIMEOUT" "$UNLOADED" "$ROUNDS"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
 done
