@@ -384,7 +384,7 @@ enum Parse {
 /// Parses the answer head at the start of `conn`'s buffer.
 fn parse(conn: &mut Conn, method: &Method) -> Result<Parse, SendError> {
     // Where each field is in the head: name and value as (start, end).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, code, version, count) = {
         // Left uninitialised: httparse fills what it uses (cheaper than 100 empty fields).
         let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
@@ -404,18 +404,7 @@ fn parse(conn: &mut Conn, method: &Method) -> Result<Parse, SendError> {
             }
             Err(e) => return Err(SendError::Answer(format!("an invalid answer head ({e})"))),
         };
-        let base = conn.buf.as_ptr() as usize;
-        let offset = |p: *const u8| (p as usize - base) as u32;
-        for (span, f) in spans.iter_mut().zip(res.headers.iter()) {
-            let name = offset(f.name.as_ptr());
-            let value = offset(f.value.as_ptr());
-            *span = (
-                name,
-                name + f.name.len() as u32,
-                value,
-                value + f.value.len() as u32,
-            );
-        }
+        field_spans(&conn.buf, res.headers, &mut spans);
         (
             len,
             res.code.unwrap_or_default(),
@@ -503,6 +492,26 @@ fn parse(conn: &mut Conn, method: &Method) -> Result<Parse, SendError> {
         framing,
         reuse,
     }))
+}
+
+/// Where a field's name and value are in a head: (name start, name end, value start, value end).
+pub(crate) type FieldSpan = (u32, u32, u32, u32);
+
+/// Writes into `spans` where each of `fields` (parsed by httparse from `head`) is in `head`,
+/// so that the head can be taken apart after the parse's borrow ends.
+pub(crate) fn field_spans(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [FieldSpan]) {
+    let base = head.as_ptr() as usize;
+    let offset = |p: *const u8| (p as usize - base) as u32;
+    for (span, f) in spans.iter_mut().zip(fields) {
+        let name = offset(f.name.as_ptr());
+        let value = offset(f.value.as_ptr());
+        *span = (
+            name,
+            name + f.name.len() as u32,
+            value,
+            value + f.value.len() as u32,
+        );
+    }
 }
 
 /// How the answer's body ends.

@@ -177,7 +177,7 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
         return Parsed::Partial;
     }
     // Where the target and each field are in the head, as (start, end) offsets.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let mut spans: [crate::upstream::FieldSpan; MAX_FIELDS] = [(0, 0, 0, 0); MAX_FIELDS];
     let (head_len, method, target, http10, count) = {
         let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -191,18 +191,7 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Other,
         };
-        let base = buf.as_ptr() as usize;
-        let offset = |p: *const u8| (p as usize - base) as u32;
-        for (span, f) in spans.iter_mut().zip(req.headers.iter()) {
-            let name = offset(f.name.as_ptr());
-            let value = offset(f.value.as_ptr());
-            *span = (
-                name,
-                name + f.name.len() as u32,
-                value,
-                value + f.value.len() as u32,
-            );
-        }
+        crate::upstream::field_spans(buf, req.headers, &mut spans);
         let (Some(method), Some(path)) = (req.method, req.path) else {
             return Parsed::Other;
         };
@@ -212,7 +201,7 @@ fn parse(buf: &mut BytesMut, peer: SocketAddr, bounds: Bounds) -> Parsed {
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Parsed::Other;
         };
-        let start = offset(path.as_ptr()) as usize;
+        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
         (
             len,
             method,
