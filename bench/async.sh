@@ -31,10 +31,8 @@ NATS_MESSAGES="${BENCH_NATS_MESSAGES:-50000}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 STRICT="${BENCH_STRICT:-0}"
 NATS_URL="${BENCH_NATS_URL:-}"
-for v in "$ENQUEUE_CALLS" "$ENQUEUE_TASKS" "$SECONDS_PER_RUN" "$CONNS" "$CALLS" "$CALL_CONNS" \
-         "$NATS_MESSAGES" "$READY_TIMEOUT"; do
-  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 1 "$ENQUEUE_CALLS" "$ENQUEUE_TASKS" "$SECONDS_PER_RUN" "$CONNS" "$CALLS" "$CALL_CONNS" "$NATS_MESSAGES" "$READY_TIMEOUT"
 [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
 [ "$CALLS" -le 1000000 ] && [ "$ENQUEUE_CALLS" -le 10000000 ] || { echo "bench: too many calls" >&2; exit 2; }
 [ "$ENQUEUE_TASKS" -le "$ENQUEUE_CALLS" ] || { echo "bench: BENCH_ENQUEUE_TASKS > BENCH_ENQUEUE_CALLS" >&2; exit 2; }
@@ -45,7 +43,6 @@ command -v wrk >/dev/null || bash bench/setup.sh              # wrk
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] && command -v wrk >/dev/null || { echo "bench: /usr/bin/python3 and wrk are needed" >&2; exit 1; }
 
-source "$ROOT/bench/lib.sh"
 TARGET_DIR="$(target_dir)"
 if [ -n "${BENCH_SKYFRI_BIN:-}" ]; then
   SKYFRI="$(realpath "$BENCH_SKYFRI_BIN")"

@@ -26,9 +26,8 @@ BURST="${BENCH_BURST:-500}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 COLD_CELLS="${BENCH_COLD_CELLS:-2}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$COLD_SAMPLES" "$REF_SAMPLES" "$BURST" "$READY_TIMEOUT" "$COLD_CELLS"; do
-  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 1 "$COLD_SAMPLES" "$REF_SAMPLES" "$BURST" "$READY_TIMEOUT" "$COLD_CELLS"
 [ "$COLD_SAMPLES" -le 10000 ] && [ "$REF_SAMPLES" -le 10000 ] || { echo "bench: at most 10000 samples" >&2; exit 2; }
 [ "$BURST" -le 5000 ] || { echo "bench: BENCH_BURST must be 1..5000" >&2; exit 2; }
 BURST_MAX=20        # com.openfaas.scale.max of `burst`; the ideal is computed from it
@@ -41,7 +40,6 @@ NODE="$(command -v node || true)"
 [ -x "$PYTHON" ] && [ -n "$NODE" ] || { echo "bench: /usr/bin/python3 and node are needed" >&2; exit 1; }
 NODE="$(realpath "$NODE")"
 
-source "$ROOT/bench/lib.sh"
 release_skyfri
 
 # ---------------------------------------------------------------- skyfri and the stack
@@ -68,7 +66,6 @@ def handler(event, context):
 PY
 cat >"$WORK/stack/burst/handler.py" <<PY
 import time
-
 
 def handle(req):
     time.sleep($BURST_SLEEP_MS / 1000)

@@ -22,15 +22,13 @@ BATCH="${BENCH_BATCH:-100}"
 IDLE="${BENCH_IDLE:-10}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$FUNCTIONS" "$BATCH" "$IDLE" "$READY_TIMEOUT"; do
-  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 1 "$FUNCTIONS" "$BATCH" "$IDLE" "$READY_TIMEOUT"
 [ "$FUNCTIONS" -le 10000 ] || { echo "bench: BENCH_FUNCTIONS must be 1..10000" >&2; exit 2; }
 BUDGET_MB=100
 
 # ---------------------------------------------------------------- prerequisites
 if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap
-source "$ROOT/bench/lib.sh"
 release_skyfri
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 

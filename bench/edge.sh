@@ -12,9 +12,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
-for v in "${BENCH_HELD:-10000}" "${BENCH_SLOW:-1000}" "${BENCH_SECONDS:-10}" "${BENCH_CALLERS:-8}" "$READY_TIMEOUT"; do
-  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 1 "${BENCH_HELD:-10000}" "${BENCH_SLOW:-1000}" "${BENCH_SECONDS:-10}" "${BENCH_CALLERS:-8}" "$READY_TIMEOUT"
 
 bash scripts/setup.sh --tests   # curl
 PYTHON=/usr/bin/python3
@@ -26,7 +25,6 @@ else
   SKYFRI="$ROOT/target/release/skyfri"
 fi
 
-source "$ROOT/bench/lib.sh"
 ulimit -n "$(ulimit -Hn)"
 
 PORT="$(free_port)"

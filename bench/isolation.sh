@@ -32,12 +32,9 @@ RATE="${BENCH_RATE:-200}"
 WARMUP="${BENCH_WARMUP:-2}"
 WRK="${BENCH_WRK:-1}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$SECONDS_PER_RUN" "$ROUNDS" "$WRK_SECONDS" "$CONNS" "$BURNERS" "$RATE"; do
-  [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] || { echo "bench: knobs must be whole numbers >= 1 (got '$v')" >&2; exit 2; }
-done
-for v in "$WARMUP" "$STARTS"; do
-  [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: BENCH_WARMUP and BENCH_STARTS must be whole numbers (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 1 "$SECONDS_PER_RUN" "$ROUNDS" "$WRK_SECONDS" "$CONNS" "$BURNERS" "$RATE"
+whole_numbers 0 "$WARMUP" "$STARTS"
 [ "$SECONDS_PER_RUN" -le 600 ] && [ "$WRK_SECONDS" -le 600 ] && [ "$WARMUP" -le 600 ] && [ "$RATE" -le 100000 ] && [ "$CONNS" -le 1000 ] \
   || { echo "bench: BENCH_SECONDS/BENCH_WRK_SECONDS/BENCH_WARMUP <= 600, BENCH_RATE <= 100000, BENCH_CONNECTIONS <= 1000" >&2; exit 2; }
 [ "$ROUNDS" -le "$SECONDS_PER_RUN" ] || { echo "bench: BENCH_ROUNDS must be <= BENCH_SECONDS (slices of whole seconds)" >&2; exit 2; }
@@ -61,7 +58,6 @@ else
 fi
 [ -x "$SKYFRI" ] && [ -x "$BENCH_START" ] || { echo "bench: missing $SKYFRI or $BENCH_START" >&2; exit 1; }
 
-source "$ROOT/bench/lib.sh"
 PYTHON=/usr/bin/python3   # the system's, as the functions get; not a pyenv shim
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 
@@ -87,11 +83,9 @@ cat >"$WORK/stack/burner/handler.py" <<'PY'
 import os
 import time
 
-
 def burn(until):
     while time.time() < until:
         pass
-
 
 def handle(req):
     # N processes spinning: as much as N whole cores, if nothing holds them back. Answers

@@ -226,15 +226,24 @@ run_wrk() {
   fi
 }
 
+# whole_numbers MIN VALUE...: exits 2 unless every VALUE is a whole number >= MIN (the knobs'
+# check of every bench script).
+whole_numbers() {
+  local min="$1" v
+  shift
+  for v in "$@"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge "$min" ] \
+      || { echo "bench: knobs must be whole numbers >= $min (got '$v')" >&2; exit 2; }
+  done
+}
+
 # wrk_knobs: SECONDS_PER_RUN, WARMUP and THREADS from BENCH_SECONDS (10, 1..600), BENCH_WARMUP
 # (2) and BENCH_THREADS (1); exits 2 on a value that is not a whole number.
 wrk_knobs() {
   SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
   WARMUP="${BENCH_WARMUP:-2}"
   THREADS="${BENCH_THREADS:-1}"
-  for v in "$SECONDS_PER_RUN" "$WARMUP" "$THREADS"; do
-    [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
-  done
+  whole_numbers 0 "$SECONDS_PER_RUN" "$WARMUP" "$THREADS"
   [ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 600 ] || { echo "bench: BENCH_SECONDS must be 1..600" >&2; exit 2; }
 }
 

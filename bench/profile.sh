@@ -26,9 +26,8 @@ case "$MODE" in callgrind) DEF_SECONDS=20 ;; perf) DEF_SECONDS=10 ;; *) echo "pr
 SECS="${PROFILE_SECONDS:-$DEF_SECONDS}"
 WARMUP="${PROFILE_WARMUP:-3}"
 CONNS="${PROFILE_CONNECTIONS:-16}"
-for v in "$SECS" "$WARMUP" "$CONNS"; do
-  [[ "$v" =~ ^[0-9]+$ ]] || { echo "profile: knobs must be whole numbers (got '$v')" >&2; exit 2; }
-done
+source "$ROOT/bench/lib.sh"
+whole_numbers 0 "$SECS" "$WARMUP" "$CONNS"
 
 bash bench/setup.sh
 command -v wrk >/dev/null || { echo "profile: wrk missing" >&2; exit 1; }
@@ -52,7 +51,6 @@ else
 fi
 [ -x "$SKYFRI" ] && [ -x "$UPSTREAM_BIN" ] || { echo "profile: binaries not found" >&2; exit 1; }
 
-source "$ROOT/bench/lib.sh"
 mkdir -p bench/out
 
 SKY_PORT="$(free_port)"

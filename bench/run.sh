@@ -24,9 +24,7 @@ STRICT="${BENCH_STRICT:-0}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 UNLOADED="${BENCH_UNLOADED:-1}"
 ROUNDS="${BENCH_ROUNDS:-5}"
-for v in "$CONNS" "$READY_TIMEOUT" "$UNLOADED" "$ROUNDS"; do
-  [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
-done
+whole_numbers 0 "$CONNS" "$READY_TIMEOUT" "$UNLOADED" "$ROUNDS"
 
 # ---------------------------------------------------------------- prerequisites
 if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap, ... for skyfri

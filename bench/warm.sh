@@ -26,9 +26,7 @@ CONCURRENCY="${BENCH_CONCURRENCY:-1 16}"
 RUNS="${BENCH_RUNS:-3}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 STRICT="${BENCH_STRICT:-0}"
-for v in "$RUNS" "$READY_TIMEOUT" $CONCURRENCY; do
-  [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench: knobs must be whole numbers (got '$v')" >&2; exit 2; }
-done
+whole_numbers 0 "$RUNS" "$READY_TIMEOUT" $CONCURRENCY
 [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "bench: BENCH_RUNS must be 1..20" >&2; exit 2; }
 BUDGET=3
 
