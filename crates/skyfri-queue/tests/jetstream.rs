@@ -238,6 +238,16 @@ async fn nothing_due(q: &JetStreamQueue, function: &str, lease: Duration) {
     }
 }
 
+/// The queue's dead letters, latest first.
+async fn dead_letters(q: &JetStreamQueue) -> Vec<CallRecord> {
+    q.list(&ListFilter {
+        state: Some("dead".into()),
+        ..ListFilter::default()
+    })
+    .await
+    .expect("list")
+}
+
 async fn state(q: &JetStreamQueue, id: &str) -> CallState {
     q.get(id).await.expect("get").expect("known").state
 }
@@ -411,13 +421,7 @@ async fn dead_letters_are_listed_and_redriven(server: &Server) {
             reason: "d1 failed 3 times".into()
         }
     );
-    let dead = q
-        .list(&ListFilter {
-            state: Some("dead".into()),
-            ..ListFilter::default()
-        })
-        .await
-        .expect("list");
+    let dead = dead_letters(&q).await;
     let ids: Vec<_> = dead.iter().map(|r| r.call.id.as_str()).collect();
     assert_eq!(ids, ["d2", "d1"], "the latest dead letter first");
 
@@ -660,13 +664,7 @@ async fn the_backstop_dead_letters_after_exactly_max_attempts(server: &Server) {
         } => assert!(reason.contains("backstop allows 3"), "{reason}"),
         other => panic!("expected dead after 3 attempts, got {other:?}"),
     }
-    let dead = q
-        .list(&ListFilter {
-            state: Some("dead".into()),
-            ..ListFilter::default()
-        })
-        .await
-        .expect("list");
+    let dead = dead_letters(&q).await;
     assert_eq!(dead.len(), 1);
 }
 
