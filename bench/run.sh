@@ -24,7 +24,8 @@ STRICT="${BENCH_STRICT:-0}"
 READY_TIMEOUT="${BENCH_READY_TIMEOUT:-180}"
 UNLOADED="${BENCH_UNLOADED:-1}"
 ROUNDS="${BENCH_ROUNDS:-5}"
-whole_numbers 0 "$CONNS" "$READY_TIMEOUT" "$UNLOADED" "$ROUNDS"
+whole_numbers 1 "$CONNS" "$READY_TIMEOUT" "$ROUNDS"
+whole_numbers 0 "$UNLOADED"
 
 # ---------------------------------------------------------------- prerequisites
 if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi   # python3, bwrap, ... for skyfri
