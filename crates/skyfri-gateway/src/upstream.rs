@@ -247,12 +247,6 @@ fn encode(head: &Head<'_>, host: &HeaderValue, body: &Bytes) -> Vec<u8> {
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let field = |out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
     for (name, value) in head.headers {
         if is_hop_by_hop(name)
             || name == header::HOST
@@ -261,10 +255,10 @@ fn encode(head: &Head<'_>, host: &HeaderValue, body: &Bytes) -> Vec<u8> {
         {
             continue;
         }
-        field(&mut out, name, value);
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in head.set {
-        field(&mut out, name, value);
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     // As hyper's client: methods that usually carry a body say when they have none.
     let bodiless = matches!(
@@ -281,6 +275,14 @@ fn encode(head: &Head<'_>, host: &HeaderValue, body: &Bytes) -> Vec<u8> {
         out.extend_from_slice(body);
     }
     out
+}
+
+/// Writes one header field line (`name: value` and CRLF), for a request or an answer head.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Fields that concern one connection only, never passed on (RFC 9110, 7.6.1): the one

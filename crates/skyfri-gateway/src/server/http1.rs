@@ -3,21 +3,23 @@
 //! A function call is the request the gateway exists for, and most are plain: a request head
 //! with, at most, a small body that arrives with it. This path serves those on the
 //! connection's task with no more than the call needs: the head parsed once (httparse), the
-//! request handed to the app, the answer's head and its first bytes written in one write. It
-//! cost a third of hyper's instructions per call (`bench/profile.sh`).
+//! request handed to the app, the answer's head and its first bytes written in one write
+//! (`bench/profile.sh`: 33,037 -> 30,339 instructions per proxied call when it came in).
 //!
 //! Everything else goes to hyper, for the rest of the connection: the path hands hyper the
 //! connection with the bytes it has read ([`Rewind`]), and hyper parses them again. That is
 //! any request that is not `/function/NAME...` in origin form, that has a body not yet wholly
-//! read (or `Transfer-Encoding`), `Expect`, `Upgrade`, or a head beyond [`MAX_HEAD`] bytes or
-//! [`MAX_FIELDS`] fields, and anything malformed (hyper answers it 400 or 431 as before).
+//! read (or `Transfer-Encoding`), `Expect`, `Upgrade`, a head beyond [`MAX_HEAD`] bytes or
+//! [`MAX_FIELDS`] fields (or the configured bounds, when lower), and anything malformed
+//! (hyper answers it 400 or 431 as before).
 //!
 //! What holds here as with hyper: a request head must arrive within the header timeout of
 //! the connection's accept or its previous answer (the slowloris bound; the idle keep-alive
 //! bound), pipelined requests are answered in order, HTTP/1.0 gets keep-alive only when it asks
 //! and the answer's length is known, answers of unknown length are chunked (HTTP/1.1) or end
 //! with the connection (HTTP/1.0), an answer whose body fails is cut (the connection closes,
-//! as hyper does), and a stopping server closes idle connections at once and the others
+//! as hyper does), a call whose client has gone is dropped (looked at once it has run
+//! [`WATCH_AFTER`]), and a stopping server closes idle connections at once and the others
 //! after their answer.
 
 use std::future::{poll_fn, Future};
@@ -40,6 +42,7 @@ use tower::ServiceExt;
 
 use super::header_timer::HeaderTimer;
 use super::{App, ServerLimits};
+use crate::upstream::field;
 
 /// The largest request head this path takes; larger ones go to hyper, which holds them to
 /// the configured limits.
@@ -540,13 +543,6 @@ async fn answer<T: AsyncWrite + Unpin>(
         _ => {}
     }
     write_out(io, out).await
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes what `out` holds (and empties it).
