@@ -423,12 +423,7 @@ async fn answer<T: AsyncWrite + Unpin>(
     } else {
         Framing::Chunked
     };
-    let app_closes = parts.headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    });
-    if framing == Framing::Close || app_closes {
+    if framing == Framing::Close {
         *keep_alive = false;
     }
     // 1xx and 204 have no length (RFC 9110, 8.6); a HEAD answer gives the length its GET's
@@ -445,14 +440,26 @@ async fn answer<T: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // One pass over the fields: what the framing replaces is left out, the app's own
+    // `Connection: close` ends the connection, and its `Date` stands.
+    let mut dated = false;
     for (name, value) in &parts.headers {
-        let framed_here = name == CONTENT_LENGTH && (framing != Framing::None || bodiless_status);
-        if framed_here || name == CONNECTION || name == TRANSFER_ENCODING {
+        if name == CONNECTION {
+            let closes = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            *keep_alive &= !closes;
             continue;
         }
+        let framed_here = name == CONTENT_LENGTH && (framing != Framing::None || bodiless_status);
+        if framed_here || name == TRANSFER_ENCODING {
+            continue;
+        }
+        dated |= name == DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(DATE) {
+    if !dated {
         date(|d| field(out, b"date", d));
     }
     match framing {
